@@ -1,0 +1,276 @@
+"""Per-device memory of a device map, and the maps themselves.
+
+``DeviceLoad`` sums the terms for the units placed on one device. ``evaluate`` applies it
+to any device map (the planner's or accelerate's ``auto``). ``pack`` is the planner's
+sequential first-fit in forward order, which knows every term as it places a unit; its
+per-device non-weight needs become the weight budgets handed to accelerate's
+``infer_auto_device_map`` (``accelerate_map``), so the map users get is accelerate's.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from workbench.planner import terms
+from workbench.planner.layout import Layout, Unit
+
+HUGE = 1 << 50  # "unlimited" host memory for overflow: anything placed there means "does not fit"
+
+
+@dataclass(frozen=True)
+class Step:
+    """The shape of one training step."""
+
+    batch_size: int
+    max_length: int
+    images_per_sample: int
+    visual_tokens_per_image: int
+    gradient_checkpointing: bool
+    lora_rank: int
+    lora_dropout: bool = True
+    device_kind: str = "cuda"
+    act_bytes: int = 2
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.max_length
+
+    def patches(self, merge_size: int) -> int:
+        visual = self.batch_size * self.images_per_sample * self.visual_tokens_per_image
+        return terms.vision_patches(visual, merge_size)
+
+
+@dataclass
+class DeviceLoad:
+    """The units on one device and the memory they need at the step's peak."""
+
+    weights: int = 0
+    lora_params: int = 0
+    layers_saved: list = field(default_factory=list)   # per decoder layer: saved bytes
+    vision_blocks: int = 0
+    vision_lora_inputs: tuple = ()
+    kinds: set = field(default_factory=set)
+
+    def add(self, unit: Unit, layout: Layout, step: Step) -> None:
+        self.weights += unit.weight_bytes
+        self.lora_params += unit.lora_params
+        self.kinds.add(unit.kind)
+        if unit.kind == "layer":
+            s = layout.shape
+            self.layers_saved.append(terms.decoder_layer_saved_bytes(
+                step.tokens, s.hidden, s.intermediate, s.q_dim, s.kv_dim, s.heads, list(unit.lora_inputs),
+                step.lora_rank, step.lora_dropout, step.device_kind, step.act_bytes))
+        elif unit.kind == "vision_block":
+            self.vision_blocks += 1
+            if unit.lora_inputs:
+                self.vision_lora_inputs = unit.lora_inputs
+
+    def copy(self) -> "DeviceLoad":
+        return DeviceLoad(self.weights, self.lora_params, list(self.layers_saved), self.vision_blocks,
+                          self.vision_lora_inputs, set(self.kinds))
+
+    @property
+    def used(self) -> bool:
+        return bool(self.kinds)
+
+    def breakdown(self, layout: Layout, step: Step, tied_lm_head: bool = False) -> dict:
+        """Bytes per term; ``tied_lm_head`` puts the logits here when lm_head shares the embeddings."""
+        s, t = layout.shape, step.tokens
+        has_lm_head = "lm_head" in self.kinds or (tied_lm_head and "embed" in self.kinds)
+        logits = terms.logits_bytes(t, s.vocab) if has_lm_head else 0
+        activation = 0
+        if self.layers_saved:
+            if step.gradient_checkpointing:
+                stored = len(self.layers_saved) * terms.checkpoint_boundary_bytes(t, s.hidden, step.act_bytes)
+                working = max(self.layers_saved)
+            else:
+                stored = sum(self.layers_saved)
+                working = 0
+            working += terms.layer_backward_transient_bytes(t, s.hidden, s.intermediate)
+            # The loss backward finishes (and frees its buffers) before the last layer's
+            # recompute starts: on the lm_head device only the excess over the logits counts.
+            activation += stored + max(0, working - logits) + terms.rotary_bytes(t, s.head_dim, step.act_bytes)
+        if "norm" in self.kinds:
+            activation += terms.final_norm_bytes(t, s.hidden)
+        if "embed" in self.kinds:
+            activation += terms.input_embedding_grad_bytes(t, s.hidden)
+        if "vision_in" in self.kinds and step.images_per_sample:
+            patches = step.patches(s.merge_size)
+            if layout.vision_trained:
+                activation += terms.vision_trained_bytes(
+                    patches, s.vision_embed, s.vision_mlp, s.vision_depth, list(self.vision_lora_inputs),
+                    step.lora_rank, step.gradient_checkpointing, step.device_kind, step.lora_dropout, step.act_bytes)
+            else:
+                activation += terms.vision_forward_bytes(patches, s.vision_embed, s.vision_mlp, s.patch_values,
+                                                         step.act_bytes)
+        lora = terms.lora_state_bytes(self.lora_params)
+        overhead = terms.overhead_bytes(activation + logits) if self.used else 0
+        return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
+                "logits_bytes": logits, "overhead_bytes": overhead,
+                "total_bytes": self.weights + lora + activation + logits + overhead}
+
+
+def device_of(device_map: dict, name: str):
+    """The device of module/parameter ``name`` under ``device_map`` (longest dotted prefix)."""
+    parts = name.split(".")
+    for end in range(len(parts), -1, -1):
+        key = ".".join(parts[:end])
+        if key in device_map:
+            return device_map[key]
+    return None
+
+
+def evaluate(layout: Layout, device_map: dict, step: Step, gpu_count: int) -> tuple[list[dict], list[str]]:
+    """Per-GPU breakdowns of ``device_map`` and the units it puts off the GPUs ('cpu'/'disk')."""
+    loads = [DeviceLoad() for _ in range(gpu_count)]
+    offloaded = []
+    for unit in layout.units:
+        device = device_of(device_map, unit.name)
+        if isinstance(device, int) and 0 <= device < gpu_count:
+            loads[device].add(unit, layout, step)
+        elif unit.weight_bytes or unit.kind == "lm_head":
+            offloaded.append(unit.name)
+    return [load.breakdown(layout, step, layout.tied) for load in loads], offloaded
+
+
+def pack(layout: Layout, step: Step, capacities: list[int]) -> tuple[dict, bool]:
+    """Sequential first-fit in forward order, every term included; returns (map, fits).
+
+    A unit goes on the current GPU if that GPU's total (with the unit) stays within its
+    capacity, else on the next GPU; what fits nowhere goes to 'cpu' (so: does not fit).
+    With tied embeddings lm_head follows embed_tokens.
+    """
+    loads = [DeviceLoad() for _ in capacities]
+    device_map: dict = {}
+    current = 0
+    fits = True
+    for unit in layout.units:
+        if unit.kind == "lm_head" and layout.tied:
+            device_map[unit.name] = device_map[_embed(layout)]
+            continue
+        while current < len(capacities):
+            trial = loads[current].copy()
+            trial.add(unit, layout, step)
+            if trial.breakdown(layout, step, layout.tied)["total_bytes"] <= capacities[current] or not _placeable(unit):
+                loads[current] = trial
+                device_map[unit.name] = current
+                break
+            current += 1
+        else:
+            device_map[unit.name] = "cpu"
+            fits = False
+    return compress(device_map), fits
+
+
+def _placeable(unit: Unit) -> bool:
+    """Units without parameters (rotary tables) never force a move to the next GPU."""
+    return unit.weight_bytes > 0 or unit.kind == "lm_head"
+
+
+def _embed(layout: Layout) -> str:
+    return next(u.name for u in layout.units if u.kind == "embed")
+
+
+def compress(device_map: dict) -> dict:
+    """Merge 'model.visual.*' entries into 'model.visual' when they share one device."""
+    visual = {k: v for k, v in device_map.items() if k.startswith("model.visual.")}
+    if visual and len(set(map(str, visual.values()))) == 1:
+        merged = {}
+        for key, value in device_map.items():
+            if key.startswith("model.visual."):
+                merged.setdefault("model.visual", value)
+            else:
+                merged[key] = value
+        return merged
+    return dict(device_map)
+
+
+def weight_budgets(layout: Layout, step: Step, device_map: dict, capacities: list[int]) -> list[int]:
+    """Per GPU: capacity minus the non-weight bytes that ``device_map`` puts there."""
+    rows, _ = evaluate(layout, device_map, step, len(capacities))
+    return [max(0, cap - (row["total_bytes"] - row["weights_bytes"])) for cap, row in zip(capacities, rows)]
+
+
+def accelerate_map(layout: Layout, budgets: list[int]) -> dict:
+    """accelerate's ``infer_auto_device_map`` on the meta model with the given weight budgets.
+
+    accelerate keeps room for the largest layer on GPU 0 (for CPU offload, which training
+    does not use), so that reserve is added back to GPU 0's budget. No-split modules and
+    tied weights are accelerate's own.
+    """
+    from accelerate.utils import infer_auto_device_map
+    from accelerate.utils.modeling import get_max_layer_size
+
+    model = _meta_model(layout)
+    no_split = list(model._no_split_modules)
+    reserve, _ = get_max_layer_size(list(model.named_children()), _module_sizes(layout), no_split)
+    max_memory = {i: int(b) for i, b in enumerate(budgets)}
+    if max_memory:
+        max_memory[0] += int(reserve)
+    max_memory["cpu"] = HUGE
+    with _quiet_accelerate():
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                           dtype=_torch_dtype(layout))
+    return dict(device_map)
+
+
+def accelerate_auto_map(layout: Layout, capacities: list[int]) -> dict:
+    """What ``from_pretrained(device_map="auto")`` picks on these GPUs: transformers'
+    ``get_balanced_memory`` + ``infer_auto_device_map`` over the free memory (capacity minus
+    the CUDA context), weights only."""
+    from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map
+
+    model = _meta_model(layout)
+    free = {i: int(c - terms.CUDA_CONTEXT_BYTES) for i, c in enumerate(capacities)}
+    free["cpu"] = HUGE
+    with _quiet_accelerate():
+        balanced = get_balanced_memory(model, max_memory=free, no_split_module_classes=model._no_split_modules)
+        device_map = infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=model._no_split_modules)
+    return dict(device_map)
+
+
+def _meta_model(layout: Layout):
+    import json
+
+    from transformers import Qwen2VLConfig
+
+    from workbench.models import build_meta_model
+
+    return build_meta_model(Qwen2VLConfig.from_dict(json.loads(layout.config_json)), layout.dtype)
+
+
+def _module_sizes(layout: Layout) -> dict:
+    return _module_sizes_cached(layout.config_json, layout.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _module_sizes_cached(config_json: str, dtype: str) -> dict:
+    from accelerate.utils import compute_module_sizes
+
+    layout_like = type("L", (), {"config_json": config_json, "dtype": dtype})
+    return compute_module_sizes(_meta_model(layout_like), dtype=_torch_dtype(layout_like))
+
+
+def _torch_dtype(layout: Layout):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[layout.dtype]
+
+
+class _quiet_accelerate:
+    """Silence 'Device N is not available' while planning for GPUs this machine lacks."""
+
+    def __enter__(self):
+        import logging
+
+        self._loggers = [logging.getLogger(n) for n in ("accelerate.utils.modeling", "transformers.integrations.accelerate")]
+        self._levels = [lg.level for lg in self._loggers]
+        for lg in self._loggers:
+            lg.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self._loggers, self._levels):
+            lg.setLevel(level)
+        return False

@@ -1,0 +1,163 @@
+"""What the planner needs to know about a model: its placement units in forward order.
+
+A unit is what a device map places whole: a vision block, the embeddings, a decoder
+layer, the final norm, lm_head (accelerate's no-split modules, Qwen2VLDecoderLayer and
+Qwen2VLVisionBlock, are units). Each unit carries its weight bytes at the plan's dtype
+and the LoRA parameters peft would add to it, found by peft's own matching rule on the
+module names of a meta model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+
+from workbench.planner.terms import lora_parameters, quantized_4bit_bytes
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str                       # module name, usable as a device_map key
+    kind: str                       # vision_in | vision_block | merger | embed | layer | norm | rotary | lm_head
+    weight_bytes: int
+    lora_params: int
+    lora_inputs: tuple[int, ...]    # input widths of the LoRA linears inside
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    vision_embed: int
+    vision_mlp: int
+    vision_depth: int
+    patch_values: int
+    merge_size: int
+    max_positions: int
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class Layout:
+    units: tuple[Unit, ...]
+    shape: Shape
+    tied: bool
+    param_bytes: tuple[tuple[str, int], ...]   # every distinct parameter: (name, bytes)
+    config_json: str
+    dtype: str
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(b for _, b in self.param_bytes)
+
+    @property
+    def lora_params(self) -> int:
+        return sum(u.lora_params for u in self.units)
+
+    @property
+    def vision_trained(self) -> bool:
+        return any(u.lora_params for u in self.units if u.kind.startswith("vision") or u.kind == "merger")
+
+
+def shape_of(config) -> Shape:
+    text, vision = config.text_config, config.vision_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return Shape(
+        hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
+        heads=text.num_attention_heads, kv_heads=text.num_key_value_heads, head_dim=head_dim,
+        vocab=text.vocab_size, vision_embed=vision.embed_dim, vision_mlp=int(vision.embed_dim * vision.mlp_ratio),
+        vision_depth=vision.depth,
+        patch_values=vision.in_channels * vision.temporal_patch_size * vision.patch_size**2,
+        merge_size=vision.spatial_merge_size, max_positions=text.max_position_embeddings,
+    )
+
+
+def target_matcher(targets):
+    """peft's rule: a string is a regex that must fullmatch the module name; a list matches
+    names equal to an entry or ending in '.entry'; 'all-linear' is every linear but lm_head."""
+    if isinstance(targets, str) and targets == "all-linear":
+        return lambda name: name != "lm_head"
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        return lambda name: pattern.fullmatch(name) is not None
+    names = tuple(targets)
+    return lambda name: any(name == t or name.endswith("." + t) for t in names)
+
+
+def build_layout(config, dtype: str, targets, rank: int, quantize_4bit: bool = False) -> Layout:
+    """The units of ``config`` (cached on the config's JSON and the other arguments)."""
+    key_targets = targets if isinstance(targets, str) else tuple(targets)
+    return _layout(config.to_json_string(use_diff=False), dtype, key_targets, int(rank), bool(quantize_4bit))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(config_json: str, dtype: str, targets, rank: int, quantize_4bit: bool) -> Layout:
+    import torch
+    from transformers import Qwen2VLConfig
+
+    from workbench.models import build_meta_model
+
+    config = Qwen2VLConfig.from_dict(json.loads(config_json))
+    model = build_meta_model(config, dtype)
+    elem = DTYPE_BYTES[dtype]
+    matches = target_matcher(targets)
+
+    param_bytes = []
+    for name, p in model.named_parameters():
+        quantized = quantize_4bit and ".layers." in name and name.endswith("proj.weight")
+        param_bytes.append((name, quantized_4bit_bytes(p.numel()) if quantized else p.numel() * elem))
+
+    lora_by_module = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and matches(name):
+            lora_by_module[name] = (lora_parameters(module.in_features, module.out_features, rank), module.in_features)
+
+    language, visual = "model.language_model", "model.visual"
+    n_layers = config.text_config.num_hidden_layers
+    unit_specs = [(f"{visual}.patch_embed", "vision_in"), (f"{visual}.rotary_pos_emb", "rotary")]
+    unit_specs += [(f"{visual}.blocks.{i}", "vision_block") for i in range(config.vision_config.depth)]
+    unit_specs += [(f"{visual}.merger", "merger"), (f"{language}.embed_tokens", "embed")]
+    unit_specs += [(f"{language}.layers.{i}", "layer") for i in range(n_layers)]
+    unit_specs += [(f"{language}.norm", "norm"), (f"{language}.rotary_emb", "rotary"), ("lm_head", "lm_head")]
+
+    by_unit: dict[str, int] = {}
+    prefixes = {name for name, _ in unit_specs}
+    for name, nbytes in param_bytes:
+        by_unit[_owner(name, prefixes)] = by_unit.get(_owner(name, prefixes), 0) + nbytes
+    lora_units: dict[str, list] = {}
+    for name, (params, d_in) in lora_by_module.items():
+        lora_units.setdefault(_owner(name, prefixes), []).append((params, d_in))
+
+    units = tuple(
+        Unit(name, kind, by_unit.get(name, 0), sum(p for p, _ in lora_units.get(name, [])),
+             tuple(d for _, d in lora_units.get(name, [])))
+        for name, kind in unit_specs
+    )
+    return Layout(units=units, shape=shape_of(config), tied=bool(config.tie_word_embeddings),
+                  param_bytes=tuple(param_bytes), config_json=config_json, dtype=dtype)
+
+
+def _owner(name: str, prefixes: set[str]) -> str:
+    """The unit a parameter or module name belongs to (longest dotted prefix)."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in prefixes:
+            return candidate
+    return name

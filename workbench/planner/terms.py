@@ -1,0 +1,146 @@
+"""The memory terms of one LoRA training step, each a small formula you can check by hand.
+
+Symbols: T = batch x sequence tokens seen by the language model, H hidden size, I MLP
+intermediate size, q = heads x head_dim, kv = KV heads x head_dim, n_h heads, V vocab,
+r LoRA rank, a = bytes per activation element (2 for bf16/fp16, 4 for fp32).
+
+The per-layer inventory below is what autograd saves in transformers 5 + peft for
+Qwen2-VL with SDPA attention; it was read off saved-tensor hooks and matches the CPU
+measurement of ``benchmarks/planner_accuracy.py`` to the byte for the saved set. The
+backward transient and the CUDA overheads are estimates (see docs/planner-accuracy.md).
+"""
+
+from __future__ import annotations
+
+MIB = 1024**2
+GIB = 1024**3
+
+# Per GPU in use: CUDA context + cuBLAS/cuDNN workspaces of a torch process (H100/A100,
+# CUDA 12). Weights + this reproduce the published bf16 inference figures within 2%.
+CUDA_CONTEXT_BYTES = 512 * MIB
+# Caching-allocator slack (reserved minus allocated) as a share of the step's dynamic bytes.
+ALLOCATOR_RESERVE_FRACTION = 0.05
+# fp32 LoRA weight + fp32 gradient + AdamW exp_avg + exp_avg_sq (peft keeps adapters in
+# fp32 when the base is bf16/fp16: autocast_adapter_dtype=True).
+LORA_BYTES_PER_PARAM = 4 + 4 + 8
+# Bytes per element of the dropout mask peft's lora_dropout saves: a bool mask on CUDA
+# (native_dropout), an fp32 noise tensor on CPU.
+DROPOUT_MASK_BYTES = {"cuda": 1, "cpu": 4}
+# Loss on fp32-upcast logits: log_softmax output (4) saved, then in backward the NLL
+# gradient (4) and the log_softmax gradient (4) are alive together.
+LOGITS_BYTES_PER_ELEMENT = 12
+IMAGE_FACTOR = 28  # one visual token per 28 x 28 pixels (patch 14, merge 2)
+
+
+def visual_tokens_per_image(max_pixels: int) -> int:
+    """Tokens the LLM sees for one image: at most max_pixels // (28 x 28).
+
+    smart_resize keeps the area at or below max_pixels in whole 28 x 28 blocks.
+    """
+    return max(1, int(max_pixels) // (IMAGE_FACTOR * IMAGE_FACTOR))
+
+
+def vision_patches(visual_tokens: int, merge_size: int = 2) -> int:
+    """Patches the vision tower sees: tokens x merge^2 (4x the LLM's image tokens)."""
+    return visual_tokens * merge_size * merge_size
+
+
+def lora_parameters(in_features: int, out_features: int, rank: int) -> int:
+    """LoRA A (r x in) + B (out x r): r x (in + out)."""
+    return rank * (in_features + out_features)
+
+
+def lora_state_bytes(lora_params: int) -> int:
+    """LoRA weights, gradients and AdamW states: 16 bytes per LoRA parameter (all fp32)."""
+    return LORA_BYTES_PER_PARAM * lora_params
+
+
+def decoder_layer_saved_bytes(tokens: int, hidden: int, intermediate: int, q_dim: int, kv_dim: int,
+                              heads: int, lora_inputs: list[int], rank: int, dropout: bool,
+                              device_kind: str = "cuda", act_bytes: int = 2) -> int:
+    """Bytes autograd keeps for one decoder layer's backward, for T tokens.
+
+    T x [ 2 x (4H + 4)                      two RMSNorms: fp32 input + rsqrt
+        + a(2q + 2kv) + 4 n_h               SDPA: rotated q, k, v, output; fp32 logsumexp
+        + 3 a I                             SwiGLU: gate out, silu out, up out
+        + sum over LoRA linears of (4 d_in + m d_in + 4 r) ]
+    where d_in is the linear's input width (H, or I for down_proj), 4 d_in the fp32 copy
+    the LoRA A matmul saves, m the dropout mask bytes (0 without dropout).
+    """
+    mask = DROPOUT_MASK_BYTES[device_kind] if dropout else 0
+    per_token = 2 * (4 * hidden + 4) + act_bytes * (2 * q_dim + 2 * kv_dim) + 4 * heads + 3 * act_bytes * intermediate
+    per_token += sum((4 + mask) * d_in + 4 * rank for d_in in lora_inputs)
+    return tokens * per_token
+
+
+def layer_backward_transient_bytes(tokens: int, hidden: int, intermediate: int) -> int:
+    """Gradient buffers alive while one layer back-propagates: T x (6 I + 10 H).
+
+    (fp32 + bf16 gradients of the MLP intermediate, and of the H-wide inputs.) Fitted on
+    the CPU tracker; it over-estimates small layers slightly.
+    """
+    return tokens * (6 * intermediate + 10 * hidden)
+
+
+def checkpoint_boundary_bytes(tokens: int, hidden: int, act_bytes: int = 2) -> int:
+    """Gradient checkpointing keeps each decoder layer's input: T x H x a."""
+    return tokens * hidden * act_bytes
+
+
+def rotary_bytes(tokens: int, head_dim: int, act_bytes: int = 2) -> int:
+    """cos and sin of the multimodal RoPE, shared by the layers on a device: 2 x T x head_dim x a."""
+    return 2 * tokens * head_dim * act_bytes
+
+
+def final_norm_bytes(tokens: int, hidden: int) -> int:
+    """The final RMSNorm (not checkpointed) keeps its fp32 input and rsqrt: T x (4H + 4)."""
+    return tokens * (4 * hidden + 4)
+
+
+def input_embedding_grad_bytes(tokens: int, hidden: int) -> int:
+    """enable_input_require_grads makes the embedding output a leaf; its gradient: T x H x 4."""
+    return tokens * hidden * 4
+
+
+def logits_bytes(tokens: int, vocab: int) -> int:
+    """Peak of the loss on the lm_head device: T x V x 12 (see LOGITS_BYTES_PER_ELEMENT).
+
+    The bf16 logits (T x V x 2) are freed before backward when the trainer drops the
+    model outputs, so they do not add to the backward peak.
+    """
+    return tokens * vocab * LOGITS_BYTES_PER_ELEMENT
+
+
+def vision_forward_bytes(patches: int, embed_dim: int, mlp_dim: int, patch_values: int,
+                         act_bytes: int = 2) -> int:
+    """A frozen vision tower keeps nothing for backward; its forward peak is one block's:
+
+    P x (6 x patch_values           fp32 pixel values + their cast copy
+         + a x 5E                   residual, q/k/v
+         + a x 2 x mlp)             fc1 output and its activation
+    """
+    return patches * (6 * patch_values + act_bytes * 5 * embed_dim + act_bytes * 2 * mlp_dim)
+
+
+def vision_trained_bytes(patches: int, embed_dim: int, mlp_dim: int, depth: int, lora_inputs: list[int],
+                         rank: int, gradient_checkpointing: bool, device_kind: str = "cuda",
+                         dropout: bool = True, act_bytes: int = 2) -> int:
+    """Vision tower with LoRA: saved activations per block, P x (a(6E + 3 mlp) + LoRA copies);
+
+    with checkpointing depth x P x E x a boundaries plus one block's saved set.
+    """
+    mask = DROPOUT_MASK_BYTES[device_kind] if dropout else 0
+    block = patches * (act_bytes * (6 * embed_dim + 3 * mlp_dim) + sum((4 + mask) * d + 4 * rank for d in lora_inputs))
+    if gradient_checkpointing:
+        return depth * patches * embed_dim * act_bytes + block
+    return depth * block
+
+
+def overhead_bytes(dynamic_bytes: int) -> int:
+    """CUDA context + allocator slack: 512 MiB + 5% of the device's dynamic bytes."""
+    return CUDA_CONTEXT_BYTES + int(ALLOCATOR_RESERVE_FRACTION * dynamic_bytes)
+
+
+def quantized_4bit_bytes(numel: int) -> int:
+    """NF4 weights with double-quantised absmax (bitsandbytes): about 0.516 bytes per weight."""
+    return numel // 2 + numel // 64
