@@ -1,0 +1,42 @@
+import json
+
+from conftest import run_cli
+
+
+def test_infer_answers_differ_after_a_short_run(trained_run, demo):
+    row = json.loads(demo.heldout.read_text().splitlines()[0])
+    result = run_cli("infer", "--adapter", trained_run.output_dir, "--image", demo.data / row["images"][0],
+                     "--prompt", "What color is the shape?", "--json")
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answers["base"]["text"] != answers["adapter"]["text"]
+    text = run_cli("infer", "--adapter", trained_run.output_dir, "--image", demo.data / row["images"][0],
+                   "--prompt", "What color is the shape?")
+    assert "[base]" in text.stdout and "[adapter]" in text.stdout
+
+
+def test_train_cli_end_to_end(demo, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--output-dir", out, "--max-steps", 3, "--save-steps", 2)
+    assert result.returncode == 0, result.stderr
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "checkpoint-2" / "COMPLETE").is_file()
+    again = run_cli("train", "--output-dir", out, "--max-steps", 3)
+    assert again.returncode == 2 and "already holds files" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_clear_errors_without_traceback(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: [\n")
+    cases = [
+        (("train", "--dataset", tmp_path / "missing.jsonl", "--output-dir", tmp_path / "r1"), "does not exist"),
+        (("train", bad_yaml), "not readable YAML"),
+        (("train", "--model", tmp_path, "--dataset", bad_yaml, "--output-dir", tmp_path / "r2"), "not a model folder"),
+        (("infer", "--adapter", tmp_path / "nope", "--prompt", "hi"), "does not exist"),
+    ]
+    for args, words in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr

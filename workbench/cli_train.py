@@ -1,0 +1,84 @@
+"""``python -m workbench train``: the training job in the foreground, with a progress line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from workbench.errors import UserError
+from workbench.settings import RunConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="Train a LoRA adapter (the demo model and data by default).",
+                       description="Train a LoRA adapter. With no config: the embedded demo model and "
+                                   "dataset with demo settings. Ctrl-C stops cleanly and saves the adapter.")
+    p.add_argument("config", nargs="?", help="RunConfig YAML (saved by the LoRA tab or a previous run's run.yaml).")
+    p.add_argument("--model", help="Base model: 'demo', a preset, a local folder or a hub id (overrides the config).")
+    p.add_argument("--dataset", help="Training dataset file (overrides data.train_path).")
+    p.add_argument("--output-dir", help="Run folder. New runs need a new or empty folder; with --resume, the run to continue.")
+    p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
+    p.add_argument("--save-steps", type=int, help="Checkpoint every N steps (overrides training.save_steps).")
+    p.add_argument("--resume", action="store_true", help="Continue the run in --output-dir from its newest complete checkpoint.")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args) -> RunConfig:
+    from workbench.demo import DEMO_TRAINING, is_demo
+
+    if args.config:
+        config = RunConfig.load(args.config)
+    elif args.resume and args.output_dir and (Path(args.output_dir) / "run.yaml").is_file():
+        config = RunConfig.load(Path(args.output_dir) / "run.yaml")
+    elif args.model and not is_demo(args.model):
+        config = RunConfig()
+    else:
+        config = RunConfig.from_dict(DEMO_TRAINING)
+    overrides = {"model": {}, "data": {}, "training": {}}
+    if args.model:
+        overrides["model"]["name_or_path"] = args.model
+    if args.dataset:
+        overrides["data"]["train_path"] = args.dataset
+    if args.output_dir:
+        overrides["training"]["output_dir"] = args.output_dir
+    if args.max_steps is not None:
+        overrides["training"]["max_steps"] = args.max_steps
+    if args.save_steps is not None:
+        overrides["training"]["save_steps"] = args.save_steps
+    return config.replace(**overrides)
+
+
+def run(args) -> int:
+    from workbench.training import JobState, TrainingJob
+
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
+    job = TrainingJob(config_from_args(args), resume=args.resume)
+    print(f"run folder: {job.output_dir}", file=sys.stderr)
+    job.start()
+    shown = 0
+    while job.running:
+        try:
+            time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping at the end of the current step (adapter will be saved)...", file=sys.stderr)
+            job.request_stop()
+            continue
+        for line in list(job.log_tail)[shown:]:
+            print(line, file=sys.stderr)
+        shown = len(job.log_tail)
+        rows = job.metrics.since(max(len(job.metrics) - 1, 0)) if job.metrics else []
+        if rows and job.state == JobState.TRAINING:
+            r = rows[-1]
+            eta = f" eta {r['eta_s']:.0f}s" if r.get("eta_s") is not None else ""
+            loss = f" loss {r['loss']:.4f}" if "loss" in r else ""
+            print(f"\rstep {job.step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    for line in list(job.log_tail)[shown:]:
+        print(line, file=sys.stderr)
+    if job.state == JobState.FAILED:
+        print(f"error: {job.message}", file=sys.stderr)
+        return job.exit_code or 1
+    print(job.message)
+    return 0

@@ -1,0 +1,159 @@
+"""Did it help? Base and adapter on the same input, one model in memory.
+
+The base loads once; the adapter is attached with peft and switched off with
+``disable_adapter()`` for the base's answer, so both answers come from the same weights
+and the same decoding settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.data.sample import IMAGE_TAG, Sample, Turn
+from workbench.errors import UserError
+from workbench.settings import RunConfig
+
+log = logging.getLogger("workbench.inference")
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+
+    def generate_kwargs(self) -> dict:
+        if self.max_new_tokens <= 0:
+            raise UserError(f"max_new_tokens must be positive, got {self.max_new_tokens}.")
+        if self.temperature <= 0:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}.")
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": True,
+                "temperature": self.temperature, "top_p": self.top_p}
+
+
+def adapter_base(adapter_dir: str | Path) -> tuple[str, RunConfig | None]:
+    """The base model an adapter was trained on (from its run.yaml or adapter_config.json)."""
+    adapter_dir = Path(adapter_dir).expanduser()
+    if not adapter_dir.is_dir():
+        raise UserError(f"Adapter folder {adapter_dir} does not exist: pass a run folder that holds adapter_config.json.")
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"{adapter_dir} holds no adapter_config.json: pass a finished run's folder or a checkpoint folder.")
+    run_yaml = adapter_dir / "run.yaml"
+    if not run_yaml.is_file() and (adapter_dir.parent / "run.yaml").is_file():
+        run_yaml = adapter_dir.parent / "run.yaml"  # a checkpoint inside a run
+    run = RunConfig.load(run_yaml) if run_yaml.is_file() else None
+    try:
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{config_file} is not valid JSON: the adapter folder is damaged.") from None
+    return (run.model.name_or_path if run else base) or "", run
+
+
+class Comparer:
+    """The base model with one adapter attached; answers with the adapter off and on."""
+
+    def __init__(self, base: str, adapter_dir: str | Path | None = None, config: RunConfig | None = None):
+        from workbench.training.loading import load_model, load_processor, resolve_model_path
+
+        self.config = config or RunConfig()
+        self.base = base
+        path = resolve_model_path(base)
+        self.processor = load_processor(path, self.config)
+        self.processor.tokenizer.padding_side = "left"
+        self.model = load_model(path, self.config)
+        self.adapter_dir = None
+        if adapter_dir:
+            self.attach(adapter_dir)
+        self.model.eval()
+
+    def attach(self, adapter_dir: str | Path) -> None:
+        from peft import PeftModel
+
+        try:
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            log.exception("adapter load failed")
+            raise UserError(f"The adapter in {adapter_dir} does not fit base model '{self.base}' "
+                            f"({str(exc).splitlines()[0][:160]}): pick the base it was trained on.") from None
+        self.adapter_dir = str(adapter_dir)
+
+    def _inputs(self, sample: Sample):
+        from workbench.data.collate import load_image
+
+        text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False, add_generation_prompt=True)
+        images = [load_image(p) for p in sample.images] or None
+        d = self.config.data
+        enc = self.processor(text=[text], images=images, return_tensors="pt",
+                             size={"shortest_edge": d.min_pixels, "longest_edge": d.max_pixels})
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in enc.items()}
+
+    def answer(self, sample: Sample, use_adapter: bool, decoding: Decoding | None = None) -> dict:
+        import contextlib
+
+        import torch
+
+        decoding = decoding or Decoding()
+        inputs = self._inputs(sample)
+        off = self.model.disable_adapter() if (self.adapter_dir and not use_adapter) else contextlib.nullcontext()
+        start = time.perf_counter()
+        with torch.inference_mode(), off:
+            output = self.model.generate(**inputs, **decoding.generate_kwargs())
+        seconds = time.perf_counter() - start
+        new = output[0, inputs["input_ids"].shape[1]:]
+        text = self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return {"text": text, "new_tokens": int(new.shape[0]), "tokens_per_s": new.shape[0] / max(seconds, 1e-9)}
+
+    def compare(self, sample: Sample, decoding: Decoding | None = None) -> dict:
+        return {"base": self.answer(sample, False, decoding), "adapter": self.answer(sample, True, decoding)}
+
+
+def prompt_sample(prompt: str, image: str | None = None, system: str | None = None) -> Sample:
+    """A one-question Sample (the assistant turn is a placeholder the prompt never includes)."""
+    if not prompt or not prompt.strip():
+        raise UserError("The prompt is empty: type a question.")
+    images = []
+    if image:
+        if not Path(image).is_file():
+            raise UserError(f"Image {image} does not exist: check the path.")
+        images = [str(image)]
+        if IMAGE_TAG not in prompt:
+            prompt = IMAGE_TAG + prompt
+    turns = ([Turn("system", system)] if system else []) + [Turn("user", prompt), Turn("assistant", "-")]
+    return Sample(turns=turns, images=images)
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"[^\w\s]", "", text).strip().lower()
+
+
+def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding | None = None) -> dict:
+    """Answer each row with base and adapter; exact and normalised match against the expected answer."""
+    rows = []
+    for sample in samples:
+        answers = comparer.compare(sample, decoding)
+        expected = sample.answer
+        rows.append({
+            "row": sample.row, "image": sample.images[0] if sample.images else None,
+            "prompt": sample.prompt_messages()[-1]["content"][-1].get("text", "") if sample.prompt_messages() else "",
+            "expected": expected, "base": answers["base"]["text"], "adapter": answers["adapter"]["text"],
+            "base_match": answers["base"]["text"] == expected, "adapter_match": answers["adapter"]["text"] == expected,
+            "base_match_normalised": normalise(answers["base"]["text"]) == normalise(expected),
+            "adapter_match_normalised": normalise(answers["adapter"]["text"]) == normalise(expected),
+        })
+    n = max(len(rows), 1)
+    return {
+        "rows": rows,
+        "base_accuracy": sum(r["base_match"] for r in rows) / n,
+        "adapter_accuracy": sum(r["adapter_match"] for r in rows) / n,
+        "base_accuracy_normalised": sum(r["base_match_normalised"] for r in rows) / n,
+        "adapter_accuracy_normalised": sum(r["adapter_match_normalised"] for r in rows) / n,
+    }

@@ -1,0 +1,272 @@
+"""One RunConfig (model, data, lora, training): dataclasses, YAML load/save, validation.
+
+The same object sits behind the LoRA/Training form, the YAML file in every run
+directory and the CLI flags. Each field carries its help text in ``metadata["help"]``
+(what it does and when to change it). ``validate()`` raises ``UserError`` naming the
+field (``lora.rank``) and the fix; peft's and transformers' own checks run on top of it
+in ``workbench.training`` before anything loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench.errors import UserError
+
+DEMO_MODEL = "demo"
+
+# Target-module presets for LoRA. Names match Qwen2-VL's module names in transformers.
+LANGUAGE_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGET_PRESETS: dict[str, str | list[str]] = {
+    # A regex so the vision tower's own linears (qkv, proj, fc1, fc2) are never matched.
+    "language-all-linear": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    "language-attention": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+    "language-and-merger": r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|visual\.merger\.mlp\.(0|2))",
+    "language-and-vision": r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)|visual\.merger\.mlp\.(0|2))",
+}
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelSettings:
+    name_or_path: str = _f(DEMO_MODEL, "Base model: 'demo' (the embedded tiny Qwen2-VL), a preset "
+                           "(qwen2-vl-2b-instruct, -7b-, -72b-), a local folder or a hub id.")
+    dtype: str = _f("auto", "Weight dtype: auto picks bf16 on GPUs that support it, fp32 on CPU. "
+                    "Use fp16 only on GPUs without bf16.")
+    device_map: Any = _f(None, "Where each module lives. Empty: computed by the memory planner for "
+                         "the detected GPUs ({'': 'cpu'} without GPUs). Paste a planner map to pin it.")
+
+
+@dataclass
+class DataSettings:
+    train_path: str = _f("", "Training dataset file (ms-swift, sharegpt or HF messages; JSON or "
+                         "JSONL). Empty with the demo model: the demo's training rows.")
+    eval_path: str = _f("", "Held-out dataset file for eval loss. Empty: none (or eval_split).")
+    format: str = _f("auto", "Dataset format: auto, swift, sharegpt or messages. Set it when "
+                     "auto-detection guesses wrong.")
+    eval_split: float = _f(0.0, "Share of training rows held out for eval loss when no eval file "
+                           "is given (0 to 0.5). Raise it to watch for overfitting.")
+    max_length: int = _f(2048, "Longest row in tokens (text + visual). Longer rows are refused by "
+                         "validation. Take p95 or max from the Dataset tab; lower it to save memory.")
+    min_pixels: int = _f(3136, "Smallest image area in pixels after resizing (multiple of 28x28). "
+                         "Rarely changed.")
+    max_pixels: int = _f(1003520, "Largest image area in pixels after resizing; every 28x28 block is "
+                         "one visual token. Lower it first when memory is short.")
+
+
+@dataclass
+class LoraSettings:
+    rank: int = _f(8, "LoRA rank r: size of the update. 8-16 for most tasks; raise for large "
+                   "domain shifts (memory and time grow linearly).")
+    alpha: int = _f(16, "LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA). "
+                    "Usually 2 x rank.")
+    dropout: float = _f(0.05, "Dropout on the LoRA input (0 to <1). Raise on small datasets that "
+                        "overfit.")
+    target_modules: Any = _f("language-all-linear", "Which layers get LoRA: a preset ("
+                             + ", ".join(TARGET_PRESETS) + ") or a list of module names.")
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling (alpha/sqrt(r)); helps at high ranks.")
+    use_dora: bool = _f(False, "DoRA (weight-decomposed LoRA): sometimes better quality, slower and "
+                        "more memory.")
+    modules_to_save: Any = _f([], "Modules trained in full besides LoRA (e.g. lm_head). Costs their "
+                              "full size in gradients and optimizer state.")
+
+
+@dataclass
+class TrainingSettings:
+    output_dir: str = _f("", "Run directory. Empty: a new folder under the workbench's runs folder. "
+                         "An existing run is never overwritten: resume it or pick a new folder.")
+    learning_rate: float = _f(1e-4, "Peak learning rate. 1e-4 to 2e-4 is usual for LoRA; lower it "
+                              "if the loss spikes.")
+    lr_scheduler_type: str = _f("cosine", "Schedule after warmup: " + ", ".join(SCHEDULERS) + ".")
+    warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate (0 to 1).")
+    num_train_epochs: float = _f(1.0, "Passes over the data; ignored when max_steps > 0.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use num_train_epochs).")
+    per_device_train_batch_size: int = _f(1, "Rows per step on each process. Memory grows with it; "
+                                          "use gradient accumulation to grow the effective batch.")
+    gradient_accumulation_steps: int = _f(8, "Steps to accumulate before each update. Effective batch "
+                                          "= batch size x this.")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in backward: much less memory, "
+                                      "about 30% slower. Turn off only when memory is plentiful.")
+    eval_steps: int = _f(0, "Evaluate every N steps (0: never). Needs an eval file or eval_split.")
+    save_steps: int = _f(100, "Save a checkpoint every N steps (0: only at the end).")
+    save_total_limit: int = _f(3, "Keep at most this many checkpoints (oldest removed first).")
+    logging_steps: int = _f(1, "Log loss every N steps.")
+    seed: int = _f(42, "Random seed for data order and LoRA initialisation.")
+
+
+@dataclass
+class RunConfig:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    # ---- conversion -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "RunConfig":
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise UserError("The config must be a mapping with sections model, data, lora, training; "
+                            f"got {type(raw).__name__}.")
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"Unknown config section(s) {sorted(unknown)}: use model, data, lora, training.")
+        sections = {}
+        for f in fields(cls):
+            section_type = f.default_factory  # the section's dataclass
+            values = raw.get(f.name) or {}
+            if not isinstance(values, dict):
+                raise UserError(f"Config section '{f.name}' must be a mapping of fields, got {type(values).__name__}.")
+            known = {g.name: g for g in fields(section_type)}
+            for key in values:
+                if key not in known:
+                    raise UserError(f"Unknown field '{f.name}.{key}': valid fields are {', '.join(known)}.")
+            kwargs = {key: _coerce(f"{f.name}.{key}", known[key], value) for key, value in values.items()}
+            sections[f.name] = section_type(**kwargs)
+        config = cls(**sections)
+        config.validate()
+        return config
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"Config file {path} does not exist or is not a file: pass a YAML file written by the workbench.")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"Config file {path} is not readable YAML ({str(exc).splitlines()[0]}): fix the syntax or save it again from the LoRA tab.") from None
+        return cls.from_dict(raw)
+
+    def replace(self, **sections) -> "RunConfig":
+        """A copy with some fields changed: ``cfg.replace(training={"max_steps": 5})``."""
+        raw = self.to_dict()
+        for name, values in sections.items():
+            raw[name].update(values)
+        return RunConfig.from_dict(raw)
+
+    # ---- validation -------------------------------------------------------------
+    def validate(self) -> None:
+        """Field-level checks that need no model: each error names the field and the fix."""
+        m, d, l, t = self.model, self.data, self.lora, self.training
+        if not str(m.name_or_path).strip():
+            raise UserError("model.name_or_path is empty: give 'demo', a preset, a local model folder or a hub id.")
+        if m.dtype not in DTYPES:
+            raise UserError(f"model.dtype '{m.dtype}' is not one of {', '.join(DTYPES)}.")
+        if m.device_map is not None and not isinstance(m.device_map, (dict, str)):
+            raise UserError("model.device_map must be a mapping of module -> device, 'auto', 'cpu' or empty.")
+        if d.format not in ("auto", "swift", "sharegpt", "messages"):
+            raise UserError(f"data.format '{d.format}' is unknown: use auto, swift, sharegpt or messages.")
+        _positive("data.max_length", d.max_length)
+        _positive("data.min_pixels", d.min_pixels)
+        _positive("data.max_pixels", d.max_pixels)
+        if d.min_pixels > d.max_pixels:
+            raise UserError(f"data.min_pixels ({d.min_pixels}) is larger than data.max_pixels ({d.max_pixels}): lower min_pixels or raise max_pixels.")
+        if not 0 <= d.eval_split <= 0.5:
+            raise UserError(f"data.eval_split {d.eval_split} is outside 0..0.5: use e.g. 0.05, or 0 for none.")
+        _positive("lora.rank", l.rank)
+        _positive("lora.alpha", l.alpha)
+        if not 0 <= l.dropout < 1:
+            raise UserError(f"lora.dropout {l.dropout} is outside [0, 1): use e.g. 0.05.")
+        if isinstance(l.target_modules, str):
+            if l.target_modules not in TARGET_PRESETS:
+                raise UserError(f"lora.target_modules '{l.target_modules}' is not a preset ({', '.join(TARGET_PRESETS)}): pick one or give a list of module names.")
+        elif not (isinstance(l.target_modules, list) and l.target_modules and all(isinstance(x, str) and x for x in l.target_modules)):
+            raise UserError("lora.target_modules must be a preset name or a non-empty list of module names such as [q_proj, v_proj].")
+        if not isinstance(l.modules_to_save, list):
+            raise UserError("lora.modules_to_save must be a list of module names (or empty).")
+        if t.learning_rate <= 0 or t.learning_rate > 1:
+            raise UserError(f"training.learning_rate {t.learning_rate} is outside (0, 1]: LoRA usually uses 1e-4 to 2e-4.")
+        if t.lr_scheduler_type not in SCHEDULERS:
+            raise UserError(f"training.lr_scheduler_type '{t.lr_scheduler_type}' is unknown: use one of {', '.join(SCHEDULERS)}.")
+        if not 0 <= t.warmup_ratio <= 1:
+            raise UserError(f"training.warmup_ratio {t.warmup_ratio} is outside 0..1.")
+        if t.max_steps == 0 or t.max_steps < -1:
+            raise UserError(f"training.max_steps {t.max_steps} is invalid: use a positive number, or -1 to train by epochs.")
+        if t.max_steps == -1 and t.num_train_epochs <= 0:
+            raise UserError("training.num_train_epochs must be positive when max_steps is -1.")
+        _positive("training.per_device_train_batch_size", t.per_device_train_batch_size)
+        _positive("training.gradient_accumulation_steps", t.gradient_accumulation_steps)
+        _positive("training.logging_steps", t.logging_steps)
+        for name in ("eval_steps", "save_steps", "save_total_limit"):
+            if getattr(t, name) < 0:
+                raise UserError(f"training.{name} {getattr(t, name)} is negative: use 0 or a positive number.")
+
+
+def _positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f"{name} must be a positive number, got {value!r}.")
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
+    """Accept YAML/form values of the right kind; refuse the rest naming the field."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if value is None:
+        return default if not isinstance(default, (int, float, bool)) or f.name in ("device_map",) else _bad(name, value, default)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        return _bad(name, value, default)
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            return _bad(name, value, default)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        return _bad(name, value, default)
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            return _bad(name, value, default)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        return _bad(name, value, default)
+    if isinstance(default, str) and f.name != "target_modules":
+        if isinstance(value, str):
+            return value
+        return _bad(name, value, default)
+    return value
+
+
+def _bad(name, value, default):
+    raise UserError(f"{name} must be a {type(default).__name__} like {default!r}, got {value!r}.")
+
+
+def field_help(section: str, name: str) -> str:
+    """The help text of ``section.name`` (for forms and CLI flags)."""
+    section_type = {f.name: f.default_factory for f in fields(RunConfig)}[section]
+    return {f.name: f.metadata.get("help", "") for f in fields(section_type)}[name]

@@ -1,0 +1,81 @@
+"""Loading a base model and its processor for training or inference, on the planned devices."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from workbench.errors import UserError
+from workbench.settings import RunConfig
+
+log = logging.getLogger("workbench.training")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """'demo' -> the embedded tiny model (built on first use); presets and paths pass through."""
+    from workbench.demo import ensure_demo, is_demo
+
+    if is_demo(name_or_path):
+        return str(ensure_demo().model)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model folder (no config.json in it): pass the folder that holds config.json and the weights.")
+        return str(path)
+    return name_or_path  # a hub id; from_pretrained resolves it from the local cache
+
+
+def pick_dtype(name: str):
+    import torch
+
+    if name == "fp32":
+        return torch.float32
+    if name == "fp16":
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def pick_device_map(config: RunConfig):
+    """The configured map, else the planner's map for the detected GPUs, else all on CPU."""
+    import torch
+
+    if config.model.device_map:
+        return config.model.device_map
+    if not torch.cuda.is_available():
+        return {"": "cpu"}
+    from workbench.hardware import detect_gpus
+    from workbench.planner import PlanRequest, plan_memory
+
+    plan = plan_memory(PlanRequest.from_run_config(config, detect_gpus()))
+    if not plan.fits:
+        log.warning("planner predicts out-of-memory; loading with its map anyway")
+    return plan.device_map
+
+
+def load_processor(path: str, config: RunConfig):
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except OSError as exc:
+        raise UserError(f"Could not load a processor for model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen2-VL folder, a preset already downloaded, or 'demo'.") from None
+    processor.tokenizer.padding_side = "right"
+    return processor
+
+
+def load_model(path: str, config: RunConfig, device_map=None):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    dtype = pick_dtype(config.model.dtype)
+    device_map = device_map if device_map is not None else pick_device_map(config)
+    log.info("loading %s dtype=%s device_map=%s", path, dtype, device_map)
+    try:
+        # safetensors only: never unpickle weights from a folder we did not write
+        return Qwen2VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, device_map=device_map, use_safetensors=True)
+    except OSError as exc:
+        raise UserError(f"Could not load model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen2-VL folder with safetensors weights, or 'demo'.") from None

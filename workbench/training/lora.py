@@ -1,0 +1,38 @@
+"""LoRA on top of the base: settings -> peft.LoraConfig (with peft's own validation)."""
+
+from __future__ import annotations
+
+from workbench.errors import UserError
+from workbench.settings import TARGET_PRESETS, LoraSettings
+
+
+def lora_config(settings: LoraSettings):
+    """Build peft's LoraConfig; its ValueErrors become UserErrors that name the lora field."""
+    from peft import LoraConfig
+
+    targets = settings.target_modules
+    if isinstance(targets, str):
+        targets = TARGET_PRESETS[targets]
+    try:
+        return LoraConfig(
+            r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+            target_modules=targets, use_rslora=settings.use_rslora, use_dora=settings.use_dora,
+            modules_to_save=settings.modules_to_save or None, task_type="CAUSAL_LM",
+        )
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"LoRA settings rejected by peft: {exc}") from None
+
+
+def apply_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
+    from peft import get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:
+        # non-reentrant checkpointing; input grads so frozen embeddings still pass gradients on
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    try:
+        return get_peft_model(model, lora_config(settings))
+    except ValueError as exc:
+        raise UserError(f"lora.target_modules matched nothing usable in this model ({exc}): pick a preset or list module names that exist.") from None

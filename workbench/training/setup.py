@@ -1,0 +1,105 @@
+"""What a run needs before the model loads: validated data, the processor, Trainer arguments."""
+
+from __future__ import annotations
+
+import random
+
+from workbench.errors import UserError
+from workbench.settings import RunConfig
+
+
+def dataset_paths(config: RunConfig) -> tuple[str, str]:
+    """Train and eval files; the demo model without a dataset uses the demo's rows."""
+    from workbench.demo import ensure_demo, is_demo
+
+    train, evaluation = config.data.train_path, config.data.eval_path
+    if not train:
+        if not is_demo(config.model.name_or_path):
+            raise UserError("data.train_path is empty: pass --dataset PATH (a .jsonl or .json file).")
+        train = str(ensure_demo().train)
+    return train, evaluation
+
+
+def load_valid_samples(path: str, config: RunConfig, encoder):
+    """All rows, checked before any weights load: a broken row fails now, not at step 5000."""
+    from workbench.data.formats import Problem, load_samples
+
+    result = load_samples(path, config.data.format)
+    problems = list(result.problems)
+    for sample in result.samples:
+        if len(problems) >= 20:
+            break
+        try:
+            encoder.encode(sample)
+        except ValueError as exc:
+            problems.append(Problem(sample.row, str(exc), "too-long"))
+        except OSError as exc:
+            problems.append(Problem(sample.row, f"image unreadable ({exc})", "image-unreadable"))
+    if problems:
+        first = "; ".join(f"row {p.row}: {p.reason}" for p in problems[:3])
+        raise UserError(f"{path} has {len(problems)}{'+' if len(problems) >= 20 else ''} problem row(s) ({first}). "
+                        f"Fix them (see `python -m workbench data check {path}`) and start again.")
+    if not result.samples:
+        raise UserError(f"{path} has no usable rows.")
+    return result.samples
+
+
+def build_datasets(config: RunConfig):
+    from workbench.data.collate import SampleDataset, SampleEncoder
+    from workbench.training.loading import load_processor, resolve_model_path
+
+    model_path = resolve_model_path(config.model.name_or_path)
+    processor = load_processor(model_path, config)
+    d = config.data
+    encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels)
+    train_path, eval_path = dataset_paths(config)
+    train = load_valid_samples(train_path, config, encoder)
+    evaluation = load_valid_samples(eval_path, config, encoder) if eval_path else None
+    if evaluation is None and d.eval_split > 0:
+        shuffled = train[:]
+        random.Random(config.training.seed).shuffle(shuffled)
+        cut = max(1, int(len(shuffled) * d.eval_split))
+        evaluation, train = shuffled[:cut], shuffled[cut:]
+    eval_set = SampleDataset(evaluation, encoder) if evaluation else None
+    return SampleDataset(train, encoder), eval_set, processor, model_path
+
+
+def build_trainer_args(config: RunConfig, has_eval: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    from workbench.training.loading import pick_dtype
+
+    t = config.training
+    dtype = pick_dtype(config.model.dtype)
+    evaluate = has_eval and t.eval_steps > 0
+    return TrainingArguments(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio if t.warmup_ratio < 1 else int(t.warmup_ratio),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit or None,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_steps if evaluate else None,
+        seed=t.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not torch.cuda.is_available(),
+        # checkpointing is switched on by apply_lora with use_reentrant=False
+        gradient_checkpointing=False,
+        include_num_input_tokens_seen=True,
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        # installs a SIGTERM handler, which fails outside the main thread
+        enable_jit_checkpoint=False,
+    )
