@@ -113,7 +113,8 @@ def parse_gpu_spec(spec: str) -> list[Gpu]:
             raise UserError(f"The GPU spec '{text}' lists more than {MAX_GPUS} GPUs: one process drives at most {MAX_GPUS}.")
         size = parse_size(size_text)
         label = _size_label(size)
-        gpus.extend(Gpu(len(gpus) + i, f"GPU {label}", size) for i in range(count))
+        start = len(gpus)
+        gpus.extend(Gpu(start + i, f"GPU {label}", size) for i in range(count))
     return gpus
 
 

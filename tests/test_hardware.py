@@ -1,0 +1,74 @@
+"""GPU specs, detection without a driver, memory sampling."""
+
+import pytest
+
+from workbench import hardware
+from workbench.errors import UserError
+from workbench.hardware import GB, GIB, Gpu, gpu_spec, parse_gpu_spec
+
+
+def test_parse_counts_and_units():
+    assert parse_gpu_spec("4x40GiB") == [Gpu(i, "GPU 40GiB", 40 * GIB) for i in range(4)]
+    assert [g.total_bytes for g in parse_gpu_spec("2x80GB")] == [80 * GB, 80 * GB]
+    mixed = parse_gpu_spec("40GiB, 40GiB,24GiB")
+    assert [g.index for g in mixed] == [0, 1, 2]
+    assert [g.total_bytes for g in mixed] == [40 * GIB, 40 * GIB, 24 * GIB]
+    assert [g.total_bytes for g in parse_gpu_spec("2X24G,1x80GiB")] == [24 * GIB, 24 * GIB, 80 * GIB]
+
+
+@pytest.mark.parametrize("spec", ["", "0x40GiB", "-1x40GiB", "4x0GiB", "4x-40GiB", "4x40XB", "abc",
+                                  "1x100TiB", "100x40GiB", "4x40MB", "4x"])
+def test_bad_specs_are_user_errors(spec):
+    with pytest.raises(UserError):
+        parse_gpu_spec(spec)
+
+
+def test_spec_round_trip():
+    assert gpu_spec(parse_gpu_spec("4x40GiB")) == "4x40GiB"
+    assert gpu_spec(parse_gpu_spec("40GiB,24GiB")) == "40GiB,24GiB"
+
+
+def test_detect_without_driver_is_empty(monkeypatch):
+    monkeypatch.setattr(hardware, "_nvml_state", {"module": None})
+    assert hardware.detect_gpus() == []
+
+
+def test_sample_on_cpu_reports_resident_memory(monkeypatch):
+    monkeypatch.setattr(hardware, "_nvml_state", {"module": None})
+    rows = hardware.sample_memory()
+    assert len(rows) == 1 and rows[0]["device"] == "cpu" and rows[0]["used_bytes"] > 10 * 1024**2
+    assert set(rows[0]) == {"device", "used_bytes", "peak_allocated_bytes", "peak_reserved_bytes"}
+
+
+class FakeNvml:
+    class Info:
+        def __init__(self, total, used):
+            self.total, self.used = total, used
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA A800-SXM4-40GB"
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return self.Info(40 * GIB, (h + 1) * GIB)
+
+
+def test_detect_and_sample_with_nvml(monkeypatch):
+    monkeypatch.setattr(hardware, "_nvml_state", {"module": FakeNvml()})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpus = hardware.detect_gpus()
+    assert gpus == [Gpu(0, "NVIDIA A800-SXM4-40GB", 40 * GIB), Gpu(1, "NVIDIA A800-SXM4-40GB", 40 * GIB)]
+    rows = hardware.sample_memory()
+    assert [(r["device"], r["used_bytes"]) for r in rows] == [("cuda:0", GIB), ("cuda:1", 2 * GIB)]
+
+
+def test_cuda_visible_devices_renumbers(monkeypatch):
+    monkeypatch.setattr(hardware, "_nvml_state", {"module": FakeNvml()})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert [g.index for g in hardware.detect_gpus()] == [0]
+    assert [r["used_bytes"] for r in hardware.sample_memory()] == [2 * GIB]
