@@ -1,4 +1,4 @@
-"""``python -m workbench infer``: base vs adapter on one prompt, or on held-out rows."""
+"""``python -m workbench infer``: base vs adapter on one prompt, or on held-out rows; or list runs."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ from workbench.errors import UserError
 def register(sub) -> None:
     p = sub.add_parser("infer", help="Compare base and adapter answers (one prompt, or held-out rows).",
                        description="Answer with the base model and with the adapter, same input, same "
-                                   "decoding (greedy by default).")
-    p.add_argument("--adapter", required=True, help="Adapter folder: a finished run's folder or a checkpoint.")
-    p.add_argument("--base", help="Base model (default: the one the adapter was trained on).")
+                                   "decoding (greedy by default). --runs lists this workbench's runs.")
+    p.add_argument("--runs", action="store_true", help="List this workbench's runs (newest first, with state "
+                   "and final loss) and exit.")
+    p.add_argument("--adapter", help="Adapter folder: a run folder or a checkpoint (default: the newest run "
+                   "that holds an adapter).")
+    p.add_argument("--base", help="Base model (default: the one the adapter was trained on). Change it only "
+                   "when that model moved; an adapter for another model is refused.")
     p.add_argument("--prompt", help="Question to ask (with --image: about that image).")
     p.add_argument("--image", help="Image file for the prompt.")
     p.add_argument("--system", help="Optional system prompt.")
-    p.add_argument("--dataset", help="Held-out check: score base and adapter on this dataset's rows.")
+    p.add_argument("--dataset", help="Held-out check: score base and adapter on this dataset's rows "
+                   "('demo': the demo's held-out rows).")
     p.add_argument("--limit", type=int, default=50, help="Held-out check: at most N rows (default 50).")
     p.add_argument("--max-new-tokens", type=int, default=32, help="Longest answer in tokens (default 32).")
     p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default); >0 samples.")
@@ -25,40 +30,66 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from workbench.inference import Comparer, Decoding, adapter_base, heldout_check, prompt_sample
+def print_runs(as_json: bool) -> int:
+    from workbench.paths import runs_root
+    from workbench.runs import list_runs
 
+    runs = list_runs()
+    if as_json:
+        print(json.dumps([r.to_dict() for r in runs]))
+    elif not runs:
+        print(f"No runs yet in {runs_root()}: train one with `python -m workbench train`.")
+    else:
+        for r in runs:
+            print(f"{r.label()}  {r.path}")
+    return 0
+
+
+def pick_adapter(path: str | None) -> str:
+    from workbench.runs import list_runs, usable_adapter
+
+    if path:
+        return usable_adapter(path)
+    ready = [r for r in list_runs() if r.adapter_dir and r.state != "training"]
+    if not ready:
+        raise UserError("No finished run to compare with: pass --adapter DIR or train one with `python -m workbench train`.")
+    return ready[0].adapter_dir
+
+
+def run(args) -> int:
+    from workbench.inference import Comparer, Decoding, adapter_base, heldout_check, heldout_samples, prompt_sample
+
+    if args.runs:
+        return print_runs(args.json)
     if not args.prompt and not args.dataset:
         raise UserError("Give --prompt TEXT (with optional --image) or --dataset PATH for a held-out check.")
-    if args.limit <= 0:
-        raise UserError(f"--limit must be positive, got {args.limit}.")
     decoding = Decoding(args.max_new_tokens, args.temperature, args.top_p)
     decoding.generate_kwargs()  # validate before loading anything
-    base, run_config = adapter_base(args.adapter)
-    base = args.base or base
+    adapter = pick_adapter(args.adapter)
+    trained_on, run_config = adapter_base(adapter)
+    base = args.base or trained_on
     if not base:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
-        from workbench.data.formats import load_samples
-
-        samples = load_samples(args.dataset).samples[: args.limit]
-        if not samples:
-            raise UserError(f"{args.dataset} has no usable rows for a held-out check.")
-        comparer = Comparer(base, args.adapter, run_config)
-        result = heldout_check(comparer, samples, decoding)
+        samples = heldout_samples(None if args.dataset == "demo" else args.dataset, args.limit)
+        result = heldout_check(Comparer(base, adapter, run_config), samples, decoding)
+        result["adapter_dir"] = adapter
         if args.json:
             print(json.dumps(result))
         else:
             for r in result["rows"]:
                 print(f"row {r['row']}: expected {r['expected']!r} | base {r['base']!r} | adapter {r['adapter']!r}")
-            print(f"exact-match accuracy: base {result['base_accuracy']:.3f}, adapter {result['adapter_accuracy']:.3f}")
+            print(f"exact-match accuracy: base {result['base_accuracy']:.3f}, adapter {result['adapter_accuracy']:.3f}; "
+                  f"normalised: base {result['base_accuracy_normalised']:.3f}, "
+                  f"adapter {result['adapter_accuracy_normalised']:.3f} ({len(result['rows'])} rows)")
         return 0
     sample = prompt_sample(args.prompt, args.image, args.system)
-    comparer = Comparer(base, args.adapter, run_config)
-    result = comparer.compare(sample, decoding)
+    result = Comparer(base, adapter, run_config).compare(sample, decoding)
+    result["adapter_dir"] = adapter
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"[base]    {result['base']['text']}")
-        print(f"[adapter] {result['adapter']['text']}")
+        for side in ("base", "adapter"):
+            a = result[side]
+            print(f"[{side}]{' ' * (8 - len(side))}{a['text']}   ({a['tokens_per_s']:.1f} tokens/s)")
     return 0

@@ -38,6 +38,41 @@ class Decoding:
                 "temperature": self.temperature, "top_p": self.top_p}
 
 
+def guard_no_training() -> None:
+    """Refuse while this process trains: the job holds the devices (and accelerate's global state)."""
+    from workbench.training import current_job
+
+    job = current_job()
+    if job is not None and job.running:
+        raise UserError(f"A training job is running ({Path(job.output_dir).name}, step {job.step}/{job.max_steps}) "
+                        "and holds the model and devices: wait for it to finish or stop it on the Training tab.")
+
+
+def model_shape(name_or_path: str) -> dict | None:
+    """The sizes an adapter depends on, from a local model's config.json (None when not local)."""
+    from workbench.training.loading import resolve_model_path
+
+    try:
+        config_file = Path(resolve_model_path(name_or_path)) / "config.json"
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UserError, OSError, json.JSONDecodeError):
+        return None
+    text = raw.get("text_config") or raw
+    keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+    return {k: text.get(k, raw.get(k)) for k in keys}
+
+
+def check_adapter_base(adapter_dir: str | Path, trained_on: str, base: str) -> None:
+    """An adapter only fits the base it was trained on: compare the two models' sizes when both are local."""
+    if not trained_on or trained_on == base:
+        return
+    want, have = model_shape(trained_on), model_shape(base)
+    if want and have and want != have:
+        diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in want if want[k] != have[k])
+        raise UserError(f"The adapter in {adapter_dir} was trained on '{trained_on}', which differs from '{base}' "
+                        f"({diff}): choose base '{trained_on}' or an adapter trained on '{base}'.")
+
+
 def adapter_base(adapter_dir: str | Path) -> tuple[str, RunConfig | None]:
     """The base model an adapter was trained on (from its run.yaml or adapter_config.json)."""
     adapter_dir = Path(adapter_dir).expanduser()
@@ -63,6 +98,7 @@ class Comparer:
     def __init__(self, base: str, adapter_dir: str | Path | None = None, config: RunConfig | None = None):
         from workbench.training.loading import load_model, load_processor, resolve_model_path
 
+        guard_no_training()
         self.config = config or RunConfig()
         self.base = base
         path = resolve_model_path(base)
@@ -77,6 +113,8 @@ class Comparer:
     def attach(self, adapter_dir: str | Path) -> None:
         from peft import PeftModel
 
+        trained_on, _ = adapter_base(adapter_dir)
+        check_adapter_base(adapter_dir, trained_on, self.base)
         try:
             self.model = PeftModel.from_pretrained(self.model, str(adapter_dir))
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -110,9 +148,11 @@ class Comparer:
         seconds = time.perf_counter() - start
         new = output[0, inputs["input_ids"].shape[1]:]
         text = self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
-        return {"text": text, "new_tokens": int(new.shape[0]), "tokens_per_s": new.shape[0] / max(seconds, 1e-9)}
+        return {"text": text, "new_tokens": int(new.shape[0]), "seconds": seconds,
+                "tokens_per_s": new.shape[0] / max(seconds, 1e-9)}
 
     def compare(self, sample: Sample, decoding: Decoding | None = None) -> dict:
+        guard_no_training()
         return {"base": self.answer(sample, False, decoding), "adapter": self.answer(sample, True, decoding)}
 
 
@@ -124,11 +164,38 @@ def prompt_sample(prompt: str, image: str | None = None, system: str | None = No
     if image:
         if not Path(image).is_file():
             raise UserError(f"Image {image} does not exist: check the path.")
+        check_image(image)
         images = [str(image)]
         if IMAGE_TAG not in prompt:
             prompt = IMAGE_TAG + prompt
     turns = ([Turn("system", system)] if system else []) + [Turn("user", prompt), Turn("assistant", "-")]
     return Sample(turns=turns, images=images)
+
+
+def check_image(path: str | Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UserError(f"Image {path} is not a readable image ({type(exc).__name__}): use a PNG, JPEG or WebP file.") from None
+
+
+def heldout_samples(path: str | Path | None = None, limit: int = 8) -> list[Sample]:
+    """The first ``limit`` usable rows of a dataset file; the demo's held-out rows when no path is given."""
+    from workbench.data.formats import load_samples
+
+    if limit <= 0:
+        raise UserError(f"The number of held-out rows must be positive, got {limit}.")
+    if not path or not str(path).strip():
+        from workbench.demo import ensure_demo
+
+        path = ensure_demo().heldout
+    samples = load_samples(Path(str(path).strip()).expanduser()).samples[:limit]
+    if not samples:
+        raise UserError(f"{path} has no usable rows for a held-out check: open it on the Dataset tab to see why.")
+    return samples
 
 
 def normalise(text: str) -> str:
