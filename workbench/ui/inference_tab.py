@@ -236,12 +236,12 @@ def build(state) -> None:
                          column_widths=["84px", "24%", "10%", "22%", "14%", "10%", "10%"])
 
     decoding = [max_new, temperature, top_p]
-    refresh.click(refresh_runs, [run], [run])
+    refresh.click(refresh_runs, [run], [run], api_name="inference_runs")
     tab = Context.block
     if tab is not None and hasattr(tab, "select"):
-        tab.select(refresh_runs, [run], [run])  # a run finished meanwhile shows up on return
+        tab.select(refresh_runs, [run], [run], api_visibility="private")  # a run finished meanwhile shows up on return
     run.change(choose_run, [run, base], [adapter, base, status])
     ask_button.click(ask, [base, adapter, image, image_path, prompt, system, *decoding],
-                     [base_answer, base_speed, adapter_answer, adapter_speed, status])
-    check_button.click(check, [base, adapter, dataset, rows, *decoding], [accuracy, table])
+                     [base_answer, base_speed, adapter_answer, adapter_speed, status], api_name="inference_ask")
+    check_button.click(check, [base, adapter, dataset, rows, *decoding], [accuracy, table], api_name="inference_check")
     state.components["inference_run"] = run

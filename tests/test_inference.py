@@ -1,0 +1,202 @@
+"""Inference core, runs listing and the Inference tab's handlers, on the demo model."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def adapter(trained_run):
+    return str(trained_run.output_dir)
+
+
+@pytest.fixture(scope="module")
+def heldout(demo):
+    from workbench.inference import heldout_samples
+
+    return heldout_samples(demo.heldout, 4)
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory, demo):
+    """A tiny Qwen2-VL of another width: an adapter of the demo must not load on it."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from workbench.demo import demo_model_config
+
+    processor = AutoProcessor.from_pretrained(demo.model)
+    config = demo_model_config(processor.tokenizer)
+    config.text_config.hidden_size = config.vision_config.hidden_size = 32
+    folder = tmp_path_factory.mktemp("other-base")
+    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+# ---------------------------------------------------------------------------- runs
+def test_runs_newest_first_with_state_and_final_loss(trained_run, tmp_path):
+    from workbench.runs import list_runs, usable_adapter
+
+    finished = tmp_path / "finished"
+    shutil.copytree(trained_run.output_dir, finished)
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(trained_run.output_dir / "checkpoint-20", interrupted / "checkpoint-20")
+    shutil.copy(trained_run.output_dir / "run.yaml", interrupted / "run.yaml")
+    (interrupted / "metrics.jsonl").write_text('{"step": 5, "loss": 2.5}\n{"step": 10, "loss": 2.25}\n{"step": 1')
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "run.yaml").write_text("model: {name_or_path: demo}\n")
+    (tmp_path / "not-a-run").mkdir()
+    for age, folder in enumerate(("interrupted", "finished", "empty")):
+        os.utime(tmp_path / folder, (1e9 - age * 100, 1e9 - age * 100))
+
+    runs = list_runs(tmp_path)
+    assert [r.name for r in runs] == ["interrupted", "finished", "empty"]
+    by_name = {r.name: r for r in runs}
+    last_loss = [json.loads(line)["loss"] for line in (finished / "metrics.jsonl").read_text().splitlines()
+                 if "loss" in json.loads(line)][-1]
+    assert by_name["finished"].state == "finished" and by_name["finished"].final_loss == pytest.approx(last_loss)
+    assert by_name["finished"].step == by_name["finished"].max_steps == 40 and by_name["finished"].base == "demo"
+    assert by_name["interrupted"].state == "interrupted" and by_name["interrupted"].final_loss == 2.25
+    assert usable_adapter(interrupted) == str(interrupted / "checkpoint-20")
+    assert by_name["empty"].state == "empty" and by_name["empty"].adapter_dir is None
+    with pytest.raises(Exception, match="holds no adapter"):
+        usable_adapter(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------- core
+def test_base_answer_is_the_plain_base_model(adapter, heldout):
+    """disable_adapter() must give exactly the base model's answer; the adapter must change it."""
+    from workbench.inference import Comparer, Decoding
+
+    decoding = Decoding(max_new_tokens=12)
+    with_adapter = Comparer("demo", adapter)
+    plain = Comparer("demo")
+    for sample in heldout[:2]:
+        both = with_adapter.compare(sample, decoding)
+        assert both["base"]["text"] == plain.answer(sample, True, decoding)["text"]
+        assert both["adapter"]["new_tokens"] > 0 and both["base"]["tokens_per_s"] > 0
+    answers = [with_adapter.compare(s, decoding) for s in heldout]
+    assert any(a["base"]["text"] != a["adapter"]["text"] for a in answers)
+
+
+def test_heldout_check_scores_exact_and_normalised(adapter, heldout):
+    from workbench.inference import Comparer, heldout_check, normalise
+
+    result = heldout_check(Comparer("demo", adapter), heldout)
+    assert len(result["rows"]) == 4 and result["rows"][0]["expected"] == heldout[0].answer
+    for side in ("base", "adapter"):
+        exact = sum(r[f"{side}_match"] for r in result["rows"]) / 4
+        assert result[f"{side}_accuracy"] == exact
+        assert result[f"{side}_accuracy_normalised"] >= exact
+    assert normalise("  Red. ") == normalise("red") != normalise("reed")
+
+
+def test_adapter_for_another_base_is_refused(adapter, other_base):
+    from workbench.errors import UserError
+    from workbench.inference import Comparer
+
+    with pytest.raises(UserError, match="was trained on 'demo'.*hidden_size 64 vs 32.*choose base 'demo'"):
+        Comparer(other_base, adapter)
+
+
+def test_bad_inputs_are_one_clear_sentence(tmp_path, demo):
+    from workbench.errors import UserError
+    from workbench.inference import Decoding, heldout_samples, prompt_sample
+
+    not_image = tmp_path / "photo.png"
+    not_image.write_text("not an image")
+    cases = [
+        (lambda: prompt_sample("hi", str(not_image)), "is not a readable image"),
+        (lambda: prompt_sample("hi", str(tmp_path / "missing.png")), "does not exist"),
+        (lambda: prompt_sample("  "), "prompt is empty"),
+        (lambda: Decoding(max_new_tokens=0).generate_kwargs(), "max_new_tokens must be positive"),
+        (lambda: Decoding(temperature=0.7, top_p=1.5).generate_kwargs(), "top_p"),
+        (lambda: heldout_samples(tmp_path / "none.jsonl"), "does not exist"),
+        (lambda: heldout_samples(None, 0), "must be positive"),
+    ]
+    for call, words in cases:
+        with pytest.raises(UserError, match=words):
+            call()
+    assert len(heldout_samples(None, 3)) == 3  # no path: the demo's held-out rows
+
+
+def test_guard_refuses_while_a_job_trains(monkeypatch, adapter):
+    from workbench.errors import UserError
+    from workbench.inference import Comparer
+    from workbench.training import job as job_module
+
+    class Running:
+        running, step, max_steps, output_dir = True, 3, 10, "/runs/busy"
+
+    monkeypatch.setattr(job_module, "_current", Running())
+    with pytest.raises(UserError, match="training job is running \\(busy, step 3/10\\)"):
+        Comparer("demo", adapter)
+
+
+# ---------------------------------------------------------------------------- tab handlers
+def test_tab_ask_side_by_side_and_model_cached(adapter, demo, monkeypatch):
+    from workbench.ui import inference_tab as tab
+
+    image, _ = tab.default_inputs("demo")
+    assert image and Path(image).is_file()
+    base_text, base_speed, adapter_text, adapter_speed, status = tab.ask(
+        "", adapter, image, "", tab.DEFAULT_PROMPT, "", 12, 0, 1)
+    assert "⚠️" not in status and "tokens/s" in base_speed and "tokens/s" in adapter_speed
+    loaded = tab._cached["comparer"]
+    assert loaded is not None and tab._cached["key"] == ("demo", adapter)
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("the model was loaded again for the same (base, adapter)")
+
+    monkeypatch.setattr("workbench.inference.Comparer", no_reload)
+    again = tab.ask("demo", adapter, None, image, tab.DEFAULT_PROMPT, "Answer in one word.", 12, 0, 1)
+    assert again[-1].startswith("Greedy") and tab._cached["comparer"] is loaded
+
+
+def test_tab_heldout_table_and_accuracy(adapter, demo):
+    from workbench.ui import inference_tab as tab
+
+    text, frame = tab.check("demo", adapter, str(demo.heldout), 3, 8, 0, 1)
+    assert "3 held-out rows" in text and "Exact match" in text and "Normalised" in text
+    assert list(frame.columns) == tab.HELDOUT_COLUMNS and len(frame) == 3
+    assert frame["image"].str.startswith("![thumbnail](data:image/png;base64,").all()
+    assert set(frame["adapter match"].str[0]) <= {"✓", "✗"}
+
+
+def test_tab_errors_are_warnings_not_tracebacks(adapter, tmp_path, other_base):
+    from workbench.ui import inference_tab as tab
+
+    assert tab.ask("demo", "", None, "", "hi", "", 8, 0, 1)[-1].startswith("⚠️ No adapter chosen")
+    assert "holds no adapter" in tab.ask("demo", str(tmp_path), None, "", "hi", "", 8, 0, 1)[-1]
+    assert "was trained on 'demo'" in tab.ask(other_base, adapter, None, "", "hi", "", 8, 0, 1)[-1]
+    text, frame = tab.check("demo", adapter, str(tmp_path / "nope.jsonl"), 3, 8, 0, 1)
+    assert text.startswith("⚠️") and "does not exist" in text and frame.empty
+
+
+def test_tab_run_list_follows_new_runs(trained_run, monkeypatch, tmp_path):
+    from workbench.ui import inference_tab as tab
+
+    monkeypatch.setattr("workbench.runs.runs_root", lambda: tmp_path)
+    assert tab.refresh_runs(None).value is None
+    shutil.copytree(trained_run.output_dir, tmp_path / "later-run")
+    dropdown = tab.refresh_runs(None)  # a run that finished while the app was open
+    assert dropdown.value == str(tmp_path / "later-run") and "finished" in dropdown.choices[0][0]
+    adapter_dir, base, note = tab.choose_run(dropdown.value, "")
+    assert adapter_dir == str(tmp_path / "later-run") and base == "demo" and note == ""
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_heldout_json_and_runs(adapter, other_base):
+    result = run_cli("infer", "--adapter", adapter, "--dataset", "demo", "--limit", 3, "--json")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(scores["rows"]) == 3 and 0 <= scores["adapter_accuracy"] <= 1
+    runs = run_cli("infer", "--runs", "--json")
+    assert runs.returncode == 0 and isinstance(json.loads(runs.stdout.strip().splitlines()[-1]), list)
+    wrong = run_cli("infer", "--adapter", adapter, "--base", other_base, "--prompt", "hi")
+    assert wrong.returncode == 2 and "was trained on 'demo'" in wrong.stderr and "Traceback" not in wrong.stderr
