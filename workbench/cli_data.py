@@ -1,30 +1,70 @@
-"""``python -m workbench data check``: validate a dataset file and summarise it."""
+"""``python -m workbench data check``: validate a dataset file and summarise its lengths.
+
+Exit status: 0 no problems, 1 problems found, 2 unusable input (missing file, not a dataset).
+"""
 
 from __future__ import annotations
 
 import json
 
+from workbench.errors import UserError
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="Check a dataset file.")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="{check}")
-    c = dsub.add_parser("check", help="Validate every row and print a summary.")
-    c.add_argument("path", help="Dataset file (JSONL or JSON).")
+    c = dsub.add_parser("check", help="Validate every row, count tokens per row, print a summary.",
+                        description="Parse every row (ms-swift, sharegpt, HF messages), check its images from "
+                                    "their headers, count text + visual tokens, and list the problem rows.")
+    c.add_argument("path", help="Dataset file (JSONL or JSON list). A dataset_info.json beside it is used "
+                                "for sharegpt column/tag mappings.")
     c.add_argument("--format", default="auto", choices=["auto", "swift", "sharegpt", "messages"],
-                   help="Dataset format (default: auto-detect).")
-    c.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
+                   help="Dataset format (default: auto-detect from the first record). Set it when the guess is wrong.")
+    c.add_argument("--max-length", type=int, default=None,
+                   help="Report rows longer than this many tokens (text + visual) as problems. Default: no limit.")
+    c.add_argument("--min-pixels", type=int, default=3136,
+                   help="Smallest image area after resizing (default 3136 = 4 visual tokens).")
+    c.add_argument("--max-pixels", type=int, default=1003520,
+                   help="Largest image area after resizing (default 1003520 = 1280 visual tokens); "
+                        "lower it to shorten rows.")
+    c.add_argument("--model", default="demo",
+                   help="Whose tokenizer counts the text tokens: 'demo', a local model folder, or a preset/hub "
+                        "id already in the Hugging Face cache. Not loadable locally: a 4-bytes-per-token estimate.")
+    c.add_argument("--json", action="store_true",
+                   help="Print one JSON object as the last line: rows, valid, problems, stats.")
     c.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from workbench.data.formats import load_samples
+    from workbench.data.stats import load_tokenizer
+    from workbench.data.validation import check_dataset
 
-    result = load_samples(args.path, args.format)
-    problems = [{"row": p.row, "reason": p.reason} for p in result.problems]
+    for flag, value in (("--max-length", args.max_length), ("--min-pixels", args.min_pixels),
+                        ("--max-pixels", args.max_pixels)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be a positive number, got {value}.")
+    if args.min_pixels > args.max_pixels:
+        raise UserError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}): "
+                        "lower one or raise the other.")
+    report = check_dataset(args.path, args.format, args.max_length, args.min_pixels, args.max_pixels,
+                           tokenizer=load_tokenizer(args.model))
+    problems = [{"row": p.row, "reason": p.reason, "kind": p.kind} for p in report.problems]
     if args.json:
-        print(json.dumps({"rows": result.rows, "valid": len(result.samples), "problems": problems, "stats": {}}))
+        print(json.dumps({"rows": report.rows, "valid": report.valid, "format": report.format,
+                          "problems": problems, "problems_by_kind": report.problems_by_kind(),
+                          "stats": report.stats}))
     else:
-        print(f"{result.rows} rows, {len(result.samples)} valid, {len(problems)} with problems")
+        s = report.stats
+        print(f"{report.path} ({report.format}): {report.rows} rows, {report.valid} valid, "
+              f"{len(problems)} with problems")
+        if s["rows"]:
+            print(f"tokens per row: p50 {s['p50']}, p95 {s['p95']}, max {s['max']}, "
+                  f"visual share {s['visual_share']:.0%} (min/max pixels {args.min_pixels}/{args.max_pixels}; "
+                  f"text tokens {s['text_tokens']})")
+        for kind, count in report.problems_by_kind().items():
+            print(f"  {kind}: {count}")
         for p in problems[:50]:
             print(f"  row {p['row']}: {p['reason']}")
+        if len(problems) > 50:
+            print(f"  ... and {len(problems) - 50} more (use --json for all)")
     return 1 if problems else 0

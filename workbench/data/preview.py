@@ -1,0 +1,140 @@
+"""What the Dataset tab shows: a paged table of rows, and one row as the model sees it.
+
+The table is built once per check (a pandas DataFrame over every record, broken ones
+included); a page turn is an ``iloc`` slice plus thumbnails made once per image under the
+workbench home, so it costs the same on row 10 and row 99,990.
+
+A row view renders the sample exactly as training does: ``SampleEncoder.render`` (the
+model's chat template) and ``processor_inputs`` (the processor expands each image into
+its visual tokens), then ``assistant_mask`` marks the trained tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.data.images import thumbnail
+from workbench.data.validation import DatasetReport
+from workbench.paths import home
+
+PAGE_SIZE = 20
+TEXT_PREVIEW = 80
+IMAGE_PAD = "<|image_pad|>"
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= TEXT_PREVIEW else text[: TEXT_PREVIEW - 1] + "…"
+
+
+def rows_table(report: DatasetReport):
+    """One line per record: row, status, images, first user / assistant text, tokens."""
+    import pandas as pd
+
+    problems = {}
+    for p in report.problems:
+        problems.setdefault(p.row, p.kind)
+    rows = sorted(set(report.parsed) | set(problems))
+    user, assistant, images, tokens = [], [], [], []
+    for row in rows:
+        sample = report.parsed.get(row)
+        length = report.lengths.get(row)
+        user.append(_short(sample.first_user_text) if sample else "")
+        assistant.append(_short(next((t.text for t in sample.turns if t.role == "assistant"), "")) if sample else "")
+        images.append(len(sample.images) if sample else 0)
+        tokens.append(length.total if length else None)
+    return pd.DataFrame({
+        "row": rows,
+        "status": [problems.get(r, "ok") for r in rows],
+        "images": images,
+        "user": user,
+        "assistant": assistant,
+        "tokens": pd.array(tokens, dtype="Int64"),
+    })
+
+
+def page_count(table, page_size: int = PAGE_SIZE) -> int:
+    return max(1, -(-len(table) // page_size))
+
+
+@dataclass
+class Page:
+    number: int  # 1-based
+    pages: int
+    table: object  # pandas DataFrame slice
+    thumbnails: list[tuple[str, str]]  # (thumbnail path, caption "row N")
+
+
+def preview_page(report: DatasetReport, table, number: int, page_size: int = PAGE_SIZE) -> Page:
+    """Page ``number`` (1-based, clamped) of the table with one thumbnail per image of its rows."""
+    pages = page_count(table, page_size)
+    number = min(max(1, int(number)), pages)
+    part = table.iloc[(number - 1) * page_size: number * page_size]
+    folder = home() / "thumbnails"
+    thumbs = []
+    for row in part["row"]:
+        sample = report.parsed.get(int(row))
+        for i, image in enumerate(sample.images if sample else []):
+            small = thumbnail(image, folder)
+            if small:
+                thumbs.append((small, f"row {row}" + (f" #{i + 1}" if len(sample.images) > 1 else "")))
+    return Page(number, pages, part.reset_index(drop=True), thumbs)
+
+
+@dataclass
+class RowView:
+    row: int
+    images: list[str]
+    segments: list[tuple[str, str | None]]  # (text, "trained" | "image" | None) for HighlightedText
+    text_tokens: int  # everything but the visual tokens (chat template included)
+    visual_tokens: list[int]  # per image
+    trained_tokens: int
+    total_tokens: int
+
+
+def render_row(sample, encoder) -> RowView:
+    """The row through the chat template and processor, with trained tokens marked.
+
+    ``encoder`` is a ``workbench.data.collate.SampleEncoder`` for the model and pixel limits in use.
+    """
+    from workbench.data.collate import assistant_mask
+
+    enc = encoder.processor_inputs(encoder.render(sample), sample.images)
+    ids = enc["input_ids"][0].tolist()
+    mask = assistant_mask(ids, encoder.header, encoder.end_id)
+    tokenizer = encoder.processor.tokenizer
+    pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    segments: list[tuple[str, str | None]] = []
+    run: list[int] = []
+    label = None
+
+    def flush():
+        if not run:
+            return
+        if label == "image":
+            segments.append((f"[{len(run)} visual tokens]", "image"))
+        else:
+            segments.append((tokenizer.decode(run, skip_special_tokens=False), label))
+
+    visual, count = [], 0
+    for token, trained in zip(ids, mask):
+        kind = "image" if token == pad_id else ("trained" if trained else None)
+        if kind != label:
+            flush()
+            if label == "image":
+                visual.append(count)
+            run, label, count = [], kind, 0
+        run.append(token)
+        count += 1
+    flush()
+    if label == "image":
+        visual.append(count)
+    return RowView(sample.row, list(sample.images), segments, len(ids) - sum(visual), visual, sum(mask), len(ids))
+
+
+def row_markdown_summary(view: RowView) -> str:
+    per_image = ", ".join(str(n) for n in view.visual_tokens) or "none"
+    return (f"**Row {view.row}**: {view.total_tokens} tokens = {view.text_tokens} text "
+            f"+ {sum(view.visual_tokens)} visual (per image: {per_image}); "
+            f"{view.trained_tokens} trained (assistant), {view.total_tokens - view.trained_tokens} masked.")
+

@@ -1,0 +1,162 @@
+"""Token lengths per row: text tokens through the chat template, visual tokens via smart_resize.
+
+A row's length is ``template + content + visual``:
+
+- template: the chat template's own tokens for the row's shape (roles in order, images per
+  turn), rendered once per shape with the model's tokenizer (each image counts its
+  ``<|vision_start|><|image_pad|><|vision_end|>``);
+- content: the turns' text pieces, tokenized on their own. The template puts a special
+  token or a newline on both sides of every piece, so the sum equals tokenizing the
+  rendered row (the tests pin this against the processor's real ``input_ids``);
+- visual: per image, ``(H/28)*(W/28)`` after qwen-vl-utils' ``smart_resize`` at the
+  current min/max pixels, minus the one ``<|image_pad|>`` already counted.
+
+Tokenizing is the slow part (about 1 MB of text per second on this project's 2-core
+runner). Up to ``EXACT_BYTES`` of content is tokenized exactly; above it a random sample
+of pieces gives the tokenizer's bytes-per-token on this data, every row is estimated
+from its UTF-8 size, and the rows that matter are recounted exactly: the longest 1% and
+every row within 15% of max_length, so p95 is estimated but max and every too-long
+verdict are exact (docs/data-scale.md has the figures).
+"""
+
+from __future__ import annotations
+
+import random
+
+from workbench.data.sample import IMAGE_TAG, Sample
+
+IMAGE_FACTOR = 28  # qwen-vl-utils: patch 14 x merge 2
+EXACT_BYTES = 4_000_000
+CALIBRATION_PIECES = 2000
+IMAGE_SHAPE = "image-shape"
+# Qwen2-VL's template without a tokenizer: default system prompt (11), per turn
+# <|im_start|> role \n ... <|im_end|> \n (5), per image start/pad/end (3).
+FALLBACK_SYSTEM, FALLBACK_TURN, FALLBACK_IMAGE, FALLBACK_BYTES_PER_TOKEN = 11, 5, 3, 4.0
+
+
+def visual_token_count(height: int, width: int, min_pixels: int, max_pixels: int) -> int:
+    """Tokens the LLM sees for one image: (H/28)*(W/28) after smart_resize. ValueError if too thin."""
+    from qwen_vl_utils import smart_resize
+
+    h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
+
+
+def load_tokenizer(model: str):
+    """The model's tokenizer from local files only (demo, a folder, or the HF cache), or None."""
+    from workbench.demo import ensure_demo, is_demo
+    from workbench.models import preset_name
+
+    from pathlib import Path
+
+    if is_demo(model):
+        source = str(ensure_demo().model)
+    elif Path(model).expanduser().is_dir():
+        source = str(Path(model).expanduser())
+    else:
+        preset = preset_name(model)
+        source = {"qwen2-vl-2b-instruct": "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-7b-instruct":
+                  "Qwen/Qwen2-VL-7B-Instruct", "qwen2-vl-72b-instruct": "Qwen/Qwen2-VL-72B-Instruct"}.get(preset, model)
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _shape(sample: Sample) -> tuple:
+    return tuple((t.role, t.text.count(IMAGE_TAG)) for t in sample.turns)
+
+
+def _pieces(sample: Sample) -> list[str]:
+    return [p for t in sample.turns for p in t.text.split(IMAGE_TAG) if p]
+
+
+class TextTokenCounter:
+    """Text tokens per row (template + content) with one tokenizer, or a documented estimate."""
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer if tokenizer is not None and getattr(tokenizer, "chat_template", None) else None
+        self._templates: dict[tuple, int] = {}
+        self.method = "exact" if self.tokenizer is not None else "estimated (no tokenizer: 4 bytes per token)"
+
+    def template_tokens(self, sample: Sample) -> int:
+        shape = _shape(sample)
+        if shape not in self._templates:
+            if self.tokenizer is None:
+                extra = 0 if shape[0][0] == "system" else FALLBACK_SYSTEM
+                self._templates[shape] = extra + FALLBACK_TURN * len(shape) + FALLBACK_IMAGE * sum(n for _, n in shape)
+            else:
+                messages = [{"role": role, "content": [{"type": "image"}] * n} for role, n in shape]
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+                self._templates[shape] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._templates[shape]
+
+    def _exact(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            return [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _exact_rows(self, pieces: list[list[str]], template: list[int]) -> list[int]:
+        counts, out, i = self._exact([p for ps in pieces for p in ps]), [], 0
+        for ps, t in zip(pieces, template):
+            out.append(t + sum(counts[i:i + len(ps)]))
+            i += len(ps)
+        return out
+
+    def count(self, samples: list[Sample], near: int | None = None) -> list[int]:
+        """Text tokens of each sample; exact within EXACT_BYTES, else estimated as the docstring says."""
+        pieces = [_pieces(s) for s in samples]
+        sizes = [sum(len(p.encode("utf-8")) for p in ps) for ps in pieces]
+        template = [self.template_tokens(s) for s in samples]
+        if self.tokenizer is not None and sum(sizes) <= EXACT_BYTES:
+            self.method = "exact"
+            return self._exact_rows(pieces, template)
+        if self.tokenizer is None:
+            return [t + round(size / FALLBACK_BYTES_PER_TOKEN) for t, size in zip(template, sizes)]
+        flat = [p for ps in pieces for p in ps]
+        calibration = random.Random(0).sample(flat, min(CALIBRATION_PIECES, len(flat)))
+        ratio = sum(len(p.encode("utf-8")) for p in calibration) / max(1, sum(self._exact(calibration)))
+        out = [t + round(size / ratio) for t, size in zip(template, sizes)]
+        order = sorted(range(len(out)), key=out.__getitem__, reverse=True)
+        recount = set(order[: max(1, len(out) // 100)])
+        if near:
+            recount |= {i for i, n in enumerate(out) if n >= 0.85 * near}
+        chosen = sorted(recount)
+        for i, n in zip(chosen, self._exact_rows([pieces[i] for i in chosen], [template[i] for i in chosen])):
+            out[i] = n
+        self.method = (f"estimated ({ratio:.2f} bytes per token measured on {len(calibration)} pieces); "
+                       f"exact for the longest 1% and rows near max_length ({len(chosen)} rows)")
+        return out
+
+
+def summarize(totals: list[int], visual: list[int]) -> dict:
+    """p50/p95/max/mean of total tokens per row (p95: the smallest length 95% of rows fit in) and the visual share."""
+    import numpy as np
+
+    if not totals:
+        return {"rows": 0, "p50": 0, "p95": 0, "max": 0, "mean": 0.0, "visual_share": 0.0}
+    arr = np.asarray(totals)
+    return {
+        "rows": int(arr.size),
+        "p50": int(np.percentile(arr, 50, method="inverted_cdf")),
+        "p95": int(np.percentile(arr, 95, method="inverted_cdf")),
+        "max": int(arr.max()),
+        "mean": round(float(arr.mean()), 1),
+        "visual_share": round(float(sum(visual)) / max(1, int(arr.sum())), 4),
+    }
+
+
+def histogram(totals: list[int], bins: int = 30):
+    """A pandas DataFrame (tokens: bin start, rows: count) for a bar plot of total tokens per row."""
+    import numpy as np
+    import pandas as pd
+
+    if not totals:
+        return pd.DataFrame({"tokens": [], "rows": []})
+    counts, edges = np.histogram(np.asarray(totals), bins=min(bins, max(1, len(set(totals)))))
+    return pd.DataFrame({"tokens": [int(e) for e in edges[:-1]], "rows": counts.astype(int)})

@@ -1,0 +1,99 @@
+"""One pass over a dataset file: every row parsed, images checked from headers, lengths counted.
+
+``check_dataset`` is what ``data check``, the Dataset tab and the benchmark call. It never
+raises for a bad row; only an unusable file raises ``UserError`` (from ``load_samples``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.data.formats import TOO_LONG, LoadResult, Problem, load_samples
+from workbench.data.images import ImageHeaders
+from workbench.data.sample import Sample
+from workbench.data.stats import IMAGE_SHAPE, TextTokenCounter, summarize, visual_token_count
+
+
+@dataclass
+class RowLength:
+    row: int
+    text_tokens: int  # everything but the visual tokens (chat template included)
+    visual_tokens: list[int]  # one per image
+
+    @property
+    def total(self) -> int:
+        return self.text_tokens + sum(self.visual_tokens)
+
+
+@dataclass
+class DatasetReport:
+    path: str
+    format: str
+    rows: int  # every record, broken ones included
+    samples: list[Sample]  # rows with no problem at all: what training would use
+    problems: list[Problem]  # sorted by row
+    parsed: dict[int, Sample] = field(default_factory=dict)  # row -> Sample, too-long rows included
+    lengths: dict[int, RowLength] = field(default_factory=dict)  # row -> tokens, for rows with readable images
+    stats: dict = field(default_factory=dict)
+    min_pixels: int = 3136
+    max_pixels: int = 1003520
+    max_length: int | None = None
+
+    @property
+    def valid(self) -> int:
+        return len(self.samples)
+
+    def problems_by_kind(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems).most_common())
+
+    def totals(self) -> list[int]:
+        return [length.total for length in self.lengths.values()]
+
+
+def check_dataset(path: str | Path, format: str = "auto", max_length: int | None = None,
+                  min_pixels: int = 3136, max_pixels: int = 1003520, tokenizer=None,
+                  headers: ImageHeaders | None = None) -> DatasetReport:
+    """Parse, check images, count tokens; ``tokenizer`` None gives the documented estimate."""
+    loaded: LoadResult = load_samples(path, format)
+    headers = headers or ImageHeaders()
+    problems = list(loaded.problems)
+    measurable: list[Sample] = []
+    visual: dict[int, list[int]] = {}
+    for sample in loaded.samples:
+        tokens, problem = [], None
+        for image in sample.images:
+            info = headers(image)
+            if info.error:
+                problem = Problem(sample.row, info.error, info.kind)
+                break
+            try:
+                tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels))
+            except ValueError:
+                problem = Problem(sample.row, f"image {image} is {info.width}x{info.height}, longer than 200 times "
+                                              "its width or height: crop or pad it", IMAGE_SHAPE)
+                break
+        if problem:
+            problems.append(problem)
+        else:
+            measurable.append(sample)
+            visual[sample.row] = tokens
+    counter = TextTokenCounter(tokenizer)
+    text = counter.count(measurable, near=max_length)
+    lengths = {s.row: RowLength(s.row, n - len(visual[s.row]), visual[s.row]) for s, n in zip(measurable, text)}
+    valid = []
+    for sample in measurable:
+        total = lengths[sample.row].total
+        if max_length and total > max_length:
+            problems.append(Problem(sample.row, f"row has {total} tokens after visual tokens, more than max_length "
+                                                f"{max_length}: raise max_length or lower max_pixels", TOO_LONG))
+        else:
+            valid.append(sample)
+    problems.sort(key=lambda p: p.row)
+    totals = [length.total for length in lengths.values()]
+    stats = summarize(totals, [sum(length.visual_tokens) for length in lengths.values()])
+    stats.update({"text_tokens": counter.method, "unique_images": len(headers),
+                  "min_pixels": min_pixels, "max_pixels": max_pixels})
+    return DatasetReport(str(path), loaded.format, loaded.rows, valid, problems,
+                         {s.row: s for s in loaded.samples}, lengths, stats, min_pixels, max_pixels, max_length)
