@@ -9,7 +9,6 @@ per-device non-weight needs become the weight budgets handed to accelerate's
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from workbench.planner import terms
@@ -47,7 +46,9 @@ class DeviceLoad:
 
     weights: int = 0
     lora_params: int = 0
-    layers_saved: list = field(default_factory=list)   # per decoder layer: saved bytes
+    layers: int = 0              # decoder layers here
+    layers_saved_sum: int = 0    # bytes autograd saves for them (without checkpointing)
+    layers_saved_max: int = 0    # the largest layer's saved bytes (the recompute working set)
     vision_blocks: int = 0
     vision_lora_inputs: tuple = ()
     kinds: set = field(default_factory=set)
@@ -58,17 +59,20 @@ class DeviceLoad:
         self.kinds.add(unit.kind)
         if unit.kind == "layer":
             s = layout.shape
-            self.layers_saved.append(terms.decoder_layer_saved_bytes(
+            saved = terms.decoder_layer_saved_bytes(
                 step.tokens, s.hidden, s.intermediate, s.q_dim, s.kv_dim, s.heads, list(unit.lora_inputs),
-                step.lora_rank, step.lora_dropout, step.device_kind, step.act_bytes))
+                step.lora_rank, step.lora_dropout, step.device_kind, step.act_bytes)
+            self.layers += 1
+            self.layers_saved_sum += saved
+            self.layers_saved_max = max(self.layers_saved_max, saved)
         elif unit.kind == "vision_block":
             self.vision_blocks += 1
             if unit.lora_inputs:
                 self.vision_lora_inputs = unit.lora_inputs
 
     def copy(self) -> "DeviceLoad":
-        return DeviceLoad(self.weights, self.lora_params, list(self.layers_saved), self.vision_blocks,
-                          self.vision_lora_inputs, set(self.kinds))
+        return DeviceLoad(self.weights, self.lora_params, self.layers, self.layers_saved_sum,
+                          self.layers_saved_max, self.vision_blocks, self.vision_lora_inputs, set(self.kinds))
 
     @property
     def used(self) -> bool:
@@ -80,12 +84,12 @@ class DeviceLoad:
         has_lm_head = "lm_head" in self.kinds or (tied_lm_head and "embed" in self.kinds)
         logits = terms.logits_bytes(t, s.vocab) if has_lm_head else 0
         activation = 0
-        if self.layers_saved:
+        if self.layers:
             if step.gradient_checkpointing:
-                stored = len(self.layers_saved) * terms.checkpoint_boundary_bytes(t, s.hidden, step.act_bytes)
-                working = max(self.layers_saved)
+                stored = self.layers * terms.checkpoint_boundary_bytes(t, s.hidden, step.act_bytes)
+                working = self.layers_saved_max
             else:
-                stored = sum(self.layers_saved)
+                stored = self.layers_saved_sum
                 working = 0
             working += terms.layer_backward_transient_bytes(t, s.hidden, s.intermediate)
             # The loss backward finishes (and frees its buffers) before the last layer's
@@ -102,8 +106,11 @@ class DeviceLoad:
                     patches, s.vision_embed, s.vision_mlp, s.vision_depth, list(self.vision_lora_inputs),
                     step.lora_rank, step.gradient_checkpointing, step.device_kind, step.lora_dropout, step.act_bytes)
             else:
-                activation += terms.vision_forward_bytes(patches, s.vision_embed, s.vision_mlp, s.patch_values,
-                                                         step.act_bytes)
+                # A frozen tower runs before anything else of the step is alive: it only
+                # raises this device's peak where its working set exceeds the rest.
+                forward = terms.vision_forward_bytes(patches, s.vision_embed, s.vision_mlp, s.patch_values,
+                                                     step.act_bytes)
+                activation += max(0, forward - activation - logits)
         lora = terms.lora_state_bytes(self.lora_params)
         overhead = terms.overhead_bytes(activation + logits) if self.used else 0
         return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
@@ -200,11 +207,11 @@ def accelerate_map(layout: Layout, budgets: list[int]) -> dict:
     tied weights are accelerate's own.
     """
     from accelerate.utils import infer_auto_device_map
-    from accelerate.utils.modeling import get_max_layer_size
 
     model = _meta_model(layout)
     no_split = list(model._no_split_modules)
-    reserve, _ = get_max_layer_size(list(model.named_children()), _module_sizes(layout), no_split)
+    # accelerate's reserve is its largest leaf or no-split module: our largest unit.
+    reserve = max(u.weight_bytes for u in layout.units)
     max_memory = {i: int(b) for i, b in enumerate(budgets)}
     if max_memory:
         max_memory[0] += int(reserve)
@@ -238,18 +245,6 @@ def _meta_model(layout: Layout):
     from workbench.models import build_meta_model
 
     return build_meta_model(Qwen2VLConfig.from_dict(json.loads(layout.config_json)), layout.dtype)
-
-
-def _module_sizes(layout: Layout) -> dict:
-    return _module_sizes_cached(layout.config_json, layout.dtype)
-
-
-@functools.lru_cache(maxsize=8)
-def _module_sizes_cached(config_json: str, dtype: str) -> dict:
-    from accelerate.utils import compute_module_sizes
-
-    layout_like = type("L", (), {"config_json": config_json, "dtype": dtype})
-    return compute_module_sizes(_meta_model(layout_like), dtype=_torch_dtype(layout_like))
 
 
 def _torch_dtype(layout: Layout):

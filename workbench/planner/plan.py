@@ -160,14 +160,19 @@ def import_backends() -> None:
 def planned_map(layout: Layout, step: Step, caps: list[int], notes: list[str]) -> tuple[dict, str]:
     """accelerate's map under budgets = capacity - the packer's non-weight needs per GPU.
 
+    The packer runs against capacity minus the balanced headroom, so the map leaves
+    about the same free memory on every GPU.
+
     The budgets are weight-only, so accelerate may add one more layer where the weight
     slack allows it but that layer's own LoRA and activation bytes do not: then that
     GPU's budget drops below the weights accelerate put there (four tries). If it still
     does not fit where the packer's map does, the packer's map (same module names, same
     no-split units) is used and a note says so.
     """
-    packed, packed_fits = pack(layout, step, caps)
-    budgets = weight_budgets(layout, step, {k: v for k, v in packed.items() if v != "cpu"}, caps)
+    headroom = balanced_headroom(layout, step, caps)
+    packed, packed_fits = pack(layout, step, [c - headroom for c in caps])
+    budgets = weight_budgets(layout, step, {k: v for k, v in packed.items() if v != "cpu"},
+                             [c - headroom for c in caps])
     amap = accelerate_map(layout, budgets)
     for _ in range(4):
         rows, offloaded = evaluate(layout, amap, step, len(caps))
@@ -184,6 +189,21 @@ def planned_map(layout: Layout, step: Step, caps: list[int], notes: list[str]) -
     notes.append("accelerate's greedy fill could not reproduce a fitting map; using the planner's own "
                  "sequential map (same modules, same no-split layers).")
     return packed, "planner"
+
+
+def balanced_headroom(layout: Layout, step: Step, caps: list[int]) -> int:
+    """The largest free memory every GPU can keep while the step still packs (0 if none).
+
+    Packing against capacity minus this headroom spreads the layers so the GPUs end up
+    about equally full, instead of filling the first GPUs to the brim.
+    """
+    if not packs(layout, step, caps):
+        return 0
+    low, high = 0, min(caps)
+    while high - low > 16 * 1024**2:
+        mid = (low + high) // 2
+        low, high = (mid, high) if packs(layout, step, [c - mid for c in caps]) else (low, mid)
+    return low
 
 
 def packs(layout: Layout, step: Step, caps: list[int]) -> bool:
