@@ -81,8 +81,9 @@ def format_plan(plan) -> str:
     if plan.suggestions:
         parts += ["", "To make it fit (largest saving first):"]
         for s in plan.suggestions:
-            parts.append(f"  - {s['change']}: {'fits' if s['fits'] else 'still too big'}, saves "
-                         f"{gib(s['saves_bytes'])} GiB, peak GPU {gib(s['peak_bytes'])} GiB")
+            saves = f", saves {gib(s['saves_bytes'])} GiB" if s["saves_bytes"] > 0 else ""
+            parts.append(f"  - {s['change']}: {'fits' if s['fits'] else 'still too big'}{saves}, "
+                         f"peak GPU {gib(s['peak_bytes'])} GiB")
     for note in plan.notes:
         parts.append("note: " + note)
     parts.append(f"\nplanned in {plan.plan_seconds:.2f} s")

@@ -23,7 +23,9 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int]) -> list[di
 
     def add(change: str, settings: dict, lay: Layout, st: Step, gpu_caps: list[int]) -> None:
         need, rows, fits = need_bytes(lay, st, gpu_caps)
-        found.append({"change": change, "settings": settings, "fits": fits, "saves_bytes": int(base_need - need),
+        # More or larger GPUs add capacity rather than save memory: they rank after the savers.
+        saves = 0 if "gpus" in settings else int(base_need - need)
+        found.append({"change": change, "settings": settings, "fits": fits, "saves_bytes": saves,
                       "peak_bytes": int(max(r["total_bytes"] for r in rows)),
                       "devices_total_bytes": [int(r["total_bytes"]) for r in rows[: len(gpu_caps)]]})
 
