@@ -6,11 +6,16 @@ import json
 import math
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from workbench.training.checkpoints import mark_complete
+
+# Throughput and ETA come from the last few log rows, not the average since the start:
+# warm-up, data skipping on resume and the first eval would otherwise skew them for long.
+RATE_WINDOW = 20
 
 
 class MetricsBuffer:
@@ -22,15 +27,24 @@ class MetricsBuffer:
         self._path = path
 
     def append(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
         with self._lock:
             self._rows.append(row)
             if self._path is not None:
                 with open(self._path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(line)
 
     def since(self, index: int = 0) -> list[dict]:
         with self._lock:
             return list(self._rows[index:])
+
+    def last(self, kind: str | None = None) -> dict | None:
+        """The newest row (of ``kind`` when given), without copying the whole list."""
+        with self._lock:
+            for row in reversed(self._rows):
+                if kind is None or row.get("kind") == kind:
+                    return row
+        return None
 
     def __len__(self):
         with self._lock:
@@ -52,11 +66,24 @@ class NonFiniteError(RuntimeError):
 
 
 def sample_memory() -> list[dict]:
-    try:
-        from workbench.hardware import sample_memory as sample
-    except ImportError:
-        return []
+    from workbench.hardware import sample_memory as sample
+
     return sample()
+
+
+def grads_finite(model) -> bool:
+    """True when every gradient is finite; one device sync per device, not one per tensor."""
+    import torch
+
+    by_device: dict = {}
+    for param in model.parameters():
+        if param.grad is not None:
+            by_device.setdefault(param.grad.device, []).append(param.grad)
+    for grads in by_device.values():
+        flags = torch.stack([torch.isfinite(g).all() for g in grads])
+        if not bool(flags.all()):
+            return False
+    return True
 
 
 class WorkbenchCallback(TrainerCallback):
@@ -64,27 +91,26 @@ class WorkbenchCallback(TrainerCallback):
 
     def __init__(self, job):
         self.job = job
-        self._start = None
-        self._start_step = 0
-        self._tokens_at_start = 0
+        self._marks: deque = deque(maxlen=RATE_WINDOW)  # (monotonic time, step, tokens seen)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._start = time.monotonic()
-        self._start_step = state.global_step
-        self._tokens_at_start = state.num_input_tokens_seen or 0
+        self._marks.clear()
+        self._marks.append((time.monotonic(), state.global_step, state.num_input_tokens_seen or 0))
         self.job._set_progress(state.global_step, state.max_steps)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        # the logged loss hides NaN (logging_nan_inf_filter); check the raw gradients
-        if model is not None:
-            for param in model.parameters():
-                if param.grad is not None and not bool(param.grad.isfinite().all()):
-                    raise NonFiniteError(f"gradient became NaN or infinite at step {state.global_step + 1}")
+        # The logged loss and grad_norm arrive only every logging_steps and the logged loss
+        # filters NaN away: check the raw gradients before the optimizer uses them.
+        if model is not None and not grads_finite(model):
+            raise NonFiniteError(f"gradient became NaN or infinite at step {state.global_step + 1}")
 
     def on_step_end(self, args, state, control, **kwargs):
         self.job._set_progress(state.global_step, state.max_steps)
         if self.job.stop_requested:
+            # a checkpoint at the stop step keeps the run resumable from exactly here
             control.should_training_stop = True
+            control.should_save = True
+            control.should_log = True
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -92,20 +118,38 @@ class WorkbenchCallback(TrainerCallback):
             mark_complete(path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = dict(logs or {})
-        elapsed = max(time.monotonic() - (self._start or time.monotonic()), 1e-9)
-        steps_done = state.global_step - self._start_step
-        row = {"time": time.time(), "step": state.global_step, "epoch": state.epoch}
+        row = self.row(args, state, dict(logs or {}))
+        if row is not None:
+            self.job.metrics.append(row)
+
+    def row(self, args, state, logs: dict) -> dict | None:
+        """One metrics row from Trainer's logs: kind 'train' (loss) or 'eval' (eval_loss)."""
+        if "loss" in logs:
+            kind = "train"
+        elif "eval_loss" in logs:
+            kind = "eval"
+        else:
+            return None  # Trainer's end-of-run summary: the rows already hold it
+        row = {"kind": kind, "time": time.time(), "step": state.global_step, "epoch": state.epoch}
         for key in ("loss", "eval_loss", "grad_norm", "learning_rate"):
-            if key in logs and isinstance(logs[key], (int, float)):
+            if isinstance(logs.get(key), (int, float)):
                 row[key] = float(logs[key])
-        if "grad_norm" in row and not math.isfinite(row["grad_norm"]):
+        if not math.isfinite(row.get("grad_norm", 0.0)):
             raise NonFiniteError(f"gradient norm became {row['grad_norm']} at step {state.global_step}")
-        tokens = (state.num_input_tokens_seen or 0) - self._tokens_at_start
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        row["samples_per_s"] = steps_done * batch / elapsed
-        row["tokens_per_s"] = tokens / elapsed if tokens else None
-        remaining = max(state.max_steps - state.global_step, 0)
-        row["eta_s"] = remaining * elapsed / steps_done if steps_done else None
+        if kind == "train":
+            row.update(self._rates(args, state))
         row["memory"] = sample_memory()
-        self.job.metrics.append(row)
+        return row
+
+    def _rates(self, args, state) -> dict:
+        now, tokens = time.monotonic(), state.num_input_tokens_seen or 0
+        then, step0, tokens0 = self._marks[0]
+        self._marks.append((now, state.global_step, tokens))
+        elapsed, steps = max(now - then, 1e-9), state.global_step - step0
+        if steps <= 0:
+            return {"samples_per_s": None, "tokens_per_s": None, "eta_s": None}
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        remaining = max(state.max_steps - state.global_step, 0)
+        return {"samples_per_s": steps * batch / elapsed,
+                "tokens_per_s": (tokens - tokens0) / elapsed if tokens > tokens0 else None,
+                "eta_s": remaining * elapsed / steps}

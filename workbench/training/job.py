@@ -8,6 +8,7 @@ finished | stopped | failed, each with a sentence for people; details go to the 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import re
 import threading
@@ -116,6 +117,7 @@ class TrainingJob:
         self.message = "Not started."
         self.step, self.max_steps = 0, 0
         self.started_at: float | None = None
+        self.ended_at: float | None = None
         self.log_tail: deque[str] = deque(maxlen=200)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -150,12 +152,15 @@ class TrainingJob:
         return self.state
 
     def status(self) -> dict:
-        elapsed = time.time() - self.started_at if self.started_at else 0.0
-        rows = self.metrics.since(max(len(self.metrics) - 1, 0)) if self.metrics else []
-        eta = rows[-1].get("eta_s") if rows else None
+        """A snapshot for the UI and the CLI (cheap: no copy of the metrics)."""
+        end = self.ended_at or time.time()
+        elapsed = end - self.started_at if self.started_at else 0.0
+        last = self.metrics.last("train") if self.metrics else None
+        eta = last.get("eta_s") if last and self.state == JobState.TRAINING else None
         return {"state": self.state.value, "message": self.message, "step": self.step,
                 "max_steps": self.max_steps, "elapsed_s": elapsed, "eta_s": eta,
-                "output_dir": str(self.output_dir)}
+                "loss": last.get("loss") if last else None, "output_dir": str(self.output_dir),
+                "running": self.running}
 
     # ---- internals ----------------------------------------------------------------
     def _say(self, state: JobState, message: str) -> None:
@@ -193,16 +198,28 @@ class TrainingJob:
             model = load_model(model_path, self.config)
             model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
             trainable, total = model.get_nb_trainable_parameters()
+            if self._stop.is_set():
+                self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")
+                return self.state
             trainer = trainer_class()(
                 model=model, args=build_trainer_args(self.config, has_eval=eval_set is not None),
                 train_dataset=train_set, eval_dataset=eval_set,
                 data_collator=Collator(processor.tokenizer.pad_token_id),
                 callbacks=[WorkbenchCallback(self)],
             )
+            # with tqdm off Trainer prints every log dict to stdout; the bridge already reports them
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+            start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+            self.step = start_step
             where = f" from {resume_from.name}" if resume_from else ""
             self._say(JobState.TRAINING, f"Training{where}: {trainable:,} of {total:,} parameters trainable.")
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
+            if self._stop.is_set() and self.step == start_step:
+                self._say(JobState.STOPPED, f"Stopped before the first step (at step {self.step}); nothing new was saved.")
+                return self.state
             self._say(JobState.SAVING, "Saving the adapter.")
             model.save_pretrained(self.output_dir)
             processor.save_pretrained(self.output_dir / "processor")
@@ -224,6 +241,7 @@ class TrainingJob:
                 log.exception("training failed")
                 self._say(JobState.FAILED, f"Training failed: {type(exc).__name__}: {str(exc)[:300]}. Details are in the log.")
         finally:
+            self.ended_at = time.time()
             if self.state == JobState.FAILED and not self.exit_code:
                 self.exit_code = 1
             del trainer, model
@@ -237,7 +255,7 @@ class TrainingJob:
         old.load(path)
         keep_until = int(checkpoint.name.split("-")[1]) if checkpoint else 0
         rows = [r for r in old.since(0) if r.get("step", 0) <= keep_until]
-        path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows), encoding="utf-8")
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         self.metrics = MetricsBuffer(path)
         self.metrics.load(path)
 

@@ -93,9 +93,9 @@ def build_trainer_args(config: RunConfig, has_eval: bool):
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
-        # checkpointing is switched on by apply_lora with use_reentrant=False
-        gradient_checkpointing=False,
-        include_num_input_tokens_seen=True,
+        # Trainer's own activation checkpointing stays off: apply_lora switches it on with
+        # use_reentrant=False and input grads, which frozen embeddings under LoRA need
+        include_num_input_tokens_seen="non_padding",  # honest tokens/s: padding excluded
         remove_unused_columns=False,
         report_to="none",
         disable_tqdm=True,

@@ -1,0 +1,93 @@
+"""Checks a RunConfig must pass before anything loads: ours, peft's and transformers' own.
+
+The LoRA tab calls ``check_run_config`` on every edit and shows the first error next
+to the form; ``TrainingJob`` would meet the same errors later, after seconds of loading.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from workbench.errors import UserError
+from workbench.settings import RunConfig
+
+SECTIONS = ("model", "data", "lora", "training")
+
+
+def config_from_raw(raw: dict) -> RunConfig:
+    """RunConfig from a dict that may carry extra top-level keys (e.g. a planner's 'plan')."""
+    if not isinstance(raw, dict):
+        return RunConfig.from_dict(raw)
+    return RunConfig.from_dict({k: v for k, v in raw.items() if k in SECTIONS})
+
+
+def check_run_config(config: RunConfig, check_output_dir: bool = True) -> None:
+    """Raise the first UserError a start would meet before loading: fields, LoRA, Trainer args."""
+    from workbench.training.lora import lora_config
+
+    config.validate()
+    lora_config(config.lora)
+    t, d = config.training, config.data
+    if t.eval_steps > 0 and not d.eval_path and d.eval_split <= 0:
+        raise UserError(f"training.eval_steps is {t.eval_steps} but there is no eval data: set data.eval_path "
+                        "or data.eval_split (e.g. 0.05), or set eval_steps to 0.")
+    training_arguments(config)
+    check_targets(config)
+    if check_output_dir and t.output_dir:
+        from workbench.training.job import prepare_output_dir
+
+        prepare_output_dir(config, resume=False)
+
+
+def training_arguments(config: RunConfig):
+    """transformers.TrainingArguments for ``config``; its ValueErrors become UserErrors."""
+    from workbench.training.setup import build_trainer_args
+
+    if not config.training.output_dir:
+        config = config.replace(training={"output_dir": "unused-check-only"})
+    evaluate = bool(config.data.eval_path) or config.data.eval_split > 0
+    try:
+        return build_trainer_args(config, has_eval=evaluate)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"Training settings rejected by transformers.TrainingArguments: {exc}") from None
+
+
+def check_targets(config: RunConfig) -> None:
+    """LoRA targets must match linear layers of the model, checked on its meta-device copy.
+
+    peft's LoraConfig accepts any name; only get_peft_model, after the weights loaded,
+    would say a name matched nothing. A model we cannot resolve without loading (a hub id
+    not in the cache) is skipped here: loading reports it.
+    """
+    l = config.lora
+    targets = l.target_modules if isinstance(l.target_modules, str) else tuple(l.target_modules)
+    problem = _target_problem(config.model.name_or_path, targets, tuple(l.modules_to_save))
+    if problem:
+        raise UserError(problem)
+
+
+@functools.lru_cache(maxsize=64)
+def _target_problem(model_name: str, targets, modules_to_save: tuple) -> str | None:
+    import torch
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from workbench.models import build_meta_model, load_model_config
+    from workbench.settings import LoraSettings
+    from workbench.training.lora import lora_config
+
+    try:
+        model = build_meta_model(load_model_config(model_name))
+    except UserError:
+        return None
+    settings = LoraSettings(target_modules=targets if isinstance(targets, str) else list(targets))
+    peft_config = lora_config(settings)
+    modules = list(model.named_modules())
+    if not any(isinstance(m, torch.nn.Linear) and check_target_module_exists(peft_config, n) for n, m in modules):
+        shown = targets if isinstance(targets, str) else list(targets)
+        return (f"lora.target_modules {shown!r} matches no linear layer of {model_name}: pick a preset "
+                "or use names such as q_proj, v_proj.")
+    for wanted in modules_to_save:
+        if not any(name == wanted or name.endswith("." + wanted) for name, _ in modules):
+            return (f"lora.modules_to_save names '{wanted}', which is not a module of {model_name}: "
+                    "use e.g. lm_head, or leave it empty.")
+    return None

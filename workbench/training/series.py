@@ -1,0 +1,71 @@
+"""Metric rows -> the pandas frames the Training tab plots, decimated so a tick stays cheap.
+
+A long run logs thousands of rows; a browser redrawing all of them every second is what
+makes peers' dashboards crawl. Each series keeps at most ``max_points`` evenly spaced
+points, always including its first and newest, so the curve's shape and its live end
+survive while the payload stays bounded.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+GIB = 1024**3
+MAX_POINTS = 400
+LOSS_COLUMNS = ["step", "loss", "series"]
+MEMORY_COLUMNS = ["seconds", "GiB", "series"]
+
+
+def decimate(items: list, max_points: int = MAX_POINTS) -> list:
+    """At most ``max_points`` items, evenly spaced, first and last kept."""
+    if len(items) <= max_points:
+        return list(items)
+    stride = (len(items) - 1) / (max_points - 1)
+    return [items[round(i * stride)] for i in range(max_points)]
+
+
+def loss_frame(rows: list[dict], max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """Train loss and eval loss against step, one 'series' column for the plot's colour."""
+    train = [(r["step"], r["loss"], "train") for r in rows if r.get("kind", "train") == "train" and "loss" in r]
+    evals = [(r["step"], r["eval_loss"], "eval") for r in rows if "eval_loss" in r]
+    data = decimate(train, max_points) + decimate(evals, max_points)
+    return pd.DataFrame(data, columns=LOSS_COLUMNS)
+
+
+def memory_frame(rows: list[dict], predicted: dict[str, int] | None = None,
+                 max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """Memory per device against seconds since the first row, plus flat predicted-peak lines.
+
+    Series per device: what nvidia-smi shows ('used'; on CPU the process's resident
+    memory) and this process's torch peaks ('peak allocated', 'peak reserved').
+    """
+    sampled = [r for r in rows if r.get("memory")]
+    if not sampled:
+        return pd.DataFrame([], columns=MEMORY_COLUMNS)
+    start = sampled[0]["time"]
+    points: dict[str, list] = {}
+    for row in sampled:
+        t = row["time"] - start
+        for m in row["memory"]:
+            device = m.get("device", "?")
+            label = "resident" if device == "cpu" else "used"
+            for key, name in (("used_bytes", label), ("peak_allocated_bytes", "peak allocated"),
+                              ("peak_reserved_bytes", "peak reserved")):
+                if m.get(key) is not None:
+                    points.setdefault(f"{device} {name}", []).append((t, m[key] / GIB))
+    data = [(t, gib, series) for series, values in points.items() for t, gib in decimate(values, max_points)]
+    end = sampled[-1]["time"] - start
+    for device, total in (predicted or {}).items():
+        data += [(0.0, total / GIB, f"{device} predicted peak"), (max(end, 1.0), total / GIB, f"{device} predicted peak")]
+    return pd.DataFrame(data, columns=MEMORY_COLUMNS)
+
+
+def predicted_peaks(plan: dict | None) -> dict[str, int]:
+    """{device: bytes} from a planner result (``Plan.to_json()``: devices[*].total_bytes)."""
+    if not isinstance(plan, dict):
+        return {}
+    peaks = {}
+    for device in plan.get("devices") or []:
+        if isinstance(device, dict) and device.get("device") and isinstance(device.get("total_bytes"), (int, float)):
+            peaks[str(device["device"])] = int(device["total_bytes"])
+    return peaks
