@@ -1,0 +1,85 @@
+"""The LoRA form: values <-> RunConfig, validation messages next to the form, YAML save/load."""
+
+import pytest
+
+from workbench.settings import RunConfig
+from workbench.ui import lora_tab
+
+
+@pytest.fixture
+def config(demo_config):
+    return {**demo_config.to_dict(), "plan": {"devices": []}}  # a key another tab added survives
+
+
+def edit(config, **changes):
+    values = dict(zip(lora_tab.KEYS, lora_tab.form_values(config)))
+    values.update({k.replace("__", "."): v for k, v in changes.items()})
+    return lora_tab.apply_form(config, *[values[k] for k in lora_tab.KEYS])
+
+
+def test_form_round_trips_the_config(config, demo_config):
+    shared, message, yaml_text, command = edit(config)
+    assert message == "Settings are valid."
+    assert RunConfig.from_dict({k: v for k, v in shared.items() if k != "plan"}) == demo_config
+    assert shared["plan"] == {"devices": []}
+    assert "rank: 16" in yaml_text and "python -m workbench train run.yaml" in command
+    assert len(lora_tab.KEYS) == len(lora_tab.FIELDS) + 1  # every field has a widget, plus the custom list
+
+
+def test_an_edit_reaches_the_shared_config(config):
+    shared, message, _, _ = edit(config, lora__rank=4, lora__target_modules="custom list",
+                                 lora__target_modules_custom="q_proj, v_proj", model__device_map='{"": "cpu"}')
+    assert message == "Settings are valid."
+    assert shared["lora"]["rank"] == 4 and shared["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert shared["model"]["device_map"] == {"": "cpu"}
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"lora__rank": 0}, "lora.rank must be a positive number"),
+    ({"lora__dropout": 1.5}, "lora.dropout 1.5 is outside [0, 1)"),
+    ({"training__learning_rate": None}, "training.learning_rate must be a float"),
+    ({"lora__target_modules": "custom list", "lora__target_modules_custom": " "}, "the list is empty"),
+    ({"lora__target_modules": "custom list", "lora__target_modules_custom": "qq_proj"},
+     "lora.target_modules ['qq_proj'] matches no linear layer of demo"),
+    ({"lora__modules_to_save": "lm_hed"}, "lora.modules_to_save names 'lm_hed'"),
+    ({"model__device_map": "{cpu}"}, "model.device_map is not valid JSON"),
+    ({"training__eval_steps": 10}, "training.eval_steps is 10 but there is no eval data"),
+    ({"data__min_pixels": 10**7}, "data.min_pixels (10000000) is larger than data.max_pixels"),
+])
+def test_validation_message_names_the_field_and_keeps_the_config(config, changes, words):
+    shared, message, yaml_text, _ = edit(config, **changes)
+    assert message.startswith("**Not applied:**") and words in message, message
+    assert shared is config  # nothing half-applied
+    assert "rank: 16" in yaml_text  # the preview still shows the valid settings in force
+
+
+def test_an_existing_output_dir_is_refused_before_start(config, tmp_path):
+    (tmp_path / "mine.txt").write_text("x")
+    _, message, _, _ = edit(config, training__output_dir=str(tmp_path))
+    assert "already holds files" in message
+
+
+def test_other_tabs_changes_refill_the_form(config):
+    planned = {**config, "model": {**config["model"], "device_map": {"": "cpu"}},
+               "data": {**config["data"], "train_path": "/data/mine.jsonl"}}
+    out = lora_tab.on_config_change(planned)
+    values = dict(zip(lora_tab.KEYS, out))
+    assert values["model.device_map"] == '{"": "cpu"}' and values["data.train_path"] == "/data/mine.jsonl"
+    assert out[len(lora_tab.KEYS)] == "Settings are valid."
+
+
+def test_yaml_save_never_overwrites_without_asking_and_loads_back(config, tmp_path):
+    path = tmp_path / "run.yaml"
+    assert "Saved to" in lora_tab.save_yaml(config, str(path), False)
+    path.write_text("# my edits\n" + path.read_text())
+    assert "already exists" in lora_tab.save_yaml(config, str(path), False)
+    assert path.read_text().startswith("# my edits")
+    assert "Saved to" in lora_tab.save_yaml(config, str(path), True)
+    changed = {**config, "lora": {**config["lora"], "rank": 32}}
+    lora_tab.save_yaml(changed, str(tmp_path / "other.yaml"), False)
+    loaded, message = lora_tab.load_yaml(config, str(tmp_path / "other.yaml"))
+    assert loaded["lora"]["rank"] == 32 and loaded["plan"] == {"devices": []} and "Loaded" in message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: {rnak: 3}\n")
+    same, message = lora_tab.load_yaml(config, str(bad))
+    assert same is config and "Unknown field 'lora.rnak'" in message

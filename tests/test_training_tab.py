@@ -1,0 +1,91 @@
+"""Training tab handlers against the real job, and the series the plots draw."""
+
+import json
+import threading
+import time
+
+import pandas as pd
+
+from workbench.training.bridge import MetricsBuffer
+from workbench.training.series import decimate, loss_frame, memory_frame, predicted_peaks
+from workbench.ui import training_tab
+
+
+def is_skip(value):
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
+def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path):
+    config = demo_config.replace(training={"max_steps": 300, "per_device_train_batch_size": 1,
+                                           "gradient_accumulation_steps": 1, "logging_steps": 1,
+                                           "output_dir": str(tmp_path / "run")}).to_dict()
+    assert training_tab.start(config).startswith("Started")
+    job = training_tab.current_job()
+    try:
+        refused = training_tab.start({**config, "training": {**config["training"], "output_dir": str(tmp_path / "b")}})
+        assert refused.startswith("**Not started:**") and str(job.output_dir) in refused
+        deadline = time.monotonic() + 120
+        while job.step < 2 and job.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, progress, loss, memory, log, view, run_dir = training_tab.tick({}, config)
+        assert "**training**" in status and "ETA" in progress and "<progress" in progress
+        assert isinstance(loss, pd.DataFrame) and set(loss["series"]) == {"train"}
+        assert is_skip(run_dir)  # not finished yet: nothing to publish
+        other_browser = training_tab.tick(None, config)  # a reloaded page sees the same run
+        assert other_browser[0].startswith("**training**") or other_browser[0].startswith("**saving**")
+    finally:
+        assert "Stop requested" in training_tab.stop()
+        job.wait(120)
+    status, _, loss, memory, log, view, run_dir = training_tab.tick(view, config)
+    assert status.startswith("**stopped**") and run_dir == str(job.output_dir)
+    assert "[stopped]" in log and "cpu resident" in set(memory["series"])
+    again = training_tab.tick(view, config)
+    assert is_skip(again[2]) and is_skip(again[3])  # nothing new: the plots are not resent
+
+
+def test_decimation_keeps_the_ends_and_bounds_the_payload():
+    rows = [{"kind": "train", "step": i, "loss": 10 - i / 1000, "time": 1000.0 + i,
+             "memory": [{"device": "cuda:0", "used_bytes": 2**30 * 5, "peak_allocated_bytes": 2**30 * 3,
+                         "peak_reserved_bytes": 2**30 * 4}]} for i in range(1, 10001)]
+    rows += [{"kind": "eval", "step": s, "eval_loss": 1.0, "time": 2000.0} for s in (5000, 10000)]
+    frame = loss_frame(rows, max_points=300)
+    train = frame[frame.series == "train"]
+    assert len(train) == 300 and train.step.iloc[0] == 1 and train.step.iloc[-1] == 10000
+    assert list(frame[frame.series == "eval"].step) == [5000, 10000]
+    memory = memory_frame(rows, predicted=predicted_peaks({"devices": [{"device": "cuda:0", "total_bytes": 6 * 2**30}]}),
+                          max_points=300)
+    assert set(memory.series) == {"cuda:0 used", "cuda:0 peak allocated", "cuda:0 peak reserved",
+                                  "cuda:0 predicted peak"}
+    assert len(memory) == 3 * 300 + 2 and memory[memory.series == "cuda:0 predicted peak"].GiB.tolist() == [6.0, 6.0]
+    assert decimate(list(range(5)), 10) == [0, 1, 2, 3, 4]
+
+
+def test_metrics_buffer_under_concurrent_reads(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    buffer = MetricsBuffer(path)
+    total, errors = 3000, []
+
+    def write():
+        for i in range(total):
+            buffer.append({"step": i})
+
+    def read():
+        seen = 0
+        while seen < total:
+            rows = buffer.since(seen)
+            if [r["step"] for r in rows] != list(range(seen, seen + len(rows))):
+                errors.append((seen, len(rows)))
+                return
+            seen += len(rows)
+            last = buffer.last()
+            if last is not None and last["step"] < seen - 1:
+                errors.append(("last", last["step"], seen))
+                return
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(buffer) == total
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(total))
