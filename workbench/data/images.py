@@ -53,23 +53,17 @@ def read_image_info(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInfo:
 
 
 class ImageHeaders:
-    """A per-path cache of ``read_image_info`` (keyed by path, size and mtime)."""
+    """``read_image_info`` once per path. One instance per check: a file changed later is read again
+    by the next check, which makes its own."""
 
     def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS):
         self.max_pixels = max_pixels
-        self._cache: dict[str, tuple[tuple, ImageInfo]] = {}
+        self._cache: dict[str, ImageInfo] = {}
 
     def __call__(self, path: str) -> ImageInfo:
-        try:
-            st = os.stat(path)
-            stamp = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stamp = None
-        hit = self._cache.get(path)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        info = read_image_info(path, self.max_pixels)
-        self._cache[path] = (stamp, info)
+        info = self._cache.get(path)
+        if info is None:
+            info = self._cache[path] = read_image_info(path, self.max_pixels)
         return info
 
     def __len__(self) -> int:

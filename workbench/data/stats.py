@@ -21,6 +21,7 @@ verdict are exact (docs/data-scale.md has the figures).
 
 from __future__ import annotations
 
+import functools
 import random
 
 from workbench.data.sample import IMAGE_TAG, Sample
@@ -34,6 +35,7 @@ IMAGE_SHAPE = "image-shape"
 FALLBACK_SYSTEM, FALLBACK_TURN, FALLBACK_IMAGE, FALLBACK_BYTES_PER_TOKEN = 11, 5, 3, 4.0
 
 
+@functools.lru_cache(maxsize=65536)
 def visual_token_count(height: int, width: int, min_pixels: int, max_pixels: int) -> int:
     """Tokens the LLM sees for one image: (H/28)*(W/28) after smart_resize. ValueError if too thin."""
     from qwen_vl_utils import smart_resize

@@ -1,0 +1,208 @@
+"""Dataset tab: is my data right? Summary, problem rows, paged rows with thumbnails, one row as
+the model sees it (trained tokens highlighted), length histogram, and "Use as training data".
+
+Handlers are plain functions over ``workbench.data`` (check_dataset, rows_table,
+preview_page, render_row); they format its answers and decide nothing themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from workbench.errors import UserError
+
+FORMATS = ["auto", "swift", "sharegpt", "messages"]
+TABLE_HEADERS = ["row", "status", "images", "user", "assistant", "tokens"]
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str):
+    from workbench.data.stats import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+@functools.lru_cache(maxsize=4)
+def _processor(model: str):
+    from transformers import AutoProcessor
+
+    from workbench.training.loading import resolve_model_path
+
+    return AutoProcessor.from_pretrained(resolve_model_path(model), local_files_only=True)
+
+
+def default_path(options) -> str:
+    """The launch --dataset, or the demo's training rows when the model is the demo."""
+    from workbench.demo import ensure_demo, is_demo
+
+    if options.dataset:
+        return options.dataset
+    return str(ensure_demo().train) if is_demo(options.model) else ""
+
+
+def _empty_outputs(message: str):
+    import pandas as pd
+
+    return (None, message, pd.DataFrame(columns=["row", "kind", "reason"]), "",
+            pd.DataFrame({"tokens": [], "rows": []}), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [])
+
+
+def check(path: str, upload, fmt: str, config: dict):
+    """Check the file; returns (holder, summary, problems, stats, histogram, page, page label, table, gallery)."""
+    import pandas as pd
+
+    from workbench.data.preview import preview_page, rows_table
+    from workbench.data.stats import histogram
+    from workbench.data.validation import check_dataset
+
+    path = (upload or path or "").strip()
+    if not path:
+        return _empty_outputs("Give a dataset path or upload a .jsonl / .json file.")
+    d = config["data"]
+    try:
+        report = check_dataset(path, fmt or "auto", d["max_length"], d["min_pixels"], d["max_pixels"],
+                               tokenizer=_tokenizer(config["model"]["name_or_path"]))
+    except UserError as exc:
+        gr.Warning(str(exc))
+        return _empty_outputs(f"**Cannot read this dataset.** {exc}")
+    table = rows_table(report)
+    holder = {"report": report, "table": table}
+    kinds = ", ".join(f"{k} {n}" for k, n in report.problems_by_kind().items()) or "none"
+    summary = (f"**{report.path}** ({report.format}): **{report.rows}** rows, **{report.valid}** valid, "
+               f"**{len(report.problems)}** with problems ({kinds}).")
+    problems = pd.DataFrame([{"row": p.row, "kind": p.kind, "reason": p.reason} for p in report.problems],
+                            columns=["row", "kind", "reason"])
+    page = preview_page(report, table, 1)
+    return (holder, summary, problems, stats_markdown(report), histogram(report.totals()), page.number,
+            f"of {page.pages}", page.table, page.thumbnails)
+
+
+def stats_markdown(report) -> str:
+    s = report.stats
+    if not s.get("rows"):
+        return "No measurable rows."
+    return (f"Tokens per row (text + visual, images at {s['min_pixels']}..{s['max_pixels']} pixels): "
+            f"p50 **{s['p50']}**, p95 **{s['p95']}**, max **{s['max']}**, mean {s['mean']}; "
+            f"visual share **{s['visual_share']:.0%}**; {s['unique_images']} unique images. "
+            f"Text tokens: {s['text_tokens']}.")
+
+
+def turn_page(holder, number):
+    """(page, page label, table, gallery) for page ``number`` of the checked file."""
+    from workbench.data.preview import preview_page
+
+    if not holder:
+        return 1, "", None, []
+    page = preview_page(holder["report"], holder["table"], number or 1)
+    return page.number, f"of {page.pages}", page.table, page.thumbnails
+
+
+def show_row(holder, row, config: dict):
+    """(images, highlighted segments, counts markdown) for one row, rendered as training renders it."""
+    from workbench.data.collate import SampleEncoder
+    from workbench.data.preview import render_row, row_markdown_summary
+
+    if not holder or not row:
+        return [], [], "Check a dataset, then pick a row."
+    report = holder["report"]
+    sample = report.parsed.get(int(row))
+    if sample is None:
+        reasons = [p.reason for p in report.problems if p.row == int(row)]
+        return [], [], (f"Row {int(row)}: {reasons[0]}" if reasons else f"There is no row {int(row)} in this file.")
+    d, model = config["data"], config["model"]["name_or_path"]
+    try:
+        encoder = SampleEncoder(_processor(model), d["max_length"], d["min_pixels"], d["max_pixels"])
+    except (OSError, ValueError, UserError) as exc:
+        return list(sample.images), [], f"The processor of '{model}' is not available locally ({exc}): counts only."
+    try:
+        view = render_row(sample, encoder)
+    except (OSError, ValueError) as exc:
+        return list(sample.images), [], f"Row {sample.row} cannot be rendered: {exc}"
+    problems = [p.reason for p in report.problems if p.row == sample.row]
+    note = f"\n\nProblem: {problems[0]}" if problems else ""
+    return view.images, view.segments, row_markdown_summary(view) + note
+
+
+def select_row(holder, evt: gr.SelectData):
+    """The row number of a clicked table cell."""
+    if not holder or evt is None or evt.index is None:
+        return None
+    table_row = evt.row_value[0] if getattr(evt, "row_value", None) else None
+    return int(table_row) if table_row is not None else None
+
+
+def use_as_training(holder, which: str, config: dict):
+    """data.train_path / format / max_length (p95 or max) of the checked file into the shared config."""
+    from workbench.settings import RunConfig
+
+    if not holder:
+        gr.Warning("Check a dataset first.")
+        return config, "Check a dataset first."
+    report = holder["report"]
+    stats = report.stats
+    if not stats.get("rows"):
+        gr.Warning("No measurable rows: fix the problems first.")
+        return config, "No measurable rows: fix the problems first."
+    length = int(stats["max" if which == "max" else "p95"])
+    updated = RunConfig.from_dict(config).replace(
+        data={"train_path": report.path, "format": report.format, "max_length": length}).to_dict()
+    return updated, (f"Training data: {report.path} ({report.format}), max_length {length} ({which}). "
+                     f"{'Rows above it are refused at Start.' if which == 'p95' else ''}")
+
+
+def build(state) -> None:
+    config = state.config
+    holder = gr.State(None)
+    with gr.Row():
+        path = gr.Textbox(label="Dataset file", value=default_path(state.options), scale=4,
+                          info="A .jsonl or .json on this machine (relative image paths start at its folder).")
+        upload = gr.File(label="or upload", file_types=[".jsonl", ".json"], type="filepath", scale=2)
+        fmt = gr.Dropdown(FORMATS, value="auto", label="Format", scale=1,
+                          info="auto: detected from the first record.")
+        check_button = gr.Button("Check", variant="primary", scale=1)
+    summary = gr.Markdown()
+    with gr.Accordion("Problems", open=True):
+        problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True, max_height=240)
+    with gr.Row():
+        with gr.Column(scale=3):
+            stats = gr.Markdown()
+            plot = gr.BarPlot(x="tokens", y="rows", title="Total tokens per row", x_title="tokens (bin start)",
+                              y_title="rows", height=220)
+        with gr.Column(scale=1):
+            which = gr.Radio(["p95", "max"], value="p95", label="max_length from")
+            use = gr.Button("Use as training data")
+            used = gr.Markdown()
+    with gr.Row():
+        page = gr.Number(label="Page", value=1, precision=0, minimum=1, scale=1)
+        pages = gr.Markdown()
+        prev_button, next_button = gr.Button("Previous", scale=1), gr.Button("Next", scale=1)
+    table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, max_height=480)
+    gallery = gr.Gallery(label="Images on this page", columns=10, height=140, allow_preview=False)
+    with gr.Row():
+        row = gr.Number(label="Row", precision=0, minimum=1, scale=1)
+        show = gr.Button("Show row", scale=1)
+    with gr.Row():
+        row_images = gr.Gallery(label="Row images", columns=2, height=240, scale=1)
+        with gr.Column(scale=3):
+            counts = gr.Markdown()
+            rendered = gr.HighlightedText(label="As the model sees it (trained tokens highlighted)",
+                                          color_map={"trained": "green", "image": "blue"}, show_legend=True)
+    state.components["dataset_stats"] = stats
+
+    outputs = [holder, summary, problems, stats, plot, page, pages, table, gallery]
+    check_button.click(check, [path, upload, fmt, config], outputs)
+    upload.upload(check, [path, upload, fmt, config], outputs)
+    page_outputs = [page, pages, table, gallery]
+    page.submit(turn_page, [holder, page], page_outputs)
+    prev_button.click(lambda h, n: turn_page(h, (n or 1) - 1), [holder, page], page_outputs)
+    next_button.click(lambda h, n: turn_page(h, (n or 1) + 1), [holder, page], page_outputs)
+    table.select(select_row, [holder], row).then(show_row, [holder, row, config], [row_images, rendered, counts])
+    show.click(show_row, [holder, row, config], [row_images, rendered, counts])
+    row.submit(show_row, [holder, row, config], [row_images, rendered, counts])
+    use.click(use_as_training, [holder, which, config], [config, used])
+    from gradio.context import Context
+
+    if path.value and Context.root_block is not None:
+        Context.root_block.load(check, [path, upload, fmt, config], outputs)
