@@ -77,10 +77,10 @@ def test_weights_split_sums_to_the_model(headline):
 
 
 # ---- the headline case ------------------------------------------------------------
-def test_72b_on_4x40gib_fits_quickly_with_logits_on_the_lm_head_gpu(headline):
+def test_72b_on_4x40gib_fits_with_logits_on_the_lm_head_gpu(headline):
+    # plan time is a benchmark figure (docs/planner-accuracy.md), never a timed assertion here
     assert headline.fits
-    again = plan_memory(headline.request)  # warm caches; the cold plan is timed in docs/planner-accuracy.md
-    assert min(headline.plan_seconds, again.plan_seconds) < 1.0
+    again = plan_memory(headline.request)
     assert again.device_map == headline.device_map
     last = device_of(headline.device_map, "lm_head")
     assert last == 3
