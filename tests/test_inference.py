@@ -182,12 +182,13 @@ def test_tab_run_list_follows_new_runs(trained_run, monkeypatch, tmp_path):
     from workbench.ui import inference_tab as tab
 
     monkeypatch.setattr("workbench.runs.runs_root", lambda: tmp_path)
-    assert tab.refresh_runs(None).value is None
+    assert tab.refresh_runs(None, "demo")[0]["choices"] == []
     shutil.copytree(trained_run.output_dir, tmp_path / "later-run")
-    dropdown = tab.refresh_runs(None)  # a run that finished while the app was open
-    assert dropdown.value == str(tmp_path / "later-run") and "finished" in dropdown.choices[0][0]
-    adapter_dir, base, note = tab.choose_run(dropdown.value, "")
+    dropdown, adapter_dir, base, note = tab.refresh_runs(None, "")  # a run that finished while the app was open
+    assert dropdown["value"] == str(tmp_path / "later-run") and "finished" in dropdown["choices"][0][0]
     assert adapter_dir == str(tmp_path / "later-run") and base == "demo" and note == ""
+    kept = tab.refresh_runs(str(tmp_path / "later-run"), "demo")  # same selection: a pasted folder stays
+    assert "value" not in kept[0] and kept[1] == {"__type__": "update"}
 
 
 # ---------------------------------------------------------------------------- CLI

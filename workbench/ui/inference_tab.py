@@ -59,16 +59,27 @@ def run_choices() -> list[tuple[str, str]]:
     return [(r.label(), r.path) for r in list_runs()]
 
 
-def refresh_runs(selected: str | None):
-    """The runs dropdown, re-read from disk; keeps the selection, else picks the newest usable run."""
+def runs_menu(selected: str | None) -> tuple[list[tuple[str, str]], str | None]:
+    """(choices, value) for the runs dropdown: keeps the selection, else the newest usable run."""
     from workbench.runs import list_runs
 
     runs = list_runs()
-    paths = [r.path for r in runs]
-    if selected not in paths:
+    if selected not in [r.path for r in runs]:
         ready = [r.path for r in runs if r.adapter_dir and r.state != "training"]
         selected = ready[0] if ready else None
-    return gr.Dropdown(choices=[(r.label(), r.path) for r in runs], value=selected)
+    return [(r.label(), r.path) for r in runs], selected
+
+
+def refresh_runs(selected: str | None, base: str) -> tuple:
+    """Re-read the runs (one that finished meanwhile appears). -> (dropdown, adapter, base, status).
+
+    A kept selection leaves the adapter folder alone (it may hold a pasted path); a new
+    selection fills it directly rather than through the dropdown's change event.
+    """
+    choices, value = runs_menu(selected)
+    if value == selected:
+        return gr.update(choices=choices), gr.update(), gr.update(), gr.update()
+    return (gr.update(choices=choices, value=value), *choose_run(value, base))
 
 
 def choose_run(run_dir: str | None, base: str) -> tuple[str, str, str]:
@@ -186,49 +197,50 @@ def build(state) -> None:
 
     options = state.options
     image_default, heldout_default = default_inputs(options.model)
-    initial_runs = refresh_runs(None)
-    initial_adapter, initial_base, _ = choose_run(initial_runs.value, options.model)
+    initial_choices, initial_run = runs_menu(None)
+    initial_adapter, initial_base, _ = choose_run(initial_run, options.model)
     gr.Markdown("Did the adapter help? The base model answers with the adapter switched off, then on: "
                 "same weights in memory, same input, same decoding.")
-    with gr.Row(equal_height=True):
-        run = gr.Dropdown(label="Run (newest first)", choices=initial_runs.choices, value=initial_runs.value,
-                          scale=4, interactive=True,
-                          info="This workbench's runs with their state and final loss.")
-        refresh = gr.Button("↻ Refresh runs", scale=1, size="md")
-    with gr.Row():
-        adapter = gr.Textbox(label="Adapter folder", value=initial_adapter, scale=3, placeholder="/path/to/run or /path/to/run/checkpoint-100",
-                             info="Filled by the run list, or paste any folder with adapter_config.json.")
-        base = gr.Textbox(label="Base model", value=initial_base, scale=2,
-                          info="Empty: the base the adapter was trained on.")
-    with gr.Accordion("Decoding (the same for base and adapter)", open=False):
+    with gr.Row(equal_height=False):
+        run = gr.Dropdown(label="Run (newest first, with state and final loss)", choices=initial_choices,
+                          value=initial_run, scale=3, interactive=True, elem_id="inference-run")
+        base = gr.Textbox(label="Base model (empty: the one it was trained on)", value=initial_base, scale=1)
+        refresh = gr.Button("↻ Refresh runs", scale=0, min_width=140, size="sm")
+    adapter = gr.Textbox(label="Adapter folder (filled by the run list, or paste any folder with adapter_config.json)",
+                         value=initial_adapter, placeholder="/path/to/run or /path/to/run/checkpoint-100", max_lines=1,
+                         elem_id="adapter-folder")
+    with gr.Accordion("Decoding (the same for base and adapter; greedy by default)", open=False):
         with gr.Row():
             max_new = gr.Slider(1, 512, value=32, step=1, label="Max new tokens")
             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", info="0: greedy")
             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", info="Used when temperature > 0")
-    status = gr.Markdown()
 
     gr.Markdown("### One question")
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
-            image = gr.Image(label="Image", type="filepath", value=image_default, height=180, sources=["upload"])
+            image = gr.Image(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
             image_path = gr.Textbox(label="…or image path", placeholder="/data/images/0001.png", max_lines=1)
-        with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2)
-            system = gr.Textbox(label="System prompt (optional)", lines=1, placeholder="You are a helpful assistant.")
+        with gr.Column(scale=3):
+            with gr.Row():
+                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=1, scale=3)
+                system = gr.Textbox(label="System prompt (optional)", lines=1, scale=2,
+                                    placeholder="You are a helpful assistant.")
             ask_button = gr.Button("Ask base and adapter", variant="primary")
-    with gr.Row(equal_height=True):
-        with gr.Column():
-            base_answer = gr.Textbox(label="Base model", lines=3, interactive=False, elem_id="base-answer")
-            base_speed = gr.Markdown()
-        with gr.Column():
-            adapter_answer = gr.Textbox(label="With adapter", lines=3, interactive=False, elem_id="adapter-answer")
-            adapter_speed = gr.Markdown()
+            with gr.Row(equal_height=True):
+                with gr.Column():
+                    base_answer = gr.Textbox(label="Base model", lines=2, interactive=False, elem_id="base-answer")
+                    base_speed = gr.Markdown(elem_id="base-speed")
+                with gr.Column():
+                    adapter_answer = gr.Textbox(label="With adapter", lines=2, interactive=False,
+                                                elem_id="adapter-answer")
+                    adapter_speed = gr.Markdown(elem_id="adapter-speed")
+            status = gr.Markdown()
 
     gr.Markdown("### Held-out check")
     with gr.Row(equal_height=True):
         dataset = gr.Textbox(label="Dataset file", value=heldout_default, scale=4,
                              placeholder="held-out .jsonl (empty: the demo's held-out rows)")
-        rows = gr.Number(label="Rows", value=8, minimum=1, maximum=1000, precision=0, scale=1)
+        rows = gr.Number(label="Rows", elem_id="heldout-rows", value=8, minimum=1, maximum=1000, precision=0, scale=1)
         check_button = gr.Button("Run held-out check", variant="primary", scale=1)
     accuracy = gr.Markdown(elem_id="heldout-accuracy")
     table = gr.Dataframe(headers=HELDOUT_COLUMNS, datatype=["markdown", "str", "str", "str", "str", "str", "str"],
@@ -236,10 +248,10 @@ def build(state) -> None:
                          column_widths=["84px", "24%", "10%", "22%", "14%", "10%", "10%"])
 
     decoding = [max_new, temperature, top_p]
-    refresh.click(refresh_runs, [run], [run], api_name="inference_runs")
+    refresh.click(refresh_runs, [run, base], [run, adapter, base, status], api_name="inference_runs")
     tab = Context.block
     if tab is not None and hasattr(tab, "select"):
-        tab.select(refresh_runs, [run], [run], api_visibility="private")  # a run finished meanwhile shows up on return
+        tab.select(refresh_runs, [run, base], [run, adapter, base, status], api_visibility="private")  # a run finished meanwhile shows up on return
     run.change(choose_run, [run, base], [adapter, base, status])
     ask_button.click(ask, [base, adapter, image, image_path, prompt, system, *decoding],
                      [base_answer, base_speed, adapter_answer, adapter_speed, status], api_name="inference_ask")
