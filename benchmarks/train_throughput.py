@@ -73,8 +73,27 @@ def run_workbench(args, out: Path, timer) -> None:
         return Timed
 
     job_module.trainer_class = timed
+    # the bridge's own time per step, measured in place: robust to a busy machine's noise
+    from workbench.training.bridge import WorkbenchCallback
+
+    for name in ("on_log", "on_pre_optimizer_step", "on_step_end"):
+        setattr(WorkbenchCallback, name, _timed(getattr(WorkbenchCallback, name)))
     job = TrainingJob(demo_settings(args, out))
     assert job.run() == JobState.FINISHED, job.message
+
+
+BRIDGE_SECONDS = [0.0]
+
+
+def _timed(method):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            BRIDGE_SECONDS[0] += time.perf_counter() - start
+
+    return wrapper
 
 
 def run_plain(args, out: Path, timer) -> None:
@@ -120,6 +139,10 @@ def child(args) -> None:
     steps = timer.last - timer.first
     result = {"side": args.child, "samples_per_s": steps * args.batch / (timer.end - timer.start),
               "measured_steps": steps, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if args.child == "workbench":
+        total_steps = args.warmup + args.steps
+        result["bridge_ms_per_step"] = 1000 * BRIDGE_SECONDS[0] / total_steps
+        result["step_ms"] = 1000 * (timer.end - timer.start) / steps
     import torch
 
     if torch.cuda.is_available():
@@ -159,6 +182,8 @@ def main() -> None:
                "ratio": round(best["workbench"]["samples_per_s"] / best["plain"]["samples_per_s"], 4),
                "workbench_peak_rss_bytes": max(r["peak_rss_bytes"] for r in results["workbench"]),
                "plain_peak_rss_bytes": max(r["peak_rss_bytes"] for r in results["plain"])}
+    print(json.dumps({"bridge_ms_per_step": round(min(r["bridge_ms_per_step"] for r in results["workbench"]), 3),
+                      "workbench_step_ms": round(min(r["step_ms"] for r in results["workbench"]), 1)}))
     if "peak_cuda_allocated_bytes" in best["plain"]:
         summary["workbench_peak_cuda_allocated_bytes"] = best["workbench"]["peak_cuda_allocated_bytes"]
         summary["plain_peak_cuda_allocated_bytes"] = best["plain"]["peak_cuda_allocated_bytes"]
