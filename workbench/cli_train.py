@@ -68,9 +68,8 @@ def run(args) -> int:
         for line in list(job.log_tail)[shown:]:
             print(line, file=sys.stderr)
         shown = len(job.log_tail)
-        rows = job.metrics.since(max(len(job.metrics) - 1, 0)) if job.metrics else []
-        if rows and job.state == JobState.TRAINING:
-            r = rows[-1]
+        r = job.metrics.last("train") if job.metrics is not None else None
+        if r and job.state == JobState.TRAINING:
             eta = f" eta {r['eta_s']:.0f}s" if r.get("eta_s") is not None else ""
             loss = f" loss {r['loss']:.4f}" if "loss" in r else ""
             print(f"\rstep {job.step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr)

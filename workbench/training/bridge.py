@@ -94,6 +94,11 @@ class WorkbenchCallback(TrainerCallback):
         self._marks: deque = deque(maxlen=RATE_WINDOW)  # (monotonic time, step, tokens seen)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available():  # peaks are per run, not since an earlier job in this process
+            for device in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(device)
         self._marks.clear()
         self._marks.append((time.monotonic(), state.global_step, state.num_input_tokens_seen or 0))
         self.job._set_progress(state.global_step, state.max_steps)
