@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str, limit: int = 500) -> str:
+    """A message for people quotes their input, which may be huge or multi-line: keep it one readable line."""
+    message = " ".join(message.split())
+    if len(message) > limit:
+        keep = (limit - 5) // 2
+        message = f"{message[:keep]} ... {message[-keep:]}"
+    return message
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -33,7 +42,7 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -41,7 +50,7 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug, not bad input: details go to the log
         logger.exception("unhandled error in %s", args.command)
         print(
-            f"error: {type(exc).__name__}: {exc}. This looks like a bug in the workbench; "
+            f"error: {type(exc).__name__}: {one_line(str(exc), 300)}. This looks like a bug in the workbench; "
             f"the traceback is in {log_file()}.",
             file=sys.stderr,
         )

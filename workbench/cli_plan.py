@@ -59,7 +59,7 @@ def run(args) -> int:
     from workbench.hardware import detect_gpus, parse_gpu_spec
     from workbench.planner import PlanRequest, format_plan, plan_memory
 
-    gpus = parse_gpu_spec(args.gpus) if args.gpus else detect_gpus()
+    gpus = parse_gpu_spec(args.gpus) if args.gpus is not None else detect_gpus()
     if not gpus:
         raise UserError("No GPUs detected on this machine: pass --gpus, e.g. --gpus 4x40GiB.")
     request = PlanRequest(

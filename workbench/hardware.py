@@ -91,7 +91,9 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise UserError(f"GPU size '{text}' must be positive.")
     if size < 256 * 1024**2:
-        raise UserError(f"GPU size '{text}' is below 256 MiB: did you mean {text.strip()}GiB?")
+        if match.group(2) and unit not in ("g", "gib", "gb", "tib", "tb"):
+            raise UserError(f"GPU size '{text}' is below 256 MiB: did you mean {match.group(1)}GiB?")
+        raise UserError(f"GPU size '{text}' is below 256 MiB, smaller than any GPU: write it like 24GiB or 80GB.")
     if size > MAX_GPU_BYTES:
         raise UserError(f"GPU size '{text}' is larger than any GPU (over 4 TiB): check the unit.")
     return size

@@ -59,6 +59,9 @@ def load_model_config(name_or_path: str):
     path = Path(text).expanduser()
     if path.is_file() and path.name.endswith(".json"):
         return _from_json_file(path)
+    if path.is_file():
+        raise UserError(f"{path} is a file, not a model: point --model at the Qwen2-VL model folder (the one "
+                        "holding config.json), or at that config.json.")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"The folder {path} has no config.json: point --model at a Qwen2-VL model folder (the one holding config.json).")
@@ -98,9 +101,34 @@ def _from_json_file(path: Path):
     if model_type != "qwen2_vl":
         raise UserError(f"{path} describes a '{model_type}' model; the workbench handles Qwen2-VL (model_type qwen2_vl) only.")
     try:
-        return Qwen2VLConfig.from_dict(raw)
+        config = Qwen2VLConfig.from_dict(raw)
     except Exception as exc:  # transformers' own validation of the values
-        raise UserError(f"{path} is not a valid Qwen2-VL config ({exc}).") from None
+        raise UserError(f"{path} is not a valid Qwen2-VL config ({str(exc)[:200]}): fix or replace the file.") from None
+    _check_sizes(config, path)
+    return config
+
+
+# Sizes a Qwen2-VL config must give as positive whole numbers (transformers checks none of them).
+_TEXT_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "vocab_size", "max_position_embeddings")
+_VISION_SIZES = ("depth", "embed_dim", "num_heads", "patch_size", "spatial_merge_size", "temporal_patch_size",
+                 "in_channels")
+# Larger than any published model by far: such a value is a typo (and would make the meta model huge).
+_MAX_SIZE = 10**7
+
+
+def _check_sizes(config, path) -> None:
+    for section, names in (("text_config", _TEXT_SIZES), ("vision_config", _VISION_SIZES)):
+        sub = getattr(config, section)
+        for name in names:
+            value = getattr(sub, name, None)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_SIZE:
+                raise UserError(f"{path}: {section}.{name} is {value!r}, not a positive whole number up to "
+                                f"{_MAX_SIZE}: fix the config.")
+    text = config.text_config
+    if text.hidden_size % text.num_attention_heads or text.num_attention_heads % text.num_key_value_heads:
+        raise UserError(f"{path}: hidden_size {text.hidden_size}, num_attention_heads {text.num_attention_heads} "
+                        f"and num_key_value_heads {text.num_key_value_heads} do not divide evenly: fix the config.")
 
 
 def _dtype(dtype):

@@ -30,6 +30,9 @@ TARGET_PRESETS: dict[str, str | list[str]] = {
     "language-and-vision": r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)|visual\.merger\.mlp\.(0|2))",
 }
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+# A run.yaml is a few KiB; a path or hub id is at most PATH_MAX. Anything larger is not a config.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_PATH_CHARS = 4096
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -126,7 +129,8 @@ class RunConfig:
                             f"got {type(raw).__name__}.")
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
-            raise UserError(f"Unknown config section(s) {sorted(unknown)}: use model, data, lora, training.")
+            shown = ", ".join(repr(str(k)[:80]) for k in sorted(unknown, key=str)[:5])
+            raise UserError(f"Unknown config section(s) {shown}: use model, data, lora, training.")
         sections = {}
         for f in fields(cls):
             section_type = f.default_factory  # the section's dataclass
@@ -136,7 +140,7 @@ class RunConfig:
             known = {g.name: g for g in fields(section_type)}
             for key in values:
                 if key not in known:
-                    raise UserError(f"Unknown field '{f.name}.{key}': valid fields are {', '.join(known)}.")
+                    raise UserError(f"Unknown field '{f.name}.{str(key)[:80]}': valid fields are {', '.join(known)}.")
             kwargs = {key: _coerce(f"{f.name}.{key}", known[key], value) for key, value in values.items()}
             sections[f.name] = section_type(**kwargs)
         config = cls(**sections)
@@ -157,9 +161,22 @@ class RunConfig:
         if not path.is_file():
             raise UserError(f"Config file {path} does not exist or is not a file: pass a YAML file written by the workbench.")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"Config file {path} is not UTF-8 text: save it again as UTF-8 YAML (the LoRA tab writes one).") from None
+        except OSError as exc:
+            raise UserError(f"Config file {path} cannot be read ({exc.strerror}): check its permissions.") from None
+        if not text.strip():
+            raise UserError(f"Config file {path} is empty: pass a YAML file saved by the LoRA tab or a run's run.yaml.")
+        if len(text) > MAX_CONFIG_BYTES:
+            raise UserError(f"Config file {path} is {len(text) // 1024} KiB, far more than a run config: pass the "
+                            "run.yaml the LoRA tab saves.")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
             raise UserError(f"Config file {path} is not readable YAML ({str(exc).splitlines()[0]}): fix the syntax or save it again from the LoRA tab.") from None
+        except RecursionError:
+            raise UserError(f"Config file {path} is nested too deeply to be a run config: save it again from the LoRA tab.") from None
         return cls.from_dict(raw)
 
     def replace(self, **sections) -> "RunConfig":
@@ -173,6 +190,11 @@ class RunConfig:
     def validate(self) -> None:
         """Field-level checks that need no model: each error names the field and the fix."""
         m, d, l, t = self.model, self.data, self.lora, self.training
+        for name, value in (("model.name_or_path", m.name_or_path), ("data.train_path", d.train_path),
+                            ("data.eval_path", d.eval_path), ("training.output_dir", t.output_dir)):
+            if len(str(value)) > MAX_PATH_CHARS:
+                raise UserError(f"{name} is {len(str(value))} characters long, more than any path or hub id "
+                                f"({MAX_PATH_CHARS}): check the config.")
         if not str(m.name_or_path).strip():
             raise UserError("model.name_or_path is empty: give 'demo', a preset, a local model folder or a hub id.")
         if m.dtype not in DTYPES:
@@ -199,7 +221,7 @@ class RunConfig:
             raise UserError("lora.target_modules must be a preset name or a non-empty list of module names such as [q_proj, v_proj].")
         if not isinstance(l.modules_to_save, list):
             raise UserError("lora.modules_to_save must be a list of module names (or empty).")
-        if t.learning_rate <= 0 or t.learning_rate > 1:
+        if not 0 < t.learning_rate <= 1:  # also refuses nan
             raise UserError(f"training.learning_rate {t.learning_rate} is outside (0, 1]: LoRA usually uses 1e-4 to 2e-4.")
         if t.lr_scheduler_type not in SCHEDULERS:
             raise UserError(f"training.lr_scheduler_type '{t.lr_scheduler_type}' is unknown: use one of {', '.join(SCHEDULERS)}.")
@@ -207,8 +229,8 @@ class RunConfig:
             raise UserError(f"training.warmup_ratio {t.warmup_ratio} is outside 0..1.")
         if t.max_steps == 0 or t.max_steps < -1:
             raise UserError(f"training.max_steps {t.max_steps} is invalid: use a positive number, or -1 to train by epochs.")
-        if t.max_steps == -1 and t.num_train_epochs <= 0:
-            raise UserError("training.num_train_epochs must be positive when max_steps is -1.")
+        if t.max_steps == -1 and not 0 < t.num_train_epochs < float("inf"):
+            raise UserError(f"training.num_train_epochs {t.num_train_epochs} must be a positive finite number when max_steps is -1.")
         _positive("training.per_device_train_batch_size", t.per_device_train_batch_size)
         _positive("training.gradient_accumulation_steps", t.gradient_accumulation_steps)
         _positive("training.logging_steps", t.logging_steps)
@@ -263,7 +285,10 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
 
 
 def _bad(name, value, default):
-    raise UserError(f"{name} must be a {type(default).__name__} like {default!r}, got {value!r}.")
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:80] + "..."
+    kind = type(default).__name__
+    raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind} like {default!r}, got {shown}.")
 
 
 def field_help(section: str, name: str) -> str:

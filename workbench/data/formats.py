@@ -49,6 +49,18 @@ class Problem:
     reason: str
     kind: str = "invalid"
 
+    def __post_init__(self):
+        self.reason = clip(self.reason)
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """A reason quotes the row's own values (paths, roles): keep a 5 MB value from flooding the screen."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
+
 
 @dataclass
 class LoadResult:
@@ -86,7 +98,10 @@ def read_records(path: str | Path):
     if stripped.startswith("["):
         try:
             records = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except RecursionError:
+            raise UserError(f"Dataset file {path} is nested too deeply to be a dataset: write one JSON object per "
+                            "line (JSONL), or a JSON list of objects.") from None
+        except json.JSONDecodeError as exc:
             raise UserError(f"Dataset file {path} is not valid JSON ({exc}): fix the file or write one record per line (JSONL).") from None
         for i, record in enumerate(records, start=1):
             yield i, record, None
@@ -297,11 +312,15 @@ def load_samples(path: str | Path, format: str = "auto") -> LoadResult:
     chosen = "sharegpt" if mapping and format == "auto" else (None if format == "auto" else format)
     base = path.parent
     present: dict[str, bool] = {}  # per load: a file added since is seen next time
+    conversation_keys = {"messages", "conversations", (mapping or {}).get("columns", {}).get("messages")}
+    shaped = 0  # records that are objects with a conversation key: a dataset, however broken its rows
     for row, record, error in read_records(path):
         result.rows += 1
         if error:
             result.problems.append(Problem(row, error, MALFORMED_JSON))
             continue
+        if isinstance(record, dict) and not conversation_keys.isdisjoint(record):
+            shaped += 1
         if chosen is None and isinstance(record, dict):
             chosen = detect_format(record)
         try:
@@ -324,4 +343,7 @@ def load_samples(path: str | Path, format: str = "auto") -> LoadResult:
     if result.rows and not result.samples and all(p.kind == MALFORMED_JSON for p in result.problems):
         raise UserError(f"Dataset file {path} is not JSON or JSONL (no line of it parses as JSON): write one "
                         "JSON object per line, or a JSON list of objects.")
+    if result.rows and not result.samples and not shaped:
+        raise UserError(f"Dataset file {path} is not a dataset: none of its {result.rows} record(s) is an object "
+                        "with a 'messages' or 'conversations' list (ms-swift, sharegpt or HF messages format).")
     return result

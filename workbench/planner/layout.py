@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from workbench.errors import UserError
 from workbench.planner.terms import lora_parameters, quantized_4bit_bytes
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -94,7 +95,11 @@ def target_matcher(targets):
     if isinstance(targets, str) and targets == "all-linear":
         return lambda name: name != "lm_head"
     if isinstance(targets, str):
-        pattern = re.compile(targets)
+        try:
+            pattern = re.compile(targets)
+        except re.error as exc:
+            raise UserError(f"LoRA targets {targets[:80]!r} are not a valid regular expression ({exc}): use a "
+                            "preset, a valid regex, or names such as q_proj,v_proj.") from None
         return lambda name: pattern.fullmatch(name) is not None
     names = tuple(targets)
     return lambda name: any(name == t or name.endswith("." + t) for t in names)

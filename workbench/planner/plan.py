@@ -15,6 +15,8 @@ from workbench.planner.layout import Layout, build_layout
 DTYPE_NAMES = {"auto": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
                "fp32": "fp32", "float32": "fp32"}
 LARGER_GPUS_GIB = (24, 32, 40, 48, 64, 80, 94, 141, 192)
+# No real LoRA step runs more rows than this on one device; a larger value is a typo.
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass
@@ -54,6 +56,9 @@ class PlanRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be a positive whole number, got {value!r}.")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise UserError(f"batch-size {self.batch_size} is not a per-GPU batch (over {MAX_BATCH_SIZE}): use "
+                            "gradient accumulation for a large effective batch.")
         if isinstance(self.images_per_sample, bool) or not isinstance(self.images_per_sample, int) or self.images_per_sample < 0:
             raise UserError(f"images-per-sample must be 0 or more, got {self.images_per_sample!r}.")
         if self.min_pixels > self.max_pixels:
@@ -127,6 +132,7 @@ def plan_memory(request: PlanRequest) -> Plan:
     import_backends()
     started = time.perf_counter()
     layout = layout_for(request)
+    check_against_model(request, layout)
     if request.visual_tokens >= request.max_length:
         raise UserError(f"{request.images_per_sample} image(s) at max-pixels {request.max_pixels} take "
                         f"{request.visual_tokens} tokens, not less than max-length {request.max_length}: raise "
@@ -149,6 +155,21 @@ def plan_memory(request: PlanRequest) -> Plan:
     return Plan(request=request, fits=fits, devices=device_rows(rows, caps), device_map=device_map,
                 max_length_that_fits=max_len, max_batch_size_that_fits=max_batch, suggestions=suggested,
                 accelerate_auto=auto, plan_seconds=time.perf_counter() - started, map_source=source, notes=notes)
+
+
+def check_against_model(request: PlanRequest, layout: Layout) -> None:
+    """Settings that only make sense for this model: targets that match, a rank and length it can take."""
+    shape = layout.shape
+    if not layout.lora_params:
+        targets = request.lora_targets if isinstance(request.lora_targets, str) else ",".join(request.lora_targets)
+        raise UserError(f"LoRA targets {targets[:80]!r} match no linear layer of {request.model}: use a preset "
+                        "(language-all-linear, language-attention, ...) or names such as q_proj,v_proj.")
+    if request.lora_rank > shape.hidden:
+        raise UserError(f"lora-rank {request.lora_rank} is larger than the model's hidden size {shape.hidden}: "
+                        "LoRA ranks are usually 8 to 64.")
+    if request.max_length > shape.max_positions:
+        raise UserError(f"max-length {request.max_length} is longer than {request.model} can take "
+                        f"(max_position_embeddings {shape.max_positions}): lower max-length.")
 
 
 def import_backends() -> None:
