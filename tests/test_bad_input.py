@@ -150,6 +150,20 @@ def write_inputs(folder: Path) -> dict[str, Path]:
     return paths
 
 
+def pickle_only_adapter(folder: Path, adapter: Path) -> Path:
+    """An adapter folder whose weights are a pickle (adapter_model.bin), not safetensors."""
+    import shutil
+
+    import torch
+
+    path = folder / "adapter_pickle_only"
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "run.yaml"):
+        shutil.copy(adapter / name, path / name)
+    torch.save({"weights": torch.zeros(1)}, path / "adapter_model.bin")
+    return path
+
+
 def other_base_model(folder: Path) -> Path:
     """A tiny Qwen2-VL like the demo but with another MLP width: the demo's adapters do not fit it."""
     from workbench.demo import build_processor, demo_model_config
@@ -266,7 +280,8 @@ def bad_inputs(folder: Path, adapter: Path, other_base: Path) -> list[Case]:
                               ("adapter-not-a-folder", p["notjson"], "does not exist|not a folder|folder"),
                               ("adapter-without-config", p["adapter_without_config"], "no adapter|adapter_config"),
                               ("adapter-broken-json", p["adapter_broken_json"], "not valid JSON|damaged"),
-                              ("adapter-empty-folder", p["not_a_model"], "no adapter")]:
+                              ("adapter-empty-folder", p["not_a_model"], "no adapter"),
+                              ("adapter-pickle-only", pickle_only_adapter(folder, Path(adapter)), "safetensors")]:
         cases.append(Case(f"infer/{name}", ["infer", "--adapter", str(path), *ask], 2, words))
     with_adapter = ["infer", "--adapter", str(adapter)]
     for name, extra, words in [
@@ -370,6 +385,13 @@ def run_plain(case: Case, timeout: float = 300.0) -> Outcome:
 
 # Cases that expose a bug in a file this suite's owner may not edit; each names the fix.
 KNOWN_BUGS = {
+    "infer/adapter-pickle-only": "workbench/inference.py Comparer.attach hands a folder holding only a pickle "
+                                 "adapter_model.bin to PeftModel.from_pretrained, which torch.loads it (weights_only) "
+                                 "and, when its keys match nothing, only warns about missing adapter keys: the "
+                                 "'adapter' answers as the base and infer exits 0 (a pickle with code in it is "
+                                 "reported as a bug, exit 1). Fix: require adapter_model.safetensors before calling "
+                                 "peft (UserError naming it), and raise a UserError when load_adapter reports "
+                                 "missing lora keys.",
     "infer/temperature-nan": "workbench/inference.py Decoding.generate_kwargs lets temperature=nan through "
                              "(nan <= 0 is False), so transformers raises ValueError in generate: refuse "
                              "non-finite or negative temperature with a UserError.",
