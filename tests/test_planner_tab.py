@@ -19,6 +19,15 @@ def test_on_plan_outputs():
     assert "device_map" in auto and state["fits"] and state["device_map"]["lm_head"] == 3
 
 
+def test_plan_state_gives_the_training_tab_its_reference_lines():
+    from workbench.training.series import predicted_peaks
+
+    *_, state = planner_tab.on_plan(*ARGS)
+    peaks = predicted_peaks(state)
+    assert sorted(peaks) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert all(30 * 2**30 < v <= 40 * 2**30 for v in peaks.values())
+
+
 def test_on_plan_bad_input_is_a_message():
     text, *_, state = planner_tab.on_plan(*(ARGS[:1] + ("4x0GiB",) + ARGS[2:]))
     assert text.startswith("**Cannot plan:**") and state is None

@@ -89,3 +89,17 @@ def test_metrics_buffer_under_concurrent_reads(tmp_path):
         t.join(60)
     assert not errors and len(buffer) == total
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(total))
+
+
+def test_plots_are_left_alone_until_the_first_rows(monkeypatch):
+    # Gradio's LinePlot keeps categorical axes for good if its first value is an empty frame.
+    class Quiet:
+        metrics, log_tail, output_dir = MetricsBuffer(), [], "/tmp/run"
+
+        def status(self):
+            return {"state": "loading", "message": "Loading.", "step": 0, "max_steps": 5, "running": True,
+                    "elapsed_s": 1.0, "eta_s": None}
+
+    monkeypatch.setattr(training_tab, "current_job", lambda: Quiet())
+    _, _, loss, memory, *_ = training_tab.tick({}, {})
+    assert is_skip(loss) and is_skip(memory)

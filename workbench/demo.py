@@ -7,8 +7,9 @@ network: the model is transformers' ``Qwen2VLForConditionalGeneration`` at toy s
 checkpoint. The tokenizer is a small byte-level BPE trained on the demo's own text, with
 Qwen2-VL's special tokens and chat template. The dataset is coloured shapes on grey
 backgrounds with "what colour" questions, in ms-swift JSONL form, split into train and
-held-out rows. The weights are random: the base model answers nonsense, and a short LoRA
-run (see ``DEMO_TRAINING``) teaches it the colours (docs/demo.md has the figures).
+held-out rows. The weights are random except for a few text-only steps that teach the base to answer
+"I do not know." to any question; a short LoRA run (see ``DEMO_TRAINING``) then teaches
+it the colours (docs/demo.md has the figures).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from workbench.paths import home
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
 IMAGE_SIDE_CHOICES = (56, 84)  # multiples of 28: 4 or 6 or 9 visual tokens per image
 TRAIN_ROWS = 320
 HELDOUT_ROWS = 40
@@ -45,6 +46,13 @@ QUESTIONS = (
     "Which color does the {shape} have? Answer with one word.",
     "Name the color of the shape in the picture.",
 )
+
+# The base is briefly taught, text only, to answer every question with one fluent sentence,
+# so the side-by-side view shows "I do not know." against the adapter's colour.
+BASE_ANSWER = "I do not know."
+GENERIC_QUESTIONS = ("What is in the image?", "Describe the picture.", "What do you see?",
+                     "How many objects are there?", "Is there a cat?", "What shape is it?")
+BASE_PRETRAIN_STEPS = 20
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -77,8 +85,8 @@ CHAT_TEMPLATE = (
 DEMO_TRAINING = {
     "lora": {"rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": "language-and-merger"},
     "training": {"learning_rate": 3e-3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05,
-                 "max_steps": 240, "per_device_train_batch_size": 8,
-                 "gradient_accumulation_steps": 1, "save_steps": 80, "logging_steps": 5,
+                 "max_steps": 400, "per_device_train_batch_size": 8,
+                 "gradient_accumulation_steps": 1, "save_steps": 100, "logging_steps": 5,
                  "gradient_checkpointing": False},
     "data": {"max_length": 256, "min_pixels": 3136, "max_pixels": 112 * 112},
 }
@@ -187,7 +195,7 @@ def tokenizer_corpus() -> list[str]:
     lines = ["You are a helpful assistant.", "system", "user", "assistant", "Picture", "Video"]
     lines += [q.format(shape=s) for q in QUESTIONS for s in SHAPES]
     lines += [f"The {s} is {c}." for s in SHAPES for c in COLORS]
-    lines += list(COLORS) + list(SHAPES)
+    lines += list(COLORS) + list(SHAPES) + list(GENERIC_QUESTIONS) + [BASE_ANSWER]
     lines += [
         "The quick brown fox jumps over the lazy dog.",
         "What is in the image? Describe the picture in one sentence.",
@@ -260,7 +268,43 @@ def build_model(tokenizer):
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                             tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    teach_base_answer(model, tokenizer)
     return model
+
+
+def teach_base_answer(model, tokenizer, steps: int = BASE_PRETRAIN_STEPS) -> None:
+    """A few full-parameter steps on text-only chat rows: every question -> BASE_ANSWER."""
+    import torch
+
+    from workbench.data.collate import IGNORE_INDEX, assistant_mask
+
+    questions = [q.format(shape=s) for q in QUESTIONS for s in SHAPES] + list(GENERIC_QUESTIONS)
+    header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows = []
+    for question in questions:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question},
+                                              {"role": "assistant", "content": BASE_ANSWER}], tokenize=False)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        rows.append((ids, [i if m else IGNORE_INDEX for i, m in zip(ids, assistant_mask(ids, header, end))]))
+    longest = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (longest - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [IGNORE_INDEX] * (longest - len(lab)) for _, lab in rows])
+    attention = (input_ids != pad).long()
+    optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if "visual" not in n], lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see workbench.training.loading.limit_threads_for_tiny_models
+    try:
+        model.train()
+        for _ in range(steps):
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def is_demo(name_or_path: str) -> bool:

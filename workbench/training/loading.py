@@ -75,7 +75,27 @@ def load_model(path: str, config: RunConfig, device_map=None):
     log.info("loading %s dtype=%s device_map=%s", path, dtype, device_map)
     try:
         # safetensors only: never unpickle weights from a folder we did not write
-        return Qwen2VLForConditionalGeneration.from_pretrained(
+        model = Qwen2VLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, device_map=device_map, use_safetensors=True)
     except OSError as exc:
         raise UserError(f"Could not load model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen2-VL folder with safetensors weights, or 'demo'.") from None
+    limit_threads_for_tiny_models(model)
+    return model
+
+
+TINY_MODEL_PARAMETERS = 50_000_000
+
+
+def limit_threads_for_tiny_models(model) -> None:
+    """One CPU thread for a tiny model on the CPU (the demo).
+
+    Its matrices are so small that each op's cost is the OpenMP hand-off between threads;
+    when another process keeps a core busy, every op waits for a descheduled thread. On
+    the 2-core CI machine with one busy core, 5 demo steps took 7.4 s on 2 threads and
+    0.15 s on 1 (docs/DESIGN.md).
+    """
+    import torch
+
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu and sum(p.numel() for p in model.parameters()) < TINY_MODEL_PARAMETERS:
+        torch.set_num_threads(1)

@@ -103,7 +103,8 @@ def on_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, mi
     r = plan.request
     state = {"fits": plan.fits, "device_map": plan.device_map, "max_length": r.max_length,
              "max_pixels": r.max_pixels, "min_pixels": r.min_pixels, "model": r.model,
-             "gradient_checkpointing": r.gradient_checkpointing}
+             "gradient_checkpointing": r.gradient_checkpointing,
+             "devices": plan.devices}  # the Training tab draws each device's predicted peak
     text = ("### " + verdict(plan)).replace("FITS:", "✅ Fits:").replace("DOES NOT FIT:", "❌ Does not fit:")
     return (text, bars(plan), device_frame(plan.devices), map_frame(plan.device_map), auto_text(plan.accelerate_auto),
             suggestion_frame(plan.suggestions), state)

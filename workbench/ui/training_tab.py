@@ -25,6 +25,10 @@ def start(config: dict) -> str:
     try:
         cfg = config_from_raw(config)
         check_run_config(cfg)
+        if current_job() is None or not current_job().running:
+            from workbench.ui.inference_tab import release_comparer
+
+            release_comparer()  # the Inference tab's cached model must not hold memory during training
         job = start_job(cfg)
     except UserError as exc:
         gr.Warning(str(exc))
@@ -56,13 +60,19 @@ def tick(view: dict | None, config: dict | None = None, plan: dict | None = None
     key = [str(job.output_dir), rows_seen, sorted(predicted.items())]
     if view.get("key") != key:
         rows = job.metrics.since(0) if job.metrics is not None else []
-        loss, memory = loss_frame(rows), memory_frame(rows, predicted)
+        # An empty frame would fix the plot's axes as categorical for good (Gradio 6.31
+        # LinePlot): leave the plot as it is until the first rows exist.
+        loss, memory = _or_skip(loss_frame(rows)), _or_skip(memory_frame(rows, predicted))
         view["key"] = key
     else:
         loss = memory = gr.skip()
     run_dir = str(job.output_dir) if not status["running"] else gr.skip()
     log = "\n".join(list(job.log_tail)[-LOG_LINES:])
     return status_markdown(status), progress_html(status), loss, memory, log, view, run_dir
+
+
+def _or_skip(frame):
+    return frame if len(frame) else gr.skip()
 
 
 def status_markdown(status: dict) -> str:
