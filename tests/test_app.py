@@ -21,3 +21,14 @@ def test_launch_defaults_are_safe():
 
     args = parse_args([])
     assert args.host == "127.0.0.1" and args.share is False and args.model == "demo"
+
+
+def test_plots_start_without_an_empty_frame():
+    # Gradio 6.31's plots keep categorical axes (and no marks) for good when their first
+    # value is an empty, untyped frame: every plot starts empty (None) and is only ever
+    # sent frames with rows (see training_tab._or_skip, planner_tab.on_plan).
+    from workbench.ui.app import build_app
+
+    plots = [b for b in build_app().blocks.values() if type(b).__name__ in ("BarPlot", "LinePlot", "ScatterPlot")]
+    assert len(plots) >= 4
+    assert all(p.value is None for p in plots), [(p.title, p.value) for p in plots]

@@ -99,19 +99,16 @@ def on_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, mi
                          checkpointing)
     except UserError as exc:
         empty = pd.DataFrame()
-        return f"**Cannot plan:** {exc}", bars_empty(), empty, map_frame({}), "", suggestion_frame([]), None
+        # no empty frame for the chart: Gradio 6.31 would keep its axes categorical for good
+        return f"**Cannot plan:** {exc}", gr.skip(), empty, map_frame({}), "", suggestion_frame([]), None
     r = plan.request
     state = {"fits": plan.fits, "device_map": plan.device_map, "max_length": r.max_length,
              "max_pixels": r.max_pixels, "min_pixels": r.min_pixels, "model": r.model,
              "gradient_checkpointing": r.gradient_checkpointing,
              "devices": plan.devices}  # the Training tab draws each device's predicted peak
-    text = ("### " + verdict(plan)).replace("FITS:", "✅ Fits:").replace("DOES NOT FIT:", "❌ Does not fit:")
+    text = ("### " + verdict(plan)).replace("FITS:", "Fits:").replace("DOES NOT FIT:", "Does not fit:")
     return (text, bars(plan), device_frame(plan.devices), map_frame(plan.device_map), auto_text(plan.accelerate_auto),
             suggestion_frame(plan.suggestions), state)
-
-
-def bars_empty() -> pd.DataFrame:
-    return pd.DataFrame({"GPU": [], "term": [], "GiB": []})
 
 
 def use_plan(plan_state, config: dict):
@@ -164,7 +161,7 @@ def build(state) -> None:
         fill = gr.Button("Fill from current settings")
         plan_button = gr.Button("Plan", variant="primary")
     verdict_md = gr.Markdown()
-    chart = gr.BarPlot(bars_empty(), x="GPU", y="GiB", color="term", title="Memory per GPU at the step's peak (GiB)",
+    chart = gr.BarPlot(None, x="GPU", y="GiB", color="term", title="Memory per GPU at the step's peak (GiB)",
                        y_title="GiB", height=320)
     table = gr.Dataframe(label="Per GPU (GiB)", interactive=False)
     with gr.Row():
