@@ -45,8 +45,9 @@ def default_path(options) -> str:
 def _empty_outputs(message: str):
     import pandas as pd
 
+    # the histogram keeps its last frame: an empty one would break the plot (see test_app)
     return (None, message, pd.DataFrame(columns=["row", "kind", "reason"]), "",
-            pd.DataFrame({"tokens": [], "rows": []}), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [])
+            gr.skip(), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [])
 
 
 def check(path: str, upload, fmt: str, config: dict):
@@ -75,7 +76,8 @@ def check(path: str, upload, fmt: str, config: dict):
     problems = pd.DataFrame([{"row": p.row, "kind": p.kind, "reason": p.reason} for p in report.problems],
                             columns=["row", "kind", "reason"])
     page = preview_page(report, table, 1)
-    return (holder, summary, problems, stats_markdown(report), histogram(report.totals()), page.number,
+    bars = histogram(report.totals())
+    return (holder, summary, problems, stats_markdown(report), bars if len(bars) else gr.skip(), page.number,
             f"of {page.pages}", page.table, page.thumbnails)
 
 
