@@ -114,6 +114,8 @@ def run_plain(args, out: Path, timer) -> None:
     encoder = SampleEncoder(processor, cfg.data.max_length, cfg.data.min_pixels, cfg.data.max_pixels)
     train = SampleDataset(load_samples(demo.train).samples, encoder)
     model = Qwen2VLForConditionalGeneration.from_pretrained(demo.model, dtype=torch.float32)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # the thread count the workbench uses for tiny CPU models
     model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                              target_modules=TARGET_PRESETS[cfg.lora.target_modules],
                                              task_type="CAUSAL_LM"))
