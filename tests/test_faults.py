@@ -125,15 +125,23 @@ def resumed_from(log_text: str) -> int | None:
 
 
 def random_kill(args: list, out: Path, log: Path, rng: random.Random, max_steps: int) -> dict:
-    """Start a train process and SIGKILL it at a random moment: while loading, or after a random step."""
-    before = max(logged_steps(out) or [0])
+    """Start a train process and SIGKILL it at a random moment: while loading, or inside a random step.
+
+    The moment stays before the last checkpoint (max_steps): a kill after it meets the bug that
+    test_resuming_a_run_that_reached_max_steps_trains_nothing_more pins.
+    """
+    steps = lambda: max(logged_steps(out) or [0])  # noqa: E731
+    before = steps()
     proc = train_process(args, log)
-    if rng.random() < 0.25:  # during start-up / model loading
+    if rng.random() < 0.25 or before + 2 >= max_steps - 2:  # during start-up / model loading
         time.sleep(rng.uniform(0.0, 3.0))
     else:
-        target = rng.randint(before + 1, max_steps - 1) if before + 1 < max_steps else max_steps
-        wait_until(lambda: max(logged_steps(out) or [0]) >= target, proc)
-        time.sleep(rng.uniform(0.0, 0.4))  # somewhere inside the next step or checkpoint write
+        target = rng.randint(before + 2, max_steps - 2)
+        wait_until(lambda: steps() >= target - 1, proc)
+        started = time.monotonic()
+        wait_until(lambda: steps() >= target, proc)
+        step_seconds = time.monotonic() - started
+        time.sleep(rng.uniform(0.0, 1.5 * step_seconds))  # inside the next step, or its checkpoint write
     code = kill(proc)
     return {"returncode": code, **disk_state(out)}
 
@@ -353,3 +361,18 @@ def test_the_same_seed_gives_the_same_adapter(demo_config, tmp_path):
         adapters.append(adapter_tensors(job.output_dir))
     for name, tensor in adapters[0].items():
         assert torch.equal(tensor, adapters[1][name]), name
+
+
+@pytest.mark.xfail(strict=True, reason="Resuming a run whose newest complete checkpoint is already at max_steps "
+                   "trains one more step each time (transformers' Trainer runs a step before it checks max_steps): "
+                   "`train --resume` after a kill during the final adapter save gives 13 of 12 steps, then 14. Fix in "
+                   "workbench/training/job.py TrainingJob.run: when start_step >= training.max_steps > 0, skip "
+                   "trainer.train, load the checkpoint's adapter weights and save them as the run's adapter.")
+def test_resuming_a_run_that_reached_max_steps_trains_nothing_more(demo_config, tmp_path):
+    out = tmp_path / "run"
+    config = fast_config(demo_config, out, max_steps=2, save_steps=2)
+    assert TrainingJob(config).run() == JobState.FINISHED
+    (out / "adapter_model.safetensors").unlink()  # as if killed while the final adapter was written
+    again = TrainingJob(config, resume=True)
+    assert again.run() == JobState.FINISHED, again.message
+    assert again.step == 2 and logged_steps(out) == [1, 2], (again.step, logged_steps(out))
