@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -30,7 +31,11 @@ class Decoding:
     def generate_kwargs(self) -> dict:
         if self.max_new_tokens <= 0:
             raise UserError(f"max_new_tokens must be positive, got {self.max_new_tokens}.")
-        if self.temperature <= 0:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise UserError(f"temperature must be 0 (greedy) or a positive number, got {self.temperature}.")
+        if not math.isfinite(self.top_p):
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.temperature == 0:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}.")
@@ -115,6 +120,10 @@ class Comparer:
 
         trained_on, _ = adapter_base(adapter_dir)
         check_adapter_base(adapter_dir, trained_on, self.base)
+        if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+            raise UserError(f"{adapter_dir} holds no adapter_model.safetensors: the workbench loads adapters only "
+                            "as safetensors (a pickled adapter_model.bin is never unpickled). Save the adapter "
+                            "again with safetensors.")
         try:
             self.model = PeftModel.from_pretrained(self.model, str(adapter_dir))
         except (RuntimeError, ValueError, KeyError) as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from workbench.training.checkpoints import mark_complete
+from workbench.training.checkpoints import keep_newest_complete, mark_complete
 
 # Throughput and ETA come from the last few log rows, not the average since the start:
 # warm-up, data skipping on resume and the first eval would otherwise skew them for long.
@@ -121,6 +121,7 @@ class WorkbenchCallback(TrainerCallback):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if path.is_dir():
             mark_complete(path)
+            keep_newest_complete(args.output_dir, self.job.config.training.save_total_limit)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         row = self.row(args, state, dict(logs or {}))

@@ -52,3 +52,15 @@ def remove_incomplete(run_dir: str | Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def keep_newest_complete(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``keep`` (0: keep all). Called only
+    after the newest one is marked complete, so at least one complete checkpoint survives."""
+    if keep <= 0:
+        return []
+    complete = [p for _, p in checkpoints(run_dir) if is_complete(p)]
+    removed = complete[:-keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

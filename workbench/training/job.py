@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import re
+import shutil
 import threading
 import time
 from collections import deque
@@ -195,6 +196,12 @@ class TrainingJob:
             from workbench.training.loading import load_model
             from workbench.training.lora import apply_lora
 
+            from transformers import set_seed
+
+            set_seed(self.config.training.seed)  # LoRA's initialisation too, not only the data order
+            start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+            if resume_from and 0 < self.config.training.max_steps <= start_step:
+                return self._finish_from_checkpoint(resume_from, processor)
             model = load_model(model_path, self.config)
             model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
             trainable, total = model.get_nb_trainable_parameters()
@@ -211,7 +218,6 @@ class TrainingJob:
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
-            start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
             self.step = start_step
             where = f" from {resume_from.name}" if resume_from else ""
             self._say(JobState.TRAINING, f"Training{where}: {trainable:,} of {total:,} parameters trainable.")
@@ -235,7 +241,11 @@ class TrainingJob:
             kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
             self._say(JobState.FAILED, f"Training stopped: {exc}; {kept}. Lower the learning rate or check the data.")
         except Exception as exc:  # noqa: BLE001 - the job must end in a state, never crash the app
-            if _is_out_of_memory(exc):
+            fault = _fault_message(exc, self.output_dir)
+            if fault:
+                log.warning("training failed: %r", exc)
+                self._say(JobState.FAILED, fault)
+            elif _is_out_of_memory(exc):
                 self._say(JobState.FAILED, _oom_message(exc))
             else:
                 log.exception("training failed")
@@ -248,6 +258,17 @@ class TrainingJob:
             _release_memory()
         return self.state
 
+    def _finish_from_checkpoint(self, checkpoint: Path, processor) -> JobState:
+        """Resume of a run that already reached max_steps (killed while saving the adapter):
+        Trainer would train one more step, so the checkpoint's adapter becomes the run's."""
+        self._say(JobState.SAVING, f"{checkpoint.name} already reached max_steps: saving its adapter.")
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copyfile(checkpoint / name, self.output_dir / name)
+        processor.save_pretrained(self.output_dir / "processor")
+        self.step = self.max_steps = int(checkpoint.name.split("-")[1])
+        self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
+        return self.state
+
     def _reload_metrics(self, checkpoint: Path | None) -> None:
         """Keep the curve up to the checkpoint we resume from; later rows will be logged again."""
         path = self.output_dir / "metrics.jsonl"
@@ -258,6 +279,31 @@ class TrainingJob:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         self.metrics = MetricsBuffer(path)
         self.metrics.load(path)
+
+
+def _fault_message(exc: BaseException, output_dir: Path) -> str | None:
+    """One sentence with the fix for faults of the machine rather than the code."""
+    import errno
+    import pickle
+
+    last = newest_complete(output_dir)
+    kept = f"the newest complete checkpoint is {last.name}" if last else "no complete checkpoint was saved yet"
+    resume = f"`python -m workbench train --resume --output-dir {output_dir}`"
+    if isinstance(exc, pickle.UnpicklingError):
+        where = f"in {last}" if last else "of this run"
+        return (f"A checkpoint file {where} holds more than plain tensors and was not loaded "
+                f"({_first_line(exc)[:160]}). Delete that checkpoint folder; resume then takes the one before it.")
+    if isinstance(exc, FileNotFoundError):
+        return (f"A file disappeared during training ({exc.filename or _first_line(exc)}); {kept}. "
+                f"Put it back, then continue with {resume}.")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"The disk holding {output_dir} is full; {kept}. Free some space, then continue with {resume}.")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

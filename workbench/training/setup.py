@@ -86,7 +86,9 @@ def build_trainer_args(config: RunConfig, has_eval: bool):
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit or None,
+        # rotation happens in WorkbenchCallback.on_save, after the new checkpoint is marked
+        # complete: Trainer rotates before on_save, which can leave no complete checkpoint
+        save_total_limit=None,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=t.eval_steps if evaluate else None,
         seed=t.seed,
