@@ -171,10 +171,6 @@ def test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path):
     return resumed
 
 
-@pytest.mark.xfail(strict=True, reason="workbench/training/job.py TrainingJob.run puts torch's multi-line "
-                   "UnpicklingError text (ANSI codes included) into job.message: catch pickle.UnpicklingError on "
-                   "resume and say in one line which checkpoint file holds more than plain tensors and to delete "
-                   "that checkpoint folder (resume then takes the previous one).")
 def test_a_pickled_checkpoint_is_reported_in_one_line(demo_config, tmp_path):
     resumed = test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path)
     assert "\n" not in resumed.message and "\x1b" not in resumed.message, resumed.message
