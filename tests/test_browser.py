@@ -85,12 +85,20 @@ def test_walk_the_demo_across_all_tabs(page):
     shoot(page, "1-dataset")
 
     # 2. Memory planner: plan and see the per-GPU chart.
+    # The seed question: Qwen2-VL-72B, LoRA r8, batch 1, checkpointing, 4 x 40 GiB.
     panel = open_tab(page, "Memory planner")
+    for field, value in (("model", "qwen2-vl-72b-instruct"), ("gpus", "4x40GiB"), ("rank", "8"), ("batch", "1"),
+                         ("max-length", "2048"), ("max-pixels", "1003520")):
+        page.locator(f"#planner-{field} input, #planner-{field} textarea").first.fill(value)
+    page.locator("#planner-checkpointing input").first.check()
     panel.get_by_role("button", name="Plan", exact=True).click()
+    expect(panel).to_contain_text("Fits:", timeout=120 * SECOND)
+    expect(panel).to_contain_text("max_length 2048")
     chart = panel.locator(".vega-embed, canvas, svg.marks").first
     expect(chart).to_be_visible(timeout=120 * SECOND)
-    expect(panel).to_contain_text(re.compile("GPU|cuda", re.I))
-    shoot(page, "2-planner")
+    expect(panel).to_contain_text(re.compile("cuda:3", re.I))
+    page.wait_for_timeout(2 * SECOND)  # the chart's redraw
+    shoot(page, "2-planner", panel.get_by_text("Fits:"))
 
     # 3. LoRA: few steps so the walk trains in under a minute.
     panel = open_tab(page, "LoRA")

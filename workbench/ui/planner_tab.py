@@ -144,17 +144,17 @@ def build(state) -> None:
     gr.Markdown("Per-GPU memory of one LoRA training step with `device_map` (one process, layers spread over "
                 "the GPUs), the map itself, and what to change when it does not fit.")
     with gr.Row():
-        model = gr.Textbox(defaults[0], label="Model", info="Preset (qwen2-vl-2b/7b/72b-instruct), 'demo' or a local folder.")
-        gpus = gr.Textbox(default_gpu_spec(), label="GPUs", info="Detected, or a spec: 4x40GiB, 2x80GB, 40GiB,40GiB,24GiB.")
+        model = gr.Textbox(defaults[0], label="Model", info="Preset (qwen2-vl-2b/7b/72b-instruct), 'demo' or a local folder.", elem_id="planner-model")
+        gpus = gr.Textbox(default_gpu_spec(), label="GPUs", info="Detected, or a spec: 4x40GiB, 2x80GB, 40GiB,40GiB,24GiB.", elem_id="planner-gpus")
         dtype = gr.Dropdown(DTYPES, value=defaults[1], label="Weight dtype")
     with gr.Row():
-        rank = gr.Number(defaults[2], precision=0, minimum=1, label="LoRA rank")
+        rank = gr.Number(defaults[2], precision=0, minimum=1, label="LoRA rank", elem_id="planner-rank")
         targets = gr.Dropdown(list(TARGET_PRESETS), value=defaults[3], allow_custom_value=True, label="LoRA targets")
-        batch = gr.Number(defaults[4], precision=0, minimum=1, label="Batch size")
-        checkpointing = gr.Checkbox(defaults[8], label="Gradient checkpointing")
+        batch = gr.Number(defaults[4], precision=0, minimum=1, label="Batch size", elem_id="planner-batch")
+        checkpointing = gr.Checkbox(defaults[8], label="Gradient checkpointing", elem_id="planner-checkpointing")
     with gr.Row():
-        max_length = gr.Number(defaults[5], precision=0, minimum=1, label="Max length (text + visual tokens)")
-        max_pixels = gr.Number(defaults[6], precision=0, minimum=1, label="Max pixels per image")
+        max_length = gr.Number(defaults[5], precision=0, minimum=1, label="Max length (text + visual tokens)", elem_id="planner-max-length")
+        max_pixels = gr.Number(defaults[6], precision=0, minimum=1, label="Max pixels per image", elem_id="planner-max-pixels")
         min_pixels = gr.Number(defaults[7], precision=0, minimum=1, label="Min pixels per image")
         images = gr.Number(1, precision=0, minimum=0, label="Images per sample")
     with gr.Row():
