@@ -62,7 +62,7 @@ def kill_trials(work: Path, kills: int, max_steps: int, rng: random.Random) -> d
     reference = adapter_tensors(reference_dir)
 
     figures = Counter()
-    runs, done = [], 0
+    runs, done, mismatches = [], 0, []
     while done < kills:
         out = work / f"run{len(runs)}"
         config = fast_config(base, out, max_steps).save(work / f"run{len(runs)}.yaml")
@@ -83,9 +83,11 @@ def kill_trials(work: Path, kills: int, max_steps: int, rng: random.Random) -> d
                 state = random_kill(args, out, log, rng, max_steps, latest=max_steps)
                 figures["kills_at_random_moments"] += state["returncode"] == -signal.SIGKILL
             text = log.read_text(errors="replace")
-            if args != [config] and "[training]" in text:  # a resume that got going: did it start where it should?
+            if args != [config] and ("[training]" in text or "already reached" in text):  # a resume that got going
                 figures["resumes_checked"] += 1
                 figures["resumes_from_the_newest_complete_checkpoint"] += resumed_from(text) == expected
+                if resumed_from(text) != expected:
+                    mismatches.append({"log": log.name, "expected": expected, "started": resumed_from(text)})
             expected = state["complete"][-1] if state["complete"] else None
             args = resume_args(out)
             if state["returncode"] != -signal.SIGKILL:
@@ -100,7 +102,10 @@ def kill_trials(work: Path, kills: int, max_steps: int, rng: random.Random) -> d
             final = work / f"run{len(runs)}-final.log"
             ok = train_process(resume_args(out), final).wait() == 0
             figures["resumes_checked"] += 1
-            figures["resumes_from_the_newest_complete_checkpoint"] += resumed_from(final.read_text(errors="replace")) == expected
+            started = resumed_from(final.read_text(errors="replace"))
+            figures["resumes_from_the_newest_complete_checkpoint"] += started == expected
+            if started != expected:
+                mismatches.append({"log": final.name, "expected": expected, "started": started})
         steps_ok = logged_steps(out) == list(range(1, max_steps + 1))
         got = adapter_tensors(out) if ok else {}
         same = ok and got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in reference)
@@ -109,7 +114,8 @@ def kill_trials(work: Path, kills: int, max_steps: int, rng: random.Random) -> d
                      "loads_in_plain_peft": bool(loads)})
     figures["killed"] = done
     return {**dict(figures), "runs": len(runs),
-            "runs_finished_with_nothing_lost": sum(all(r.values()) for r in runs), "run_details": runs}
+            "runs_finished_with_nothing_lost": sum(all(r.values()) for r in runs), "run_details": runs,
+            "resumes_not_from_the_newest": mismatches}
 
 
 def main(argv=None) -> None:

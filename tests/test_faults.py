@@ -117,8 +117,8 @@ def resumed_from(log_text: str) -> int | None:
     """The checkpoint a resumed run says it started from (None: from scratch)."""
     import re
 
-    match = re.search(r"Training from checkpoint-(\d+)", log_text)
-    return int(match.group(1)) if match else None
+    match = re.search(r"Training from checkpoint-(\d+)|checkpoint-(\d+) already reached max_steps", log_text)
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def random_kill(args: list, out: Path, log: Path, rng: random.Random, max_steps: int,
