@@ -40,3 +40,27 @@ def test_clear_errors_without_traceback(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert words in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_paths_that_do_not_exist_are_named(tmp_path, trained_run):
+    from workbench.errors import UserError
+    from workbench.inference import prompt_sample
+    from workbench.runs import run_info
+    from workbench.training.loading import resolve_model_path
+
+    import pytest
+
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "no-such-model"))
+    assert resolve_model_path("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"  # a hub id
+    with pytest.raises(UserError, match="is a folder"):
+        prompt_sample("What color?", str(tmp_path))
+    (tmp_path / "adapter.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        run_info(tmp_path / "adapter.txt")
+
+
+def test_final_adapter_is_written_in_one_move(trained_run):
+    out = trained_run.output_dir
+    assert (out / "adapter_model.safetensors").is_file()
+    assert not (out / ".adapter-saving").exists()

@@ -171,6 +171,8 @@ def prompt_sample(prompt: str, image: str | None = None, system: str | None = No
         raise UserError("The prompt is empty: type a question.")
     images = []
     if image:
+        if Path(image).is_dir():
+            raise UserError(f"{image} is a folder, not an image file: pass one image (.png, .jpg).")
         if not Path(image).is_file():
             raise UserError(f"Image {image} does not exist: check the path.")
         check_image(image)

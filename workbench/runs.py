@@ -87,6 +87,8 @@ def _running_dir() -> Path | None:
 def run_info(folder: str | Path) -> RunInfo:
     """What one run folder (or a bare adapter folder) holds."""
     folder = Path(folder).expanduser()
+    if folder.is_file():
+        raise UserError(f"{folder} is a file: pass the folder that holds adapter_config.json (a run or checkpoint folder).")
     if not folder.is_dir():
         raise UserError(f"Run folder {folder} does not exist: pick a run from the list or paste an adapter folder.")
     base, max_steps = _run_yaml(folder)

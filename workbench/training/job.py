@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -227,7 +228,7 @@ class TrainingJob:
                 self._say(JobState.STOPPED, f"Stopped before the first step (at step {self.step}); nothing new was saved.")
                 return self.state
             self._say(JobState.SAVING, "Saving the adapter.")
-            model.save_pretrained(self.output_dir)
+            save_adapter_atomically(model, self.output_dir)
             processor.save_pretrained(self.output_dir / "processor")
             if self._stop.is_set():
                 self._say(JobState.STOPPED, f"Stopped at step {self.step}; adapter saved in {self.output_dir}.")
@@ -262,8 +263,11 @@ class TrainingJob:
         """Resume of a run that already reached max_steps (killed while saving the adapter):
         Trainer would train one more step, so the checkpoint's adapter becomes the run's."""
         self._say(JobState.SAVING, f"{checkpoint.name} already reached max_steps: saving its adapter.")
-        for name in ("adapter_model.safetensors", "adapter_config.json"):
-            shutil.copyfile(checkpoint / name, self.output_dir / name)
+        staging = self.output_dir / ".adapter-saving"
+        staging.mkdir(exist_ok=True)
+        for name in ADAPTER_FILES:
+            shutil.copyfile(checkpoint / name, staging / name)
+        _publish(staging, self.output_dir)
         processor.save_pretrained(self.output_dir / "processor")
         self.step = self.max_steps = int(checkpoint.name.split("-")[1])
         self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
@@ -279,6 +283,24 @@ class TrainingJob:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         self.metrics = MetricsBuffer(path)
         self.metrics.load(path)
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # weights last: they mark "done"
+
+
+def save_adapter_atomically(model, output_dir: Path) -> None:
+    """Write the adapter beside the run, then move it in: a kill mid-write never leaves a
+    damaged adapter_model.safetensors that looks finished."""
+    staging = output_dir / ".adapter-saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    _publish(staging, output_dir)
+
+
+def _publish(staging: Path, output_dir: Path) -> None:
+    for name in ADAPTER_FILES:
+        os.replace(staging / name, output_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _fault_message(exc: BaseException, output_dir: Path) -> str | None:

@@ -22,6 +22,9 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a model folder (no config.json in it): pass the folder that holds config.json and the weights.")
         return str(path)
+    if str(name_or_path).startswith(("/", ".", "~")) or str(name_or_path).count("/") > 1:
+        raise UserError(f"Model folder {path} does not exist: check the path (or give 'demo', a preset, or a hub id "
+                        "already downloaded).")
     return name_or_path  # a hub id; from_pretrained resolves it from the local cache
 
 
