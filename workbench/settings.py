@@ -253,29 +253,21 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         return _bad(name, value, default)
-    if isinstance(default, int):
-        if isinstance(value, bool):
-            return _bad(name, value, default)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if isinstance(default, (int, float)):  # bool was handled above
+        number = value
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                number = float(value.strip())
             except ValueError:
-                pass
-        return _bad(name, value, default)
-    if isinstance(default, float):
-        if isinstance(value, bool):
+                return _bad(name, value, default)
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             return _bad(name, value, default)
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
+        if isinstance(default, float):
+            return float(number)
+        if isinstance(number, int):
+            return number
+        if number.is_integer():
+            return int(number)
         return _bad(name, value, default)
     if isinstance(default, str) and f.name != "target_modules":
         if isinstance(value, str):
