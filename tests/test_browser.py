@@ -6,7 +6,6 @@ Screenshots at 1280x800 go to $WORKBENCH_SCREENSHOTS (default test-artifacts/scr
 ``python docs/screenshots/refresh.py`` points it at docs/screenshots.
 """
 
-import importlib.util
 import os
 import re
 import socket
@@ -24,10 +23,6 @@ SECOND = 1000  # Playwright waits are in milliseconds
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does).")
-
-
-def has_tab(name: str) -> bool:
-    return importlib.util.find_spec(f"workbench.ui.{name}") is not None
 
 
 def free_port() -> int:
@@ -78,10 +73,7 @@ def test_walk_the_demo_across_all_tabs(page):
 
     # 1. Dataset: the demo's rows with a thumbnail.
     panel = open_tab(page, "Dataset")
-    if has_tab("dataset_tab"):
-        expect(panel.locator("img:not([src$='.svg'])").first).to_be_visible(timeout=120 * SECOND)
-    else:
-        expect(panel).to_contain_text("not built yet")
+    expect(panel.locator("img:not([src$='.svg'])").first).to_be_visible(timeout=120 * SECOND)
     shoot(page, "1-dataset")
 
     # 2. Memory planner: plan and see the per-GPU chart.
@@ -102,29 +94,17 @@ def test_walk_the_demo_across_all_tabs(page):
 
     # 3. LoRA: few steps so the walk trains in under a minute.
     panel = open_tab(page, "LoRA")
-    if has_tab("lora_tab"):
-        steps = panel.get_by_label(re.compile(r"max.?steps", re.I)).first
-        steps.fill(str(WALK_STEPS))
-        steps.press("Tab")
-    else:
-        expect(panel).to_contain_text("not built yet")
+    steps = panel.get_by_label(re.compile(r"max.?steps", re.I)).first
+    steps.fill(str(WALK_STEPS))
+    steps.press("Tab")
     shoot(page, "3-lora")
 
     # 4. Training: Start, loss points appear, the run finishes.
     panel = open_tab(page, "Training")
-    if has_tab("training_tab"):
-        panel.get_by_role("button", name=re.compile(r"^start", re.I)).first.click()
-        expect(panel).to_contain_text(re.compile(rf"step [1-9]\d*/{WALK_STEPS}"), timeout=180 * SECOND)
-        expect(panel.locator(".vega-embed, canvas, svg.marks").first).to_be_visible()
-        expect(panel).to_contain_text(re.compile(rf"Finished {WALK_STEPS} steps"), timeout=240 * SECOND)
-    else:  # the tab has not landed: train the same demo run through the core, as the tab would
-        from workbench.demo import DEMO_TRAINING
-        from workbench.settings import RunConfig
-        from workbench.training import JobState, start_job
-
-        expect(panel).to_contain_text("not built yet")
-        job = start_job(RunConfig.from_dict(DEMO_TRAINING).replace(training={"max_steps": WALK_STEPS}))
-        assert job.wait(240) == JobState.FINISHED, job.message
+    panel.get_by_role("button", name=re.compile(r"^start", re.I)).first.click()
+    expect(panel).to_contain_text(re.compile(rf"step [1-9]\d*/{WALK_STEPS}"), timeout=180 * SECOND)
+    expect(panel.locator(".vega-embed, canvas, svg.marks").first).to_be_visible()
+    expect(panel).to_contain_text(re.compile(rf"Finished {WALK_STEPS} steps"), timeout=240 * SECOND)
     shoot(page, "4-training")
 
     # 5. Inference: the finished run is listed without a restart; two different answers; held-out table.

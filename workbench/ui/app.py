@@ -22,29 +22,15 @@ def initial_config(options: LaunchOptions) -> dict:
                           data={"train_path": options.dataset}).to_dict()
 
 
-def _tab_modules():
-    from workbench.ui import placeholder
-
-    modules = {}
-    for title, name in zip(TABS, ("dataset_tab", "planner_tab", "lora_tab", "training_tab", "inference_tab")):
-        try:
-            modules[title] = __import__(f"workbench.ui.{name}", fromlist=["build"])
-        except ImportError:
-            modules[title] = None
-    return modules, placeholder
-
-
 def build_app(options: LaunchOptions | None = None) -> gr.Blocks:
+    from workbench.ui import dataset_tab, inference_tab, lora_tab, planner_tab, training_tab
+
     options = options or LaunchOptions()
-    modules, placeholder = _tab_modules()
+    tabs = dict(zip(TABS, (dataset_tab, planner_tab, lora_tab, training_tab, inference_tab)))
     with gr.Blocks(title="Qwen2-VL LoRA workbench", analytics_enabled=False) as app:
         gr.Markdown("## Qwen2-VL LoRA workbench\nIs my data right? Will it fit? Is it training? Did it help?")
         state = AppState(options=options, config=gr.State(initial_config(options)))
         for title in TABS:
             with gr.Tab(title, id=title.lower().replace(" ", "-")):
-                module = modules[title]
-                if module is None:
-                    placeholder.build(f"The {title} tab is not built yet.")
-                else:
-                    module.build(state)
+                tabs[title].build(state)
     return app
