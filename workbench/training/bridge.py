@@ -71,19 +71,13 @@ def sample_memory() -> list[dict]:
     return sample()
 
 
-def grads_finite(model) -> bool:
-    """True when every gradient is finite; one device sync per device, not one per tensor."""
+def grads_finite(params) -> bool:
+    """True when every gradient is finite: one fused norm over all of them (torch's own
+    ``get_total_norm``, which groups by device), one sync, instead of a check per tensor."""
     import torch
 
-    by_device: dict = {}
-    for param in model.parameters():
-        if param.grad is not None:
-            by_device.setdefault(param.grad.device, []).append(param.grad)
-    for grads in by_device.values():
-        flags = torch.stack([torch.isfinite(g).all() for g in grads])
-        if not bool(flags.all()):
-            return False
-    return True
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 class WorkbenchCallback(TrainerCallback):
@@ -91,6 +85,7 @@ class WorkbenchCallback(TrainerCallback):
 
     def __init__(self, job):
         self.job = job
+        self._trainable: list | None = None  # the LoRA parameters, found once
         self._marks: deque = deque(maxlen=RATE_WINDOW)  # (monotonic time, step, tokens seen)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -106,7 +101,9 @@ class WorkbenchCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         # The logged loss and grad_norm arrive only every logging_steps and the logged loss
         # filters NaN away: check the raw gradients before the optimizer uses them.
-        if model is not None and not grads_finite(model):
+        if model is not None and self._trainable is None:
+            self._trainable = [p for p in model.parameters() if p.requires_grad]
+        if self._trainable and not grads_finite(self._trainable):
             raise NonFiniteError(f"gradient became NaN or infinite at step {state.global_step + 1}")
 
     def on_step_end(self, args, state, control, **kwargs):
