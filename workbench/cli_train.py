@@ -54,10 +54,13 @@ def run(args) -> int:
 
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
-    job = TrainingJob(config_from_args(args), resume=args.resume)
+
+    def say(line: str) -> None:  # status lines as they happen, even if the process dies next
+        print(f"\r{line}", file=sys.stderr, flush=True)
+
+    job = TrainingJob(config_from_args(args), resume=args.resume, on_message=say)
     print(f"run folder: {job.output_dir}", file=sys.stderr)
     job.start()
-    shown = 0
     while job.running:
         try:
             time.sleep(0.5)
@@ -65,17 +68,12 @@ def run(args) -> int:
             print("\nstopping at the end of the current step (adapter will be saved)...", file=sys.stderr)
             job.request_stop()
             continue
-        for line in list(job.log_tail)[shown:]:
-            print(line, file=sys.stderr)
-        shown = len(job.log_tail)
         r = job.metrics.last("train") if job.metrics is not None else None
         if r and job.state == JobState.TRAINING:
             eta = f" eta {r['eta_s']:.0f}s" if r.get("eta_s") is not None else ""
             loss = f" loss {r['loss']:.4f}" if "loss" in r else ""
-            print(f"\rstep {job.step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr)
+            print(f"\rstep {job.step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    for line in list(job.log_tail)[shown:]:
-        print(line, file=sys.stderr)
     if job.state == JobState.FAILED:
         print(f"error: {job.message}", file=sys.stderr)
         return job.exit_code or 1

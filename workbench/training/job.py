@@ -111,8 +111,9 @@ def trainer_class():
 
 
 class TrainingJob:
-    def __init__(self, config: RunConfig, resume: bool = False):
+    def __init__(self, config: RunConfig, resume: bool = False, on_message=None):
         self.resume = resume
+        self.on_message = on_message  # called with each status line, in the job's thread
         self.output_dir = prepare_output_dir(config, resume)
         self.config = config.replace(training={"output_dir": str(self.output_dir)})
         self.state = JobState.IDLE
@@ -170,6 +171,8 @@ class TrainingJob:
         line = f"{time.strftime('%H:%M:%S')} [{state.value}] {message}"
         self.log_tail.append(line)
         log.info(line)
+        if self.on_message is not None:
+            self.on_message(line)
 
     def _set_progress(self, step: int, max_steps: int) -> None:
         self.step, self.max_steps = step, max_steps
