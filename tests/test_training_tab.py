@@ -103,3 +103,10 @@ def test_plots_are_left_alone_until_the_first_rows(monkeypatch):
     monkeypatch.setattr(training_tab, "current_job", lambda: Quiet())
     _, _, loss, memory, *_ = training_tab.tick({}, {})
     assert is_skip(loss) and is_skip(memory)
+
+
+def test_predicted_peaks_only_for_devices_the_run_uses():
+    rows = [{"time": 10.0 + i, "memory": [{"device": "cpu", "used_bytes": 2**30}]} for i in range(3)]
+    frame = memory_frame(rows, predicted={"cuda:0": 5 * 2**30, "cpu": 2 * 2**30})
+    assert "cuda:0 predicted peak" not in set(frame["series"])
+    assert "cpu predicted peak" in set(frame["series"])

@@ -55,7 +55,9 @@ def memory_frame(rows: list[dict], predicted: dict[str, int] | None = None,
                     points.setdefault(f"{device} {name}", []).append((t, m[key] / GIB))
     data = [(t, gib, series) for series, values in points.items() for t, gib in decimate(values, max_points)]
     end = sampled[-1]["time"] - start
-    for device, total in (predicted or {}).items():
+    seen = {m.get("device") for row in sampled for m in row["memory"]}
+    # a plan made for other devices (say 4 GPUs while this run is on the CPU) draws nothing
+    for device, total in ((d, t) for d, t in (predicted or {}).items() if d in seen):
         data += [(0.0, total / GIB, f"{device} predicted peak"), (max(end, 1.0), total / GIB, f"{device} predicted peak")]
     return pd.DataFrame(data, columns=MEMORY_COLUMNS)
 
