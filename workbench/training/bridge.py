@@ -65,12 +65,6 @@ class NonFiniteError(RuntimeError):
     """Loss or gradient norm became NaN/inf."""
 
 
-def sample_memory() -> list[dict]:
-    from workbench.hardware import sample_memory as sample
-
-    return sample()
-
-
 def grads_finite(params) -> bool:
     """True when every gradient is finite: one fused norm over all of them (torch's own
     ``get_total_norm``, which groups by device), one sync, instead of a check per tensor."""
@@ -141,6 +135,8 @@ class WorkbenchCallback(TrainerCallback):
             raise NonFiniteError(f"gradient norm became {row['grad_norm']} at step {state.global_step}")
         if kind == "train":
             row.update(self._rates(args, state))
+        from workbench.hardware import sample_memory
+
         row["memory"] = sample_memory()
         return row
 

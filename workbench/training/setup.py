@@ -20,28 +20,23 @@ def dataset_paths(config: RunConfig) -> tuple[str, str]:
     return train, evaluation
 
 
-def load_valid_samples(path: str, config: RunConfig, encoder):
-    """All rows, checked before any weights load: a broken row fails now, not at step 5000."""
-    from workbench.data.formats import Problem, load_samples
+def load_valid_samples(path: str, config: RunConfig, tokenizer):
+    """All rows, checked before any weights load, so a broken row fails now, not at step 5000.
 
-    result = load_samples(path, config.data.format)
-    problems = list(result.problems)
-    for sample in result.samples:
-        if len(problems) >= 20:
-            break
-        try:
-            encoder.encode(sample)
-        except ValueError as exc:
-            problems.append(Problem(sample.row, str(exc), "too-long"))
-        except OSError as exc:
-            problems.append(Problem(sample.row, f"image unreadable ({exc})", "image-unreadable"))
-    if problems:
-        first = "; ".join(f"row {p.row}: {p.reason}" for p in problems[:3])
-        raise UserError(f"{path} has {len(problems)}{'+' if len(problems) >= 20 else ''} problem row(s) ({first}). "
+    The same check as the Dataset tab and ``data check`` (image headers, visual tokens,
+    exact lengths near max_length): seconds for 100k rows, where encoding every image
+    through the processor up front would take as long as an epoch of preprocessing."""
+    from workbench.data.validation import check_dataset
+
+    d = config.data
+    report = check_dataset(path, d.format, d.max_length, d.min_pixels, d.max_pixels, tokenizer=tokenizer)
+    if report.problems:
+        first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
+        raise UserError(f"{path} has {len(report.problems)} problem row(s) ({first}). "
                         f"Fix them (see `python -m workbench data check {path}`) and start again.")
-    if not result.samples:
+    if not report.samples:
         raise UserError(f"{path} has no usable rows.")
-    return result.samples
+    return report.samples
 
 
 def build_datasets(config: RunConfig):
@@ -53,8 +48,8 @@ def build_datasets(config: RunConfig):
     d = config.data
     encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels)
     train_path, eval_path = dataset_paths(config)
-    train = load_valid_samples(train_path, config, encoder)
-    evaluation = load_valid_samples(eval_path, config, encoder) if eval_path else None
+    train = load_valid_samples(train_path, config, processor.tokenizer)
+    evaluation = load_valid_samples(eval_path, config, processor.tokenizer) if eval_path else None
     if evaluation is None and d.eval_split > 0:
         shuffled = train[:]
         random.Random(config.training.seed).shuffle(shuffled)
