@@ -314,7 +314,7 @@ ZYGOTE = textwrap.dedent("""
     # the imports every command pays for, paid once; nothing runs (no threads) before the forks
     import torch, transformers, peft, PIL.Image, yaml
     from transformers import AutoProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration, Trainer
-    import workbench.cli_data, workbench.cli_infer, workbench.cli_plan, workbench.cli_train
+    import workbench.cli.data, workbench.cli.infer, workbench.cli.plan, workbench.cli.train
     import workbench.data.validation, workbench.inference, workbench.planner, workbench.training.job
 
     cases, out_dir, timeout = json.load(open(sys.argv[1])), sys.argv[2], float(sys.argv[3])
@@ -435,9 +435,9 @@ def test_tracebacks_go_to_the_log_not_the_screen(tmp_path):
     from workbench.paths import log_file
 
     before = log_file().read_text(errors="replace") if log_file().exists() else ""
-    script = ("import sys, workbench.cli_plan as c\n"
+    script = ("import sys, workbench.cli.plan as c\n"
               "def boom(args):\n    raise RuntimeError('injected bug')\n"
-              "c.run = boom\nfrom workbench.__main__ import main\n"
+              "c.run = boom\nfrom workbench.cli.main import main\n"
               "sys.exit(main(['plan', '--model', 'demo', '--gpus', '1x24GiB']))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=cli_env(),
                             timeout=120)

@@ -65,7 +65,7 @@ def test_junk_records_never_raise(tmp_path):
 
 
 def test_check_cli_exit_codes_and_json(broken, tmp_path, capsys):
-    from workbench.__main__ import main
+    from workbench.cli.main import main
 
     png(tmp_path / "img" / "a.png")
     good = write_jsonl(tmp_path / "good.jsonl", [swift(), swift(answer="blue")])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from workbench.__main__ import build_parser, main
+from workbench.cli.main import build_parser, main
 
 
 def test_json_last_line_and_exit_zero(capsys):

@@ -1,62 +1,6 @@
-"""Headless entry point: ``python -m workbench plan|data|train|infer ...``.
-
-Each subcommand lives beside the code it drives and exposes ``register(subparsers)``,
-which adds its parser and sets ``func(args) -> int`` (the exit code).
-"""
-
-import argparse
-import logging
 import sys
 
-from workbench.errors import UserError
-from workbench.logs import setup_logging
-from workbench.paths import log_file
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from workbench import cli_data, cli_infer, cli_plan, cli_train
-
-    parser = argparse.ArgumentParser(
-        prog="python -m workbench",
-        description="Qwen2-VL LoRA workbench, headless: check data, plan memory, train, compare.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,data,train,infer}")
-    for module in (cli_plan, cli_data, cli_train, cli_infer):
-        module.register(sub)
-    return parser
-
-
-def one_line(message: str, limit: int = 500) -> str:
-    """A message for people quotes their input, which may be huge or multi-line: keep it one readable line."""
-    message = " ".join(message.split())
-    if len(message) > limit:
-        keep = (limit - 5) // 2
-        message = f"{message[:keep]} ... {message[-keep:]}"
-    return message
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logger = setup_logging()
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"error: {one_line(str(exc))}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug, not bad input: details go to the log
-        logger.exception("unhandled error in %s", args.command)
-        print(
-            f"error: {type(exc).__name__}: {one_line(str(exc), 300)}. This looks like a bug in the workbench; "
-            f"the traceback is in {log_file()}.",
-            file=sys.stderr,
-        )
-        logging.shutdown()
-        return 1
-
+from workbench.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

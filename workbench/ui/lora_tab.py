@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from workbench.cli_train import headless_command
+from workbench.cli.train import headless_command
 from workbench.errors import UserError
 from workbench.settings import DTYPES, SCHEDULERS, TARGET_PRESETS, RunConfig
 from workbench.training.checks import check_run_config, config_from_raw

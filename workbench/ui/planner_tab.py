@@ -45,7 +45,7 @@ def _int(name: str, value) -> int:
 
 
 def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing):
-    from workbench.cli_plan import parse_targets
+    from workbench.cli.plan import parse_targets
     from workbench.hardware import parse_gpu_spec
     from workbench.planner import PlanRequest, plan_memory
 
