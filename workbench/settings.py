@@ -33,6 +33,7 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 # A run.yaml is a few KiB; a path or hub id is at most PATH_MAX. Anything larger is not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_PATH_CHARS = 4096
+STRATEGIES = ("device_map", "ddp", "fsdp")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -107,6 +108,14 @@ class TrainingSettings:
     save_total_limit: int = _f(3, "Keep at most this many checkpoints (oldest removed first).")
     logging_steps: int = _f(1, "Log loss every N steps.")
     seed: int = _f(42, "Random seed for data order and LoRA initialisation.")
+    strategy: str = _f("device_map", "How the GPUs share the work: device_map (one process, layers spread "
+                       "over the GPUs, one busy at a time), ddp (one full replica per GPU: fastest when the "
+                       "model fits on one), fsdp (FSDP2: weights sharded over every GPU of every node). The "
+                       "Memory planner recommends one.")
+    nodes: int = _f(1, "Machines taking part (ddp/fsdp). More than 1: write the launch files with "
+                    "`python -m workbench launch` and start them on every node.")
+    nproc_per_node: int = _f(0, "Processes (GPUs) per node for ddp/fsdp; 0: every visible GPU (2 CPU "
+                             "processes on a machine without GPUs).")
 
 
 @dataclass
@@ -234,6 +243,11 @@ class RunConfig:
         _positive("training.per_device_train_batch_size", t.per_device_train_batch_size)
         _positive("training.gradient_accumulation_steps", t.gradient_accumulation_steps)
         _positive("training.logging_steps", t.logging_steps)
+        if t.strategy not in STRATEGIES:
+            raise UserError(f"training.strategy '{t.strategy}' is unknown: use {', '.join(STRATEGIES)}.")
+        _positive("training.nodes", t.nodes)
+        if t.nproc_per_node < 0:
+            raise UserError(f"training.nproc_per_node {t.nproc_per_node} is negative: use 0 (every GPU) or a count.")
         for name in ("eval_steps", "save_steps", "save_total_limit"):
             if getattr(t, name) < 0:
                 raise UserError(f"training.{name} {getattr(t, name)} is negative: use 0 or a positive number.")
