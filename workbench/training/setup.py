@@ -59,7 +59,7 @@ def build_datasets(config: RunConfig, model_path: str):
     return SampleDataset(train, encoder), eval_set, processor
 
 
-def build_trainer_args(config: RunConfig, has_eval: bool):
+def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
     import torch
     from transformers import TrainingArguments
 
@@ -99,4 +99,5 @@ def build_trainer_args(config: RunConfig, has_eval: bool):
         dataloader_num_workers=0,
         # installs a SIGTERM handler, which fails outside the main thread
         enable_jit_checkpoint=False,
+        **overrides,
     )
