@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,9 @@ def run(args) -> int:
     job = Workbench().start_training(config_from_args(args), resume=args.resume, owner="the CLI", on_message=say)
     print(f"run folder: {job.output_dir}", file=sys.stderr)
     launched = isinstance(job, LaunchedJob)  # several processes under accelerate launch
+    if launched:  # the ranks run in their own process group: they must not outlive their supervisor
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: job.request_stop(force=True))
     interrupts = 0
     while job.running:
         try:
@@ -98,7 +102,8 @@ def run(args) -> int:
         if r and job.state == JobState.TRAINING and job.max_steps > 0:
             eta = f" eta {r['eta_s']:.0f}s" if r.get("eta_s") is not None else ""
             loss = f" loss {r['loss']:.4f}" if "loss" in r else ""
-            print(f"\rstep {job.step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr, flush=True)
+            step = max(job.step, int(r.get("step") or 0))
+            print(f"\rstep {step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     if job.state == JobState.FAILED:
         print(f"error: {job.message}", file=sys.stderr)

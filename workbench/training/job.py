@@ -223,7 +223,6 @@ class TrainingJob:
         from transformers.trainer_callback import PrinterCallback
 
         from workbench.data.collate import Collator
-        from workbench.training.loading import load_model
         from workbench.training.lora import apply_lora
         from workbench.training.checks import training_arguments
         from workbench.training.setup import build_datasets
@@ -251,7 +250,7 @@ class TrainingJob:
             return None, None
         self._say(JobState.LOADING, f"Loading {self.config.model.name_or_path} and applying LoRA.")
         set_seed(self.config.training.seed)  # LoRA's initialisation too, not only the data order
-        model = load_model(model_path, self.config, device_map=placement.device_map(self.config))
+        model = placement.load_model(model_path, self.config)
         model = apply_lora(model, self.config.lora, placement.gradient_checkpointing(self.config))
         trainable, total = model.get_nb_trainable_parameters()
         if self.should_stop():

@@ -42,8 +42,11 @@ class SingleProcess:
 
         check_device_map(config)
 
-    def device_map(self, config):
-        return None  # the configured map, else the planner's (loading.pick_device_map)
+    def load_model(self, path: str, config):
+        """The base on the configured device_map, else the planner's map (``loading.pick_device_map``)."""
+        from workbench.training.loading import load_model
+
+        return load_model(path, config)
 
     def gradient_checkpointing(self, config) -> bool:
         return config.training.gradient_checkpointing
@@ -105,9 +108,18 @@ class RankPlacement(SingleProcess):
     def check(self, config) -> None:
         pass  # device_map is off under a launch (the worker refuses a configured map)
 
-    def device_map(self, config):
-        # FSDP2 loads on the CPU (only rank 0 keeps real weights) and shards onto the devices
-        return {"": "cpu"} if self.fsdp else {"": str(self.device())}
+    def load_model(self, path: str, config):
+        """DDP: the whole base on this rank's device. FSDP2: rank 0 reads the weights to the CPU;
+        the other ranks build the model without weights (parameters on the meta device, buffers
+        real) and receive their shards from rank 0 when accelerate shards the model: one copy of
+        a 72B base in a node's memory, not one per GPU."""
+        from workbench.training.loading import load_model
+
+        if not self.fsdp:
+            return load_model(path, config, device_map={"": str(self.device())})
+        if self.is_main:
+            return load_model(path, config, device_map={"": "cpu"})
+        return empty_model(path, config)
 
     def gradient_checkpointing(self, config) -> bool:
         # FSDP2 checkpoints activations itself (fsdp_activation_checkpointing in the launch config)
@@ -183,6 +195,36 @@ class RankCallback(WorkbenchCallback):
         dist.barrier()
         if self.job.placement.is_main:
             super().on_save(args, state, control, **kwargs)
+
+
+def empty_model(path: str, config):
+    """The base model's structure from its config.json, without reading its weights.
+
+    Parameters get uninitialised CPU storage (``torch.empty``): the kernel commits a page only
+    when it is written, so a rank holds next to nothing until accelerate moves the model to
+    the meta device and fills its shards from rank 0. They cannot stay on the meta device
+    themselves: accelerate re-points the optimizer at the sharded parameters by storage
+    address, and meta tensors all share address 0 (measured: a wrong loss, then a hang).
+    Buffers (rotary frequencies, which FSDP2 does not broadcast) are computed for real."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
+
+    from workbench.training.loading import pick_dtype
+
+    # accelerate's patch of nn.Module is process-wide, which is fine in a worker process
+    with init_empty_weights(include_buffers=False):
+        model = Qwen2VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(path),
+                                                             dtype=pick_dtype(config.model.dtype))
+    made: dict[int, torch.nn.Parameter] = {}  # tied weights stay one parameter
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                if id(param) not in made:
+                    made[id(param)] = torch.nn.Parameter(torch.empty_like(param, device="cpu"),
+                                                         requires_grad=param.requires_grad)
+                module._parameters[name] = made[id(param)]
+    return model
 
 
 def trainable_state_dict(model) -> dict:
