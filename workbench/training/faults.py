@@ -21,7 +21,7 @@ def failure_message(exc: BaseException, folder: RunFolder, log) -> str:
         good = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
         return f"Training stopped: {exc}; {good}. Lower the learning rate or check the data."
     if in_launch() and is_peer_failure(exc):
-        log.warning("training failed: %r", exc)
+        log.warning("training failed: %r", exc, exc_info=exc)
         return (f"Training stopped on every rank: {first_line(exc)[:200]}; {kept}. Look in each node's "
                 f"launch log for the rank that ended first, then continue with {resume}.")
     if isinstance(exc, pickle.UnpicklingError):

@@ -265,6 +265,7 @@ def enable_fsdp_on_cpu(trainer) -> None:
     torch's ``fully_shard`` works on the CPU with gloo, so once Trainer has made its
     Accelerator, the state is switched to FSDP with the plugin accelerate builds from the
     launch's environment (the same one it builds on GPUs). GPUs never take this path."""
+    from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = trainer.accelerator.state
@@ -272,4 +273,7 @@ def enable_fsdp_on_cpu(trainer) -> None:
         return
     state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    # every AcceleratorState() refreshes its type from PartialState's: accelerate itself writes
+    # the FSDP type there at the end of its own initialisation (state.py), and so does this
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
