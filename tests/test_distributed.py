@@ -78,7 +78,7 @@ def test_fsdp_config_shards_every_layer_and_block_and_loads_on_rank_zero(demo_co
     fsdp = raw["fsdp_config"]
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_cpu_ram_efficient_loading"] and fsdp["fsdp_sync_module_states"]
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == ["Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"]
-    assert fsdp["fsdp_activation_checkpointing"] is True  # FSDP's own, not transformers'
+    assert fsdp["fsdp_activation_checkpointing"] is False  # transformers' own (see distributed.py)
     ddp = dist_plan.accelerate_config(demo_config.replace(training={"strategy": "ddp"}), 1, 2)
     assert ddp["distributed_type"] == "MULTI_GPU" and "fsdp_config" not in ddp
 
@@ -107,7 +107,7 @@ def test_torchruns_failure_table_names_the_rank_that_ended_the_run(tmp_path):
     # a rank that raised says why; rank 0's own failure because its peer vanished does not count
     dist_plan.write_rank_failure(folder, 0, "Training stopped on every rank: Connection reset by peer", secondary=True)
     dist_plan.write_rank_failure(folder, 1, "Training stopped: loss became nan at step 5", secondary=False)
-    assert dist_plan.explain_launch_failure(folder, 1, "").startswith("Rank 1 failed (Training stopped: loss became nan")
+    assert dist_plan.explain_launch_failure(folder, 1, "").startswith("Rank 1 failed: Training stopped: loss became nan")
     assert dist_plan.explain_launch_failure(RunFolder(tmp_path / "none"), 1, "").startswith(
         "accelerate launch ended with exit code 1")
 

@@ -185,7 +185,8 @@ def test_fsdp_from_the_cli_stopped_and_resumed_matches_one_process(trained_run, 
 
 
 def test_fsdp_with_text_only_and_image_rows_in_the_same_step_does_not_hang(demo, demo_config, tmp_path, reaper):
-    """Every step, one rank gets the text-only row and the other the image row."""
+    """Every step, one rank gets the text-only row and the other the image row (with activation
+    checkpointing on, which replays every layer in backward)."""
     from workbench.training import JobState, TrainingJob
 
     data = tmp_path / "mixed.jsonl"
@@ -196,7 +197,8 @@ def test_fsdp_with_text_only_and_image_rows_in_the_same_step_does_not_hang(demo,
                                              {"role": "assistant", "content": "hello"}], "images": []}) + "\n")
     config = demo_config.replace(data={"train_path": str(data)},
                                  training={"per_device_train_batch_size": 1, "gradient_accumulation_steps": 2,
-                                           "max_steps": 6, "save_steps": 3, "logging_steps": 1})
+                                           "max_steps": 6, "save_steps": 3, "logging_steps": 1,
+                                           "gradient_checkpointing": True})
     single = TrainingJob(config.replace(training={"output_dir": str(tmp_path / "one")}))
     assert single.run() == JobState.FINISHED, single.message
     out = tmp_path / "fsdp-mixed"

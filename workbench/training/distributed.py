@@ -187,7 +187,11 @@ def accelerate_config(config, nodes: int, nproc: int, machine_rank: int = 0, mai
             "fsdp_sync_module_states": True,
             # the adapter is small: gathered whole, it loads in plain PEFT and resumes on any world size
             "fsdp_state_dict_type": "FULL_STATE_DICT",
-            "fsdp_activation_checkpointing": bool(t.gradient_checkpointing),
+            # training.gradient_checkpointing applies transformers' own checkpointing, which wraps each
+            # layer's forward inside FSDP2's hooks. FSDP's checkpoint wrapper renames every layer
+            # (_checkpoint_wrapped_module) and peft 0.21, which picks the adapter's weights by module
+            # name, then saved 4 of the demo's 32 LoRA tensors (docs/scale-out.md).
+            "fsdp_activation_checkpointing": False,
             "fsdp_offload_params": False,
         }
     return raw
@@ -348,8 +352,9 @@ def explain_launch_failure(folder: RunFolder, returncode: int, launcher_output: 
     killed = next((e for e in ends if e.signal and e.signal not in ("SIGTERM",)), None)
     where = checkpoint_sentence(folder)
     if primary is not None and primary["rank"] != 0:
-        return (f"Rank {primary['rank']} failed ({primary['message'].rstrip('.')}); every rank stopped, "
-                f"{where}.")
+        said = primary["message"].rstrip(".")
+        tail = "" if "checkpoint" in said else f", {where}"
+        return f"Rank {primary['rank']} failed: {said}. Every rank stopped{tail}."
     if killed is not None:
         return (f"Rank {killed.rank} was killed ({killed.signal}); every rank stopped, {where}.")
     if primary is not None:

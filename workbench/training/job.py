@@ -251,7 +251,7 @@ class TrainingJob:
         self._say(JobState.LOADING, f"Loading {self.config.model.name_or_path} and applying LoRA.")
         set_seed(self.config.training.seed)  # LoRA's initialisation too, not only the data order
         model = placement.load_model(model_path, self.config)
-        model = apply_lora(model, self.config.lora, placement.gradient_checkpointing(self.config))
+        model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
         trainable, total = model.get_nb_trainable_parameters()
         if self.should_stop():
             self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")

@@ -5,7 +5,7 @@ differs from the one-process run (device_map over the GPUs, today's default):
 
 - the live lock: rank 0 takes it over from the supervisor that launched it; other ranks hold none;
 - writes: only rank 0 writes status, events, metrics, COMPLETE markers, the adapter;
-- loading: device_map is off; each rank loads on its own device (FSDP: on the CPU, sharded later);
+- loading: device_map is off; each rank loads on its own device (FSDP: rank 0 reads, the others wait);
 - the batch: gradient accumulation divided by the world size (``distributed.split_batch``);
 - the stop: every rank stops at the same step (rank 0 reads the stop request, one all-reduce);
 - memory: each rank's sample is gathered into rank 0's metrics row at logging steps;
@@ -47,9 +47,6 @@ class SingleProcess:
         from workbench.training.loading import load_model
 
         return load_model(path, config)
-
-    def gradient_checkpointing(self, config) -> bool:
-        return config.training.gradient_checkpointing
 
     def trainer_config(self, config):
         return config
@@ -121,9 +118,6 @@ class RankPlacement(SingleProcess):
             return load_model(path, config, device_map={"": "cpu"})
         return empty_model(path, config)
 
-    def gradient_checkpointing(self, config) -> bool:
-        # FSDP2 checkpoints activations itself (fsdp_activation_checkpointing in the launch config)
-        return False if self.fsdp else config.training.gradient_checkpointing
 
     def trainer_config(self, config):
         split = split_batch(config.training, self.world)
@@ -169,6 +163,21 @@ class RankPlacement(SingleProcess):
         state = trainable_state_dict(model) if self.fsdp else None  # a collective: every rank
         if self.is_main:
             save_adapter_atomically(model, folder, state_dict=state)
+            if state is not None:
+                check_saved_adapter(folder.path, len(state))
+
+
+def check_saved_adapter(folder, trained: int) -> None:
+    """peft picks the adapter's tensors out of a state dict by module name: a wrapper that renames
+    modules makes it drop tensors without a word. Every trained tensor must be in the file."""
+    from safetensors import safe_open
+
+    from workbench.run_folder import ADAPTER_WEIGHTS
+
+    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as f:
+        saved = len(list(f.keys()))
+    if saved < trained:
+        raise RuntimeError(f"the saved adapter holds {saved} of the {trained} trained tensors")
 
 
 class RankCallback(WorkbenchCallback):
