@@ -2,13 +2,13 @@
 
 The same demo run (model, data, LoRA, effective batch, steps) four ways, each in fresh
 processes: one process with as many threads as the two ranks have together (the baseline of
-``ddp_speedup``), one process with one thread (the workbench's own setting for tiny models on
-the CPU, see docs/DESIGN.md), and ``train --strategy ddp|fsdp --nproc 2`` (one thread per rank,
-torchrun's default). Throughput is measured from the run's own metrics rows (one per step),
-from the end of the warm-up steps to the last step, so process start and model loading are
-not counted; ``*_wall_s`` is the whole command, start-up included.
+``ddp_speedup``; OpenMP threads wait passively), one process with one thread (the workbench's
+own setting for tiny models on the CPU, see docs/DESIGN.md), and ``train --strategy ddp|fsdp
+--nproc 2`` (one thread per rank, torchrun's default). Throughput comes from the run's own
+metrics rows, from the first logged step after warm-up to the last step, so process start
+and model loading are not counted; ``*_wall_s`` is the whole command, start-up included.
 
-    python benchmarks/scale_out.py [--steps 80] [--warmup 5] [--batch 8] [--threads 2]
+    python benchmarks/scale_out.py [--model demo|medium] [--steps 80] [--warmup 5] [--batch 8] [--threads 2]
 
 Last line: {"single_samples_per_s", "single_1thread_samples_per_s", "ddp_samples_per_s",
 "fsdp_samples_per_s", "ddp_speedup", "fsdp_speedup", "ddp_speedup_vs_best_single", ...}
@@ -42,14 +42,45 @@ sys.exit(0 if job.run() == JobState.FINISHED else 1)
 """
 
 
+# --model medium: the demo's architecture widened so that arithmetic, not per-op overhead and
+# per-step communication, dominates a step (about 4.5M parameters instead of 0.26M).
+MEDIUM_TEXT = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "layer_types": ["full_attention"] * 4,
+               "rope_parameters": {"mrope_section": [8, 12, 12], "rope_theta": 10000.0, "rope_type": "default"}}
+MEDIUM_VISION = {"hidden_size": 256, "embed_dim": 64, "num_heads": 2}
+
+
+def medium_model(demo_model: Path, folder: Path) -> Path:
+    """The demo model widened (random weights, its tokenizer and processor): built here, not downloaded."""
+    import shutil
+
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    raw = json.loads((demo_model / "config.json").read_text())
+    raw["text_config"].update(MEDIUM_TEXT)
+    raw["vision_config"].update(MEDIUM_VISION)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig.from_dict(raw))
+    out = folder / "medium-model"
+    model.save_pretrained(out)
+    for name in demo_model.iterdir():
+        if name.name not in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(name, out / name.name)
+    return out
+
+
 def config_file(args, folder: Path) -> Path:
     from workbench.demo import DEMO_TRAINING, ensure_demo
     from workbench.settings import RunConfig
 
-    ensure_demo()
-    config = RunConfig.from_dict(DEMO_TRAINING).replace(training={
+    demo = ensure_demo()
+    model = str(medium_model(demo.model, folder)) if args.model == "medium" else str(demo.model)
+    config = RunConfig.from_dict(DEMO_TRAINING).replace(model={"name_or_path": model},
+                                                        data={"train_path": str(demo.train)}, training={
         "max_steps": args.warmup + args.steps, "per_device_train_batch_size": args.batch,
-        "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 0, "warmup_ratio": 0.0})
+        "gradient_accumulation_steps": 1, "logging_steps": args.logging_steps, "save_steps": 0,
+        "warmup_ratio": 0.0})
     return config.save(folder / "bench.yaml")
 
 
@@ -58,8 +89,8 @@ def steady_rate(out: Path, warmup: int, batch: int) -> float:
     from workbench.run_folder import RunFolder
 
     train = {r["step"]: r["time"] for r in RunFolder(out).metrics() if r.get("kind") == "train"}
-    last = max(train)
-    return (last - warmup) * batch / (train[last] - train[warmup])
+    first, last = min(s for s in train if s >= warmup), max(train)
+    return (last - first) * batch / (train[last] - train[first])
 
 
 def run(argv: list[str], env: dict | None = None) -> float:
@@ -85,6 +116,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="Steps not timed (first-step costs).")
     parser.add_argument("--batch", type=int, default=8, help="Effective batch: rows per optimizer step.")
     parser.add_argument("--threads", type=int, default=2, help="Threads of the baseline = processes x 1 thread.")
+    parser.add_argument("--model", choices=("demo", "medium"), default="demo",
+                        help="demo: the embedded tiny model; medium: the same architecture widened (see MEDIUM_TEXT).")
+    parser.add_argument("--logging-steps", type=int, default=5,
+                        help="Metrics row every N steps (each gathers every rank's memory sample).")
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp(prefix="scale-out-"))
@@ -92,8 +127,10 @@ def main(argv=None) -> int:
     result, python = {}, sys.executable
     for name, threads in (("single", args.threads), ("single_1thread", 1)):
         out = folder / name
+        # PASSIVE: idle OpenMP threads sleep instead of spinning. With the default spin, two threads
+        # on two cores that other processes also use lost a factor of 4 (docs/scale-out.md).
         wall = run([python, "-c", SINGLE, str(with_output(config, out)), str(threads)],
-                   env={"OMP_NUM_THREADS": str(threads)})
+                   env={"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"})
         result[f"{name}_samples_per_s"] = round(steady_rate(out, args.warmup, args.batch), 2)
         result[f"{name}_wall_s"] = round(wall, 1)
         print(f"{name}: {result[f'{name}_samples_per_s']} samples/s", file=sys.stderr)
@@ -110,7 +147,8 @@ def main(argv=None) -> int:
         "ddp_speedup": round(result["ddp_samples_per_s"] / single, 2),
         "fsdp_speedup": round(result["fsdp_samples_per_s"] / single, 2),
         "ddp_speedup_vs_best_single": round(result["ddp_samples_per_s"] / best, 2),
-        "steps": args.steps, "batch": args.batch, "threads": args.threads,
+        "model": args.model, "steps": args.steps, "batch": args.batch, "threads": args.threads,
+        "logging_steps": args.logging_steps,
         "load_average": round(os.getloadavg()[0], 2),
     })
     print(json.dumps(result))
