@@ -211,22 +211,38 @@ def test_fsdp_with_text_only_and_image_rows_in_the_same_step_does_not_hang(demo,
 
 
 # ---------------------------------------------------------------------------------- two nodes on loopback
-def test_two_node_scripts_side_by_side_train_a_loadable_adapter(demo, demo_config, tmp_path, reaper):
+def test_two_node_scripts_side_by_side_train_a_loadable_adapter_watched_and_stopped_from_the_app(
+        demo, demo_config, tmp_path, reaper):
+    """The files `launch` writes for two nodes, started by hand (as on a cluster), watched by the
+    app through the run folder and stopped from it."""
     from peft import PeftModel
     from transformers import Qwen2VLForConditionalGeneration
+
+    from workbench.session import Workbench
+    from workbench.ui import training_tab
 
     out = tmp_path / "two-nodes"
     reaper(out)
     config_file = demo_config.replace(training={"logging_steps": 1}).save(tmp_path / "run.yaml")
     wrote = cli("launch", config_file, "--strategy", "fsdp", "--nodes", 2, "--nproc-per-node", 1, "--main-ip",
-                "127.0.0.1", "--main-port", free_port(), "--max-steps", 6, "--out", out)
+                "127.0.0.1", "--main-port", free_port(), "--max-steps", 300, "--out", out)
     assert wrote.wait(120) == 0, wrote.stderr.read()
     nodes = [subprocess.Popen(["bash", str(out / "launch" / f"node-{n}.sh")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "PYTHON": sys.executable})
              for n in (0, 1)]
-    assert [node.wait(600) for node in nodes] == [0, 0]
-    assert RunFolder(out).state() == "finished" and (out / "launch" / "node-1.log").stat().st_size > 0
-    assert_one_row_per_step_from_every_rank(out, 6)
+    session = Workbench()
+    assert training_tab.watch(session, str(out)).startswith("Watching")
+    wait_for(lambda: len(rows(out)) >= 3)
+    status, *_ = training_tab.tick(session, {})
+    assert status.startswith("**training** (2 processes, FSDP)") and "Started outside this app" in status
+    assert "Stop requested for run two-nodes" in training_tab.stop(session)
+    assert [node.wait(300) for node in nodes] == [0, 0]
+    folder = RunFolder(out)
+    assert folder.state() == "stopped" and folder.has_final_adapter() and folder.live() is None
+    assert (out / "launch" / "node-1.log").stat().st_size > 0
+    train = [r for r in rows(out) if r.get("kind") == "train"]
+    assert [r["step"] for r in train] == list(range(1, len(train) + 1)) and len(train) < 300
+    assert all(sorted(m["rank"] for m in r["memory"]) == [0, 1] for r in train)
     base = Qwen2VLForConditionalGeneration.from_pretrained(demo.model)
     model = PeftModel.from_pretrained(base, str(out))
     assert any("lora_A" in n for n, _ in model.named_parameters())

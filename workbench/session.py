@@ -40,6 +40,7 @@ class Workbench:
         self._inference = None
         self._inference_key: tuple | None = None
         self._tails: dict[Path, MetricsTail] = {}
+        self._strategies: dict[Path, str] = {}
         self._watched: RunFolder | None = None  # a folder the user pointed at (a run launched by hand)
 
     # ---- training -------------------------------------------------------------------
@@ -156,12 +157,25 @@ class Workbench:
         recorded, live = folder.status(), folder.live()
         last = next((r for r in reversed(rows) if r.get("kind", "train") == "train"), {})
         state = (recorded.get("state") or "training") if live else folder.state()
+        ranks = {m.get("rank") for m in last.get("memory") or [] if isinstance(m, dict)} - {None}
         status = {"state": state, "message": recorded.get("message", ""), "step": int(last.get("step") or 0),
                   "max_steps": int(recorded.get("max_steps") or 0),
                   "elapsed_s": (time.time() - live.started) if live else 0.0,
                   "eta_s": last.get("eta_s") if live else None, "loss": last.get("loss"),
-                  "output_dir": str(folder.path), "running": live is not None}
+                  "output_dir": str(folder.path), "running": live is not None,
+                  "processes": max(len(ranks), 1), "strategy": self._strategy(folder) if ranks else ""}
         return {"status": status, "rows": rows, "log": folder.events(), "external": True, "folder": folder}
+
+    def _strategy(self, folder: RunFolder) -> str:
+        """training.strategy from a run's run.yaml, read once per folder."""
+        key = folder.path.resolve()
+        if key not in self._strategies:
+            try:
+                config = folder.config()
+                self._strategies[key] = config.training.strategy if config else ""
+            except UserError:
+                self._strategies[key] = ""
+        return self._strategies[key]
 
     def _tail(self, folder: RunFolder) -> MetricsTail:
         key = folder.path.resolve()

@@ -68,7 +68,7 @@ def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
     t = config.training
     dtype = pick_dtype(config.model.dtype)
     evaluate = has_eval and t.eval_steps > 0
-    return TrainingArguments(
+    arguments = dict(
         output_dir=t.output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_train_batch_size,
@@ -99,5 +99,5 @@ def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
         dataloader_num_workers=0,
         # installs a SIGTERM handler, which fails outside the main thread
         enable_jit_checkpoint=False,
-        **overrides,
     )
+    return TrainingArguments(**{**arguments, **overrides})  # a placement's own arguments win
