@@ -7,6 +7,7 @@ training job, so it does only NVML queries and torch counters.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -100,6 +101,9 @@ def find_card(text: str) -> Card | None:
     if len(matches) > 1:
         raise UserError(f"GPU '{text.strip()}' comes in several sizes: write "
                         f"{' or '.join(c.name for c in matches)}.")
+    if matches and "pcie" in tokens and matches[0].link.startswith("nvlink"):
+        # The PCIe board of an SXM card: same memory, no NVLink between the GPUs.
+        return dataclasses.replace(matches[0], name=matches[0].name + "-PCIe", link="pcie4")
     return matches[0] if matches else None
 
 
