@@ -164,7 +164,7 @@ def test_72b_ddp_never_fits_and_fsdp_needs_eight_shards():
     assert not one_node.entry("fsdp")["fits"] and two.entry("fsdp")["fits"]
     # device_map runs in one process on one node whatever the node count: the same rows
     assert one_node.entry("device_map")["devices"] == two.entry("device_map")["devices"]
-    assert "the other 1 idles" in two.entry("device_map")["why"]
+    assert "on one node; the other node idles" in two.entry("device_map")["why"]
 
 
 def test_asked_strategy_that_does_not_fit_suggests_the_one_that_does():
@@ -221,3 +221,18 @@ def test_plan_with_strategies_reports_its_time():
     # the time itself is a benchmark figure (docs/planner-accuracy.md), never a timed assertion here
     plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), nodes=2))
     assert 0 < plan.plan_seconds and plan.to_json()["plan_seconds"] == round(plan.plan_seconds, 4)
+
+
+def test_seed_question_figures_in_readme_and_docs_are_the_planners():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "README.md").read_text() + (root / "docs" / "seed-question.md").read_text()
+    for nodes in (1, 2):
+        plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), nodes=nodes))
+        for e in plan.strategies:
+            assert f"{e['peak_bytes'] / GIB:.2f} GiB" in docs, (nodes, e["name"])
+        chosen = plan.entry(plan.strategy)
+        assert f"{chosen['min_free_bytes'] / GIB:.2f} GiB free" in docs
+        assert f"Largest max_length that fits: {plan.max_length_that_fits}." in docs
+    assert "2.87x" in docs

@@ -67,7 +67,8 @@ def why(e: dict, layout: Layout, request, offloaded=()) -> str:
         head = (f"One process, the layers spread over {_span(e)}, one GPU busy at a time" if e["world_size"] > 1
                 else "One process on the one GPU")
         if request.nodes > 1:
-            head += f" (on one node; the other {request.nodes - 1} idle{'s' if request.nodes == 2 else ''})"
+            rest = "the other node idles" if request.nodes == 2 else f"the other {request.nodes - 1} nodes idle"
+            head += f" (on one node; {rest})"
         if offloaded:
             return f"{head}; {offload_ranges(offloaded)} fit on none of them."
         if not e["fits"]:

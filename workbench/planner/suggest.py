@@ -77,12 +77,14 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
             add(f"lower LoRA rank {step.lora_rank} -> {rank}", {"lora.rank": rank}, lay, st, caps)
             break
     size = max(caps)
+    card = _one_card(request.gpus)
     for count in range(len(caps) + 1, min(2 * len(caps) + 2, MAX_GPUS_PER_NODE + 1)):
         more = list(caps) + [size] * (count - len(caps))
         if fits(step, gpu_caps=more):
             per_node = " per node" if request.nodes > 1 else ""
-            add(f"use {count} GPUs of {size / GIB:.0f} GiB each{per_node}", {"gpus": f"{count}x{size // GIB}GiB"},
-                layout, step, more)
+            spec = f"{count}x{card}" if card else f"{count}x{size // GIB}GiB"
+            what = spec if card else f"{count} GPUs of {size / GIB:.0f} GiB each"
+            add(f"use {what}{per_node}", {"gpus": spec}, layout, step, more)
             break
     if model.name == "fsdp":
         for nodes in range(request.nodes + 1, min(2 * request.nodes + 2, MAX_SUGGESTED_NODES + 1)):
@@ -113,3 +115,17 @@ def strategy_switches(entries: list[dict], chosen: str) -> list[dict]:
              "saves_bytes": int(need - sum(d["total_bytes"] for d in e["devices"])), "peak_bytes": e["peak_bytes"],
              "devices_total_bytes": [d["total_bytes"] for d in e["devices"]]}
             for e in entries if e["fits"] and e["name"] != chosen]
+
+
+def _one_card(gpus) -> str | None:
+    """The card name when every GPU is the same known card (A800-40GB), else None."""
+    from workbench.hardware import find_card
+
+    names = {g.name for g in gpus}
+    if len(names) != 1:
+        return None
+    try:
+        card = find_card(names.pop())
+    except Exception:  # an ambiguous name: fall back to sizes
+        return None
+    return card.name if card is not None else None
