@@ -4,7 +4,6 @@ Typed at 30 ms per key as a person would: a plan that does not fit shows every c
 suggestions; choosing a strategy row redraws the per-GPU table; "Use this plan" answers.
 """
 
-import re
 import socket
 from pathlib import Path
 

@@ -10,9 +10,9 @@ from workbench.planner import terms
 from workbench.planner.compare import choice_sentence, choose, device_rows, entry, sharded_entries
 from workbench.planner.device_map import Step, accelerate_auto_map, accelerate_map, evaluate, pack, weight_budgets
 from workbench.planner.layout import Layout
-from workbench.planner.request import (DTYPE_NAMES, PlanRequest, check_against_model, layout_for,  # noqa: F401
-                                       request_defaults, resolve_targets, step_for)
-from workbench.planner.search import balanced_headroom, largest_fitting, need_bytes, packs  # noqa: F401
+# layout_for and step_for stay importable from here: tests and benchmarks/planner_accuracy.py use them.
+from workbench.planner.request import PlanRequest, check_against_model, layout_for, step_for
+from workbench.planner.search import balanced_headroom, largest_fitting
 from workbench.planner.speed import links_for
 from workbench.planner.strategies import strategy as strategy_model
 from workbench.planner.suggest import strategy_switches, suggestions

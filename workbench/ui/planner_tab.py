@@ -23,6 +23,9 @@ from workbench.settings import TARGET_PRESETS
 DTYPES = ["bf16", "fp16", "fp32"]
 FALLBACK_GPUS = "4x40GiB"
 STRATEGY_COLUMNS = ["strategy", "fits", "peak GPU GiB", "free GiB", "speed", "why"]
+# Fixed colours per term, so switching strategies (whose terms differ) keeps each term's colour.
+TERM_COLORS = {"weights": "#4c78a8", "LoRA+optim": "#f58518", "activations": "#e45756", "logits/loss": "#72b7b2",
+               "gathered/buckets": "#b279a2", "CUDA+alloc": "#54a24b", "free": "#eeca3b"}
 # The run config fields a plan sets, and where in the plan they come from.
 APPLIED = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("lora", "rank", "lora_rank"),
            ("lora", "target_modules", "lora_targets"), ("lora", "dropout", "lora_dropout"),
@@ -279,7 +282,7 @@ def build(state) -> PlannerTab:
                               elem_id="planner-strategies")
     selected_md = gr.Markdown()
     chart = gr.BarPlot(None, x="GPU", y="GiB", color="term", title="Memory per GPU at the step's peak (GiB)",
-                       y_title="GiB", height=320)
+                       y_title="GiB", height=320, color_map=TERM_COLORS)
     table = gr.Dataframe(label="Per GPU (GiB)", interactive=False)
     device_map = gr.Dataframe(map_frame({}), label="Device map", interactive=False, wrap=True)
     suggestions = gr.Dataframe(suggestion_frame([]), label="To make it fit", interactive=False, wrap=True,
