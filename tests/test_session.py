@@ -224,3 +224,15 @@ def test_live_lock_is_exclusive_and_released(tmp_path):
     folder.lock_file.write_text(json.dumps(stale))  # a process that died without releasing
     with folder.acquire("the app"):
         assert folder.live().owner == "the app"
+
+
+def test_an_inference_base_not_downloaded_answers_within_seconds(trained_run, monkeypatch):
+    # Seen before: a preset typed as the Inference base hung 140 s and blocked every tab.
+    from workbench.ui import inference_tab
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    answer = inference_tab.ask(Workbench(), "qwen2-vl-7b-instruct", str(trained_run.output_dir), None, "", "hi",
+                               "", 4, 0, 1)
+    assert time.monotonic() - started < 10
+    assert "Qwen/Qwen2-VL-7B-Instruct is not in the Hugging Face cache" in answer[-1]
