@@ -29,14 +29,15 @@ def page():
     import gradio as gr
     from playwright.sync_api import sync_playwright
 
+    from workbench.session import Workbench
     from workbench.settings import RunConfig
     from workbench.ui import planner_tab
-    from workbench.ui.state import AppState
+    from workbench.ui.app import LaunchOptions, TabContext
 
     with gr.Blocks() as app:
-        state = AppState(options=None, config=gr.State(RunConfig().to_dict()))
+        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(RunConfig().to_dict()))
         with gr.Tab("Memory planner"):
-            planner_tab.build(state)
+            planner_tab.build(ctx)
     app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as p:

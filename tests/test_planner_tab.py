@@ -17,13 +17,14 @@ def demo_config() -> dict:
 
 
 def build_tab(config: dict):
-    from workbench.ui.state import AppState
+    from workbench.session import Workbench
+    from workbench.ui.app import LaunchOptions, TabContext
 
     with gr.Blocks() as demo:
-        state = AppState(options=None, config=gr.State(config))
+        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(config))
         with gr.Tab("Memory planner"):
-            tab = planner_tab.build(state)
-    return demo, state, tab
+            tab = planner_tab.build(ctx)
+    return demo, ctx, tab
 
 
 def test_on_plan_outputs():
@@ -70,7 +71,7 @@ def test_choosing_a_row_redraws_the_chart_for_that_strategy():
 def test_tab_starts_from_the_planner_defaults_not_the_demo_training_settings():
     d = request_defaults()
     _, _, tab = build_tab(demo_config())  # the demo trains at rank 16, batch 8, checkpointing off
-    values = {name: component.value for name, component in tab.inputs.items()}
+    values = {name: component.value for name, component in tab["inputs"].items()}
     assert values["model"] == "demo"
     assert (values["rank"], values["batch"], values["checkpointing"]) == (d["lora_rank"], d["batch_size"], True)
     assert (values["max_length"], values["max_pixels"], values["min_pixels"]) == (2048, 1003520, 3136)
@@ -82,7 +83,7 @@ def test_only_model_and_gpus_typed_plans_as_the_cli_does():
     from workbench.planner import PlanRequest
 
     _, _, tab = build_tab(demo_config())
-    form = {name: c.value for name, c in tab.inputs.items()}
+    form = {name: c.value for name, c in tab["inputs"].items()}
     form.update(model="qwen2-vl-72b-instruct", gpus="4x40GiB")
     text, *_, state = planner_tab.on_plan(*form.values())
     args = build_parser().parse_args(["plan", "--model", "qwen2-vl-72b-instruct", "--gpus", "4x40GiB"])
@@ -167,7 +168,7 @@ def test_use_plan_without_a_plan():
 
 
 def test_tab_builds_and_exposes_its_events():
-    demo, state, tab = build_tab(RunConfig().to_dict())
-    assert state.components["planner_plan"] is tab.plan and demo is not None
-    assert hasattr(tab.use_event, "then")  # the app chains the LoRA form's refill on it
-    assert tab.suggestions.wrap and tab.strategies.wrap
+    demo, ctx, tab = build_tab(RunConfig().to_dict())
+    assert isinstance(tab["plan"], gr.State) and demo is not None
+    assert hasattr(tab["applied"], "then")  # the app chains the LoRA form's refill on it
+    assert tab["suggestions"].wrap and tab["strategies"].wrap

@@ -10,7 +10,6 @@ run config's values in on request.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
@@ -230,24 +229,14 @@ def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
                  f"{'on' if r['gradient_checkpointing'] else 'off'}.")
 
 
-@dataclass
-class PlannerTab:
-    """What the tab exposes to the app: the plan (gr.State), the "Use this plan" event (chain
-    ``.then`` on it to refill other tabs from the new config), and the form's inputs."""
+def build(ctx) -> dict:
+    """Widgets of the Memory planner tab, inside an open ``gr.Tab``; wires its events.
 
-    plan: gr.State
-    use_event: object
-    use_button: gr.Button
-    use_status: gr.Markdown
-    inputs: dict
-    strategies: gr.Dataframe
-    chart: gr.BarPlot
-    suggestions: gr.Dataframe
-
-
-def build(state) -> PlannerTab:
-    """Widgets of the Memory planner tab, inside an open ``gr.Tab``; wires its events."""
-    config = state.config.value if state is not None and getattr(state, "config", None) is not None else None
+    Returns what the app may listen to: "plan" (the plan state, for the Training tab's
+    predicted peaks), "applied" (the "Use this plan" event: chain ``.then`` on it to refill
+    other tabs from the new config), and the form's "inputs" plus the "strategies",
+    "chart" and "suggestions" components (for tests)."""
+    config = ctx.config.value if ctx is not None and getattr(ctx, "config", None) is not None else None
     model_name = config["model"]["name_or_path"] if config else "qwen2-vl-7b-instruct"
     d = form_defaults(model_name)
     gr.Markdown("How to train on your GPUs: per-GPU memory of one LoRA training step with `device_map` (one "
@@ -299,9 +288,8 @@ def build(state) -> PlannerTab:
     plan_button.click(on_plan, list(inputs.values()),
                       [verdict_md, strategies, chart, table, device_map, auto_md, suggestions, plan])
     strategies.select(_on_select_event, [plan], [strategies, chart, table, device_map, selected_md, plan])
-    fill.click(form_from_config, [state.config],
+    fill.click(form_from_config, [ctx.config],
                [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes])
-    use_event = use.click(use_plan, [plan, state.config], [state.config, use_status])
-    state.components["planner_plan"] = plan
-    return PlannerTab(plan=plan, use_event=use_event, use_button=use, use_status=use_status, inputs=inputs,
-                      strategies=strategies, chart=chart, suggestions=suggestions)
+    applied = use.click(use_plan, [plan, ctx.config], [ctx.config, use_status])
+    return {"plan": plan, "applied": applied, "inputs": inputs, "strategies": strategies, "chart": chart,
+            "suggestions": suggestions}
