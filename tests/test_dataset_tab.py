@@ -31,7 +31,9 @@ def test_default_path_is_the_demo_train_file(demo):
 def test_check_summarises_and_pages(checked, demo):
     holder, summary, problems, stats, hist, page, pages, table, gallery = checked
     assert "**320** rows, **320** valid, **0** with problems" in summary
-    assert problems.empty and int(hist["rows"].sum()) == 320
+    rows = hist.value["columns"].index("rows")
+    assert problems.empty and sum(bar[rows] for bar in hist.value["data"]) == 320
+    assert hist.sort == [bar[0] for bar in hist.value["data"]]  # categories in token order, one label per bar
     assert "p95" in stats and "visual share" in stats
     assert (page, pages) == (1, "of 16") and list(table["row"][:3]) == [1, 2, 3] and len(gallery) == 20
 
@@ -46,7 +48,8 @@ def test_show_row_highlights_the_answer(checked, config):
     from workbench.ui.dataset_tab import show_row
 
     images, segments, counts = show_row(checked[0], 3, config)
-    assert len(images) == 1 and images[0].endswith(".png")
+    assert len(images) == 1 and images[0][0].endswith(".png")
+    assert images[0][1] == f"#1: file {checked[0]['report'].parsed[3].images[0]}" and "file " in counts
     answer = checked[0]["report"].parsed[3].answer
     assert [text for text, label in segments if label == "trained"] == [answer + "<|im_end|>"]
     assert "**Row 3**" in counts and "trained" in counts

@@ -24,6 +24,24 @@ _lock = threading.Lock()  # one load/generate at a time: the model is shared by 
 _cached: dict = {"key": None, "comparer": None}
 
 
+class ImageInput(gr.Image):
+    """``gr.Image`` whose upload reaches the handler even when Pillow cannot open it.
+
+    Gradio's own preprocess opens the upload with PIL and, for a text file named fake.jpg,
+    fails before any handler runs (a bare "Error"); here the path goes on to ``prompt_sample``,
+    which answers with a sentence."""
+
+    is_template = True  # the frontend draws it as a plain Image
+
+    def preprocess(self, payload):
+        from PIL import UnidentifiedImageError
+
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return str(payload.path) if payload is not None and payload.path else None
+
+
 # ---------------------------------------------------------------------------- the model cache
 def get_comparer(base: str, adapter: str):
     """The Comparer for (base, adapter), loading it only when the pair changed. Call under ``_lock``."""
@@ -144,7 +162,7 @@ def thumbnail(path: str | None, side: int = 64) -> str:
 
 def heldout_frame(result: dict) -> pd.DataFrame:
     mark = {True: "✓", False: "✗"}
-    rows = [{"image": thumbnail(r["image"]), "prompt": r["prompt"], "expected": r["expected"],
+    rows = [{"image": thumbnail(r.get("thumbnail")), "prompt": r["prompt"], "expected": r["expected"],
              "base": r["base"], "adapter": r["adapter"],
              "base match": mark[r["base_match"]] + (" (norm. ✓)" if r["base_match_normalised"] and not r["base_match"] else ""),
              "adapter match": mark[r["adapter_match"]] + (" (norm. ✓)" if r["adapter_match_normalised"] and not r["adapter_match"] else "")}
@@ -153,15 +171,23 @@ def heldout_frame(result: dict) -> pd.DataFrame:
 
 
 def accuracy_text(result: dict) -> str:
+    import html
+
     n = len(result["rows"])
-    return (f"**{n} held-out rows.** Exact match: base **{result['base_accuracy']:.0%}**, "
+    text = (f"**{n} held-out rows.** Exact match: base **{result['base_accuracy']:.0%}**, "
             f"adapter **{result['adapter_accuracy']:.0%}**. Normalised (case and punctuation ignored): "
             f"base {result['base_accuracy_normalised']:.0%}, adapter {result['adapter_accuracy_normalised']:.0%}.")
+    skipped = result.get("problems") or []
+    if skipped:
+        first = skipped[0]
+        text += "\n\n" + warning(html.escape(f"{len(skipped)} row(s) skipped, not counted. Row {first['row']}: "
+                                               f"{first['reason']}" + (" (and more)" if len(skipped) > 1 else "")))
+    return text
 
 
 def check(base, adapter, dataset, rows, max_new_tokens, temperature, top_p):
     """Score base and adapter on N rows of a dataset. -> (accuracy markdown, table)."""
-    from workbench.inference import Decoding, heldout_check, heldout_samples
+    from workbench.inference import Decoding, heldout_check, heldout_rows
 
     empty = pd.DataFrame(columns=HELDOUT_COLUMNS)
     try:
@@ -171,9 +197,9 @@ def check(base, adapter, dataset, rows, max_new_tokens, temperature, top_p):
             raise UserError("Rows must be a whole number, e.g. 8.")
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
-        samples = heldout_samples(dataset, int(rows))
+        samples, skipped = heldout_rows(dataset, int(rows))
         with _lock:
-            result = heldout_check(get_comparer(base, str(adapter).strip()), samples, decoding)
+            result = heldout_check(get_comparer(base, str(adapter).strip()), samples, decoding, skipped)
     except UserError as exc:
         return warning(str(exc)), empty
     return accuracy_text(result), heldout_frame(result)
@@ -218,7 +244,7 @@ def build(state) -> None:
     gr.Markdown("### One question")
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
-            image = gr.Image(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
+            image = ImageInput(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
             image_path = gr.Textbox(label="…or image path", placeholder="/data/images/0001.png", max_lines=1)
         with gr.Column(scale=3):
             with gr.Row():
