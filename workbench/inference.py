@@ -144,7 +144,7 @@ class Comparer:
         try:
             images = [load_image(ref, self.downloads) for ref in sample.images] or None
         except BadImage as exc:
-            raise BadImage(exc.kind, _sentence(f"row {sample.row}: {exc}" if sample.row else str(exc))) from None
+            raise BadImage(exc.kind, _sentence(str(exc))) from None
         d = self.config.data
         enc = self.processor(text=[text], images=images, return_tensors="pt",
                              size={"shortest_edge": d.min_pixels, "longest_edge": d.max_pixels})
@@ -268,7 +268,7 @@ def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding 
         try:
             answers = comparer.compare(sample, decoding)
         except BadImage as exc:
-            problems.append({"row": sample.row, "reason": str(exc)})
+            problems.append({"row": sample.row, "reason": str(exc).rstrip(".")})
             continue
         expected = sample.answer
         image = sample.images[0] if sample.images else None

@@ -64,8 +64,8 @@ class Downloads:
 
     def get(self, url: str) -> Path:
         """The cached copy, downloading it first when needed. ``BadImage`` (one sentence) when it cannot be had."""
-        path = self.cached(url)
-        if path:
+        path = self.path_for(url)
+        if path.is_file():
             return path
         with self._lock:
             failed = self._failed.get(url)
@@ -88,10 +88,16 @@ class Downloads:
         return path
 
     def prefetch(self, urls) -> None:
-        """Download every URL not cached yet, ``WORKERS`` at a time; failures are remembered, not raised."""
+        """Download every URL not cached yet, ``WORKERS`` at a time; failures are remembered, not raised.
+
+        One URL per host goes first, so a host that cannot be reached is tried once, not once per worker."""
         todo = [u for u in dict.fromkeys(urls) if not self.cached(u)]
         if not todo:
             return
+        first: dict[tuple, str] = {}
+        for url in todo:
+            first.setdefault(_host_key(url), url)
+        rest = [u for u in todo if first[_host_key(u)] != u]
 
         def one(url):
             try:
@@ -100,7 +106,8 @@ class Downloads:
                 pass
 
         with ThreadPoolExecutor(min(WORKERS, len(todo))) as pool:
-            list(pool.map(one, todo))
+            list(pool.map(one, first.values()))
+            list(pool.map(one, rest))
 
     def _remember(self, url: str, error: BadImage, host: tuple | None) -> BadImage:
         with self._lock:
@@ -169,7 +176,8 @@ def _offline(url: str, reason: str, earlier: bool = False) -> BadImage:
 
 
 def _too_large(url: str) -> BadImage:
-    return BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} answers with more than {MAX_BYTES // 2**20} MiB: "
+    limit = f"{MAX_BYTES / 2**20:g} MiB" if MAX_BYTES >= 2**20 else f"{MAX_BYTES} bytes"
+    return BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} answers with more than {limit}: "
                                        "that is no training image; download and downscale it, then give its path")
 
 

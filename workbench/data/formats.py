@@ -294,6 +294,12 @@ def sample_from_messages(record, row: int, base: Path) -> Sample:
                                                "({'type': 'text', 'text': ...}, {'type': 'image', 'image': ...} or "
                                                "{'type': 'image_url', 'image_url': {'url': ...}})")
             content = "".join(pieces)
+        elif isinstance(content, str):  # "<image>" tags in plain text take images from 'images', in order
+            for _ in range(content.count(IMAGE_TAG)):
+                ref = next(spare, None)
+                if ref is None:
+                    raise RowError(IMAGE_COUNT, f"message {j} has more <image> tags than 'images' has images")
+                images.append(ref)
         turns.append(_turn(j, message.get("role"), content))
     leftover = sum(1 for _ in spare)
     if leftover:

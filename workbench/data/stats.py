@@ -169,8 +169,9 @@ def summarize(totals: list[int], visual: list[int]) -> dict:
 def histogram(totals: list[int], bins: int = 30):
     """A pandas DataFrame of total tokens per row in about ``bins`` bars of a round width.
 
-    Columns: ``tokens`` (the bar's label, "40-49": a category, so each label sits under its own
-    bar), ``rows`` (count) and ``start`` (first token count of the bar)."""
+    Columns: ``tokens`` (the bar's label, " 40-49": a category, so each label sits under its own
+    bar; padded so that sorting the labels as text keeps them in token order), ``rows`` (count)
+    and ``start`` (first token count of the bar)."""
     import numpy as np
     import pandas as pd
 
@@ -181,7 +182,8 @@ def histogram(totals: list[int], bins: int = 30):
     first = low // width * width
     counts = np.bincount((np.asarray(totals) - first) // width)
     starts = [first + i * width for i in range(len(counts))]
-    labels = [str(s) if width == 1 else f"{s}-{s + width - 1}" for s in starts]
+    digits = len(str(starts[-1]))  # right-aligned with spaces: the plot sorts labels as text
+    labels = [f"{s:>{digits}}" if width == 1 else f"{s:>{digits}}-{s + width - 1}" for s in starts]
     return pd.DataFrame({"tokens": labels, "rows": counts.astype(int), "start": starts})
 
 

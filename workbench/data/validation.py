@@ -66,7 +66,7 @@ def check_dataset(path: str | Path, format: str = "auto", max_length: int | None
     A row longer than ``context`` (the model's max_position_embeddings, named by ``model``) is a
     problem whatever ``max_length`` says: the model cannot read it."""
     loaded: LoadResult = load_samples(path, format, image_folder)
-    headers = headers or ImageHeaders()
+    headers = ImageHeaders() if headers is None else headers  # an empty one is falsy (__len__)
     headers.prefetch(image for sample in loaded.samples for image in sample.images)
     problems = list(loaded.problems)
     measurable: list[Sample] = []

@@ -111,8 +111,8 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
                             columns=["row", "kind", "reason"])
     page = preview_page(report, table, 1)
     bars = histogram(report.totals())
-    plot = gr.BarPlot(value=bars, sort=list(bars["tokens"])) if len(bars) else gr.skip()
-    return (holder, summary, problems, stats_markdown(report), plot, page.number,
+    # a plain frame: Gradio 6.31 drops a value sent together with a list ``sort`` (the labels sort as text)
+    return (holder, summary, problems, stats_markdown(report), bars if len(bars) else gr.skip(), page.number,
             f"of {page.pages}", page.table, page.thumbnails)
 
 
@@ -222,7 +222,7 @@ def build(state) -> None:
         with gr.Column(scale=3):
             stats = gr.Markdown()
             plot = gr.BarPlot(x="tokens", y="rows", title="Total tokens per row", x_title="tokens per row",
-                              y_title="rows", height=220, x_label_angle=-45)
+                              y_title="rows", height=220, x_label_angle=-45, sort="x", y_lim=[0, None])
         with gr.Column(scale=1):
             which = gr.Radio(["p95", "max"], value="p95", label="max_length from")
             use = gr.Button("Use as training data")
