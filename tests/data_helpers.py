@@ -64,6 +64,12 @@ class ImageServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.hits[self.path] += 1
+                if self.path.startswith(("/to/", "/ftp/")):
+                    name = self.path.split("/", 2)[2]
+                    self.send_response(302)
+                    self.send_header("Location", f"/{name}" if self.path.startswith("/to/") else f"ftp://127.0.0.1/{name}")
+                    self.end_headers()
+                    return
                 special = {"/page.html": ("text/html", b"<!DOCTYPE html><html><body>Sign in</body></html>"),
                            "/notes.txt": ("text/plain", b"just some notes")}
                 target = server.folder / self.path.lstrip("/")

@@ -52,7 +52,7 @@ def every_form(world) -> list[dict]:
         image_part(image=data_uri(a)),  # data:image/png;base64,
         image_part(image=data_uri(a, "image")),  # data:image;base64, (Qwen's README form)
         image_part(image=data_uri(a, None)),  # data:;base64,
-        image_part(image=f"{url}/w.png"),
+        image_part(image=f"{url}/to/w.png"),  # redirected within http
         image_part(url=str(a)),  # transformers' chat-template keys
         image_part(type="image_url", image_url={"url": data_uri(a), "detail": "high"}),  # OpenAI
         image_part(type="image_url", image_url=f"{url}/openai.png"),
@@ -139,6 +139,7 @@ def test_bad_references_get_a_sentence(world):
             image_part(image=f"{url}/fake.png"),
             image_part(image="data:image/png;base64,"),
             image_part(type="image", source={"type": "file", "file_id": "file_011"}),
+            image_part(image=f"{url}/ftp/w.png"),
             {"messages": [{"role": "user", "content": "<image>hi"}, {"role": "assistant", "content": "x"}],
              "images": [data_uri(world["root"] / "web" / "fake.png")]}]
     report = check_dataset(write_jsonl(world["root"] / "bad.jsonl", rows), format="messages")
@@ -150,7 +151,7 @@ def test_bad_references_get_a_sentence(world):
                 7: ("image-reference", "uses the s3:// scheme"),
                 8: ("image-unreachable", "not an image Pillow can read"),
                 9: ("image-unreadable", "holds no data"), 10: ("image-reference", "source of type 'file' is not read"),
-                11: ("image-unreadable", "its bytes are text")}
+                11: ("image-unreachable", "redirect to ftp: refused"), 12: ("image-unreadable", "its bytes are text")}
     for row, (kind, words) in expected.items():
         assert reasons[row][0] == kind and words in reasons[row][1], (row, reasons[row])
     for kind, reason in reasons.values():  # never a whole data URI: a recognisable prefix and its size

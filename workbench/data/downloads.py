@@ -11,7 +11,8 @@ at all fails every other URL on it at once, so an offline machine reports a file
 URLs after one connection timeout, not 10,000. The next check (a new ``Downloads``) tries again.
 
 Plain ``urllib`` (proxies from the environment, redirects between http and https only): one
-GET per image needs no session or retry policy, and no dependency.
+GET per image needs no session or retry policy, and no dependency (``requests``, which
+qwen-vl-utils pulls in, would add nothing here).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class Downloads:
         request = urllib.request.Request(url, headers={"User-Agent": "qwen-vl-workbench", "Accept": "image/*"})
         deadline = time.monotonic() + TIMEOUT_S
         try:
-            with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S) as response:
+            with _OPENER.open(request, timeout=CONNECT_TIMEOUT_S) as response:
                 kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > MAX_BYTES:
@@ -151,6 +152,18 @@ class Downloads:
         body = b"".join(chunks)
         _check_is_image(url, kind, body)
         return body
+
+
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """urllib also follows redirects to ftp://; an image URL may only lead to another http(s) URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to {urlsplit(newurl).scheme}: refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)  # proxies from the environment, as urlopen
 
 
 class _Unreachable(Exception):

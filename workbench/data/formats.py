@@ -26,7 +26,7 @@ from workbench.data.problems import (  # noqa: F401  (the kinds are part of this
     EMPTY_CONTENT, IMAGE_COUNT, IMAGE_MISSING, IMAGE_REFERENCE, IMAGE_TOO_LARGE, IMAGE_UNREACHABLE,
     IMAGE_UNREADABLE, MALFORMED_JSON, MISSING_FIELD, NO_ASSISTANT, TOO_LONG, UNKNOWN_ROLE, WRONG_TYPE,
     BadImage, Problem, clip)
-from workbench.data.refs import FILE, is_image_part, kind_of, normalise, part_reference, short
+from workbench.data.refs import FILE, URL, is_image_part, kind_of, normalise, part_reference, short
 from workbench.data.sample import IMAGE_TAG, ROLES, Sample, Turn
 from workbench.errors import UserError
 
@@ -45,6 +45,7 @@ class LoadResult:
     rows: int = 0  # every record in the file, broken ones included
     format: str = "swift"  # the format actually used (after auto-detection)
     unusable: dict[int, Sample] = field(default_factory=dict)  # parsed rows whose image files are missing
+    urls: set[str] = field(default_factory=set)  # every http(s) image, for one parallel download
     texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # (user, assistant) of rows that did not parse
 
 
@@ -374,7 +375,10 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
         for image in sample.images:
             found = present.get(image)
             if found is None:  # data URIs and URLs are read by the check, not here
-                found = present[image] = kind_of(image) != FILE or os.path.isfile(image)
+                kind = kind_of(image)
+                found = present[image] = kind != FILE or os.path.isfile(image)
+                if kind == URL:
+                    result.urls.add(image)
             if not found:
                 missing = image
                 break

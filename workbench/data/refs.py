@@ -47,9 +47,10 @@ def kind_of(ref) -> str:
     """FILE, DATA, URL or MEMORY for a reference that has been through ``normalise``."""
     if not isinstance(ref, str):
         return MEMORY
-    if ref[:5].lower() == "data:":
+    head = ref[:8].lower()
+    if head.startswith("data:"):
         return DATA
-    if ref[:7].lower() == "http://" or ref[:8].lower() == "https://":
+    if head.startswith(("http://", "https://")):
         return URL
     return FILE
 

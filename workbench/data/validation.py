@@ -6,6 +6,8 @@ raises for a bad row; only an unusable file raises ``UserError`` (from ``load_sa
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,19 @@ class DatasetReport:
         return [length.total for length in self.lengths.values()]
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Parsing 100k rows makes millions of acyclic objects (JSON values, Samples); the cyclic
+    collector would walk them again and again: about 40% of a check's time (docs/data-scale.md)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def check_dataset(path: str | Path, format: str = "auto", max_length: int | None = None,
                   min_pixels: int = 3136, max_pixels: int = 1003520, tokenizer=None,
                   headers: ImageHeaders | None = None, image_folder: str | None = None,
@@ -65,9 +80,16 @@ def check_dataset(path: str | Path, format: str = "auto", max_length: int | None
 
     A row longer than ``context`` (the model's max_position_embeddings, named by ``model``) is a
     problem whatever ``max_length`` says: the model cannot read it."""
+    with _no_cyclic_gc():
+        return _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
+                      model)
+
+
+def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
+           model) -> DatasetReport:
     loaded: LoadResult = load_samples(path, format, image_folder)
     headers = ImageHeaders() if headers is None else headers  # an empty one is falsy (__len__)
-    headers.prefetch(image for sample in loaded.samples for image in sample.images)
+    headers.prefetch(loaded.urls)
     problems = list(loaded.problems)
     measurable: list[Sample] = []
     visual: dict[int, list[int]] = {}
