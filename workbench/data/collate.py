@@ -9,11 +9,13 @@ spans are found instead between each ``<|im_start|>assistant\\n`` header and its
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 import torch
 
 from workbench.data.images import load_image
+from workbench.data.problems import IMAGE_MISSING, BadImage
 from workbench.data.sample import Sample
 
 IGNORE_INDEX = -100
@@ -57,7 +59,15 @@ class SampleEncoder:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def processor_inputs(self, text: str, images: list) -> dict:
-        images = [load_image(ref, self.downloads) for ref in images] or None
+        pixels = []
+        for ref in images:
+            try:
+                pixels.append(load_image(ref, self.downloads))
+            except BadImage as exc:
+                if exc.kind == IMAGE_MISSING:  # checked before the run: it vanished since, and the run can resume
+                    raise FileNotFoundError(errno.ENOENT, str(exc), ref) from None
+                raise
+        images = pixels or None
         return self.processor(text=[text], images=images, return_tensors="pt", size=self.size)
 
     def encode(self, sample: Sample) -> dict:
