@@ -260,7 +260,7 @@ def test_tab_ask_with_a_text_file_named_jpg(adapter, tmp_path, session):
 
     fake = tmp_path / "fake.jpg"
     fake.write_text("I am text, not a JPEG")
-    received = tab.ImageInput(type="filepath").preprocess(ImageData(path=str(fake), orig_name="fake.jpg"))
+    received = tab.tolerant_image(type="filepath").preprocess(ImageData(path=str(fake), orig_name="fake.jpg"))
     assert received == str(fake)
     status = tab.ask(session, "demo", adapter, received, "", "What color?", "", 4, 0, 1)[-1]
     assert status.startswith("⚠️ Image") and "fake.jpg is not a readable image" in status and "holds text" in status

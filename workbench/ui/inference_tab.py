@@ -24,22 +24,26 @@ DEFAULT_PROMPT = "What color is the shape?"
 HELDOUT_COLUMNS = ["image", "prompt", "expected", "base", "adapter", "base match", "adapter match"]
 
 
-class ImageInput(gr.Image):
-    """``gr.Image`` whose upload reaches the handler even when Pillow cannot open it.
+def tolerant_image(**kwargs) -> gr.Image:
+    """A ``gr.Image`` whose upload reaches the handler even when Pillow cannot open it.
 
     Gradio's own preprocess opens the upload with PIL and, for a text file named fake.jpg,
     fails before any handler runs (a bare "Error"); here the path goes on to ``prompt_sample``,
-    which answers with a sentence."""
+    which answers with a sentence. (An instance override, not a subclass: Gradio writes a .pyi
+    file beside the module of every Component subclass.)"""
+    from PIL import UnidentifiedImageError
 
-    is_template = True  # the frontend draws it as a plain Image
+    image = gr.Image(**kwargs)
+    strict = image.preprocess
 
-    def preprocess(self, payload):
-        from PIL import UnidentifiedImageError
-
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return strict(payload)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             return str(payload.path) if payload is not None and payload.path else None
+
+    image.preprocess = preprocess
+    return image
 
 
 @contextmanager
@@ -232,7 +236,7 @@ def build(ctx) -> None:
     gr.Markdown("### One question")
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
-            image = ImageInput(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
+            image = tolerant_image(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
             image_path = gr.Textbox(label="…or image path", placeholder="/data/images/0001.png", max_lines=1)
         with gr.Column(scale=3):
             with gr.Row():
