@@ -24,7 +24,7 @@ from workbench.export.folder import check_disk, check_out_folder, copy_files, hu
 from workbench.export.keys import ADAPTER_WEIGHTS, FAMILIES
 from workbench.export.merge import (DEFAULT_MAX_SHARD, DTYPES, MergePlan, match_adapter, merged_config,
                                     plan_merge, read_config, write_shards)
-from workbench.export.source import ExportSource, base_folder, read_source
+from workbench.export.source import ExportSource, base_folder, check_mergeable, read_source
 
 log = logging.getLogger("workbench.export")
 # A model folder's processor and tokenizer files, taken from the base when the run saved none.
@@ -77,6 +77,7 @@ def plan_export(adapter: str | Path, out: str | Path, merge: bool = False, dtype
     check_out_folder(out)
     source = read_source(adapter, base)
     if merge:
+        check_mergeable(source.adapter_config, source.adapter_dir)
         folder = base_folder(source.base)
         merge_plan = plan_merge(folder, source.adapter_dir, source.base, dtype, max_shard_size)
         extras = [folder / "generation_config.json"] if (folder / "generation_config.json").is_file() else []

@@ -133,7 +133,9 @@ class LoraModule:
 @dataclass
 class AdapterTensors:
     lora: dict[str, LoraModule]  # by module name
-    replaced: dict[str, TensorRef]  # full tensors (modules_to_save, trained biases) by parameter name
+    # Full tensors by parameter name: modules_to_save, trained biases, the base layer under an embedding
+    # LoRA. They replace the base's tensor; a LoRA on the same module is folded into the replacement.
+    replaced: dict[str, TensorRef]
 
 
 def adapter_tensors(adapter_dir: Path, family: Family) -> AdapterTensors:
@@ -148,7 +150,9 @@ def adapter_tensors(adapter_dir: Path, family: Family) -> AdapterTensors:
             module = module_name(own, family)
             lora.setdefault(module, LoraModule(module, own)).pieces[".".join(parts[at:])] = ref
         elif parts[-1] in ("weight", "bias") and not any(p.startswith(("lora_", "trainable_tokens")) for p in parts):
-            replaced[module_name(name, family)] = ref
+            # bias="lora_only"/"all" and embedding layers save the wrapped layer's own tensor as X.base_layer.*
+            own = ".".join(p for p in parts if p != "base_layer")
+            replaced[module_name(own, family)] = ref
         else:
             raise UserError(f"The adapter in {adapter_dir} holds '{ref.name}', a kind of trained tensor export "
                             "does not merge (trainable tokens or another peft method): export it adapter-only.")

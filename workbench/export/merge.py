@@ -45,7 +45,11 @@ class OutTensor:
     dtype: str  # torch dtype name of the output
     nbytes: int
     lora: LoraModule | None = None  # set on a LoRA-adapted weight and, with lora_bias, on its bias
-    replace: TensorRef | None = None  # a full tensor the adapter trained
+    replace: TensorRef | None = None  # a full tensor the adapter saved in place of the base's
+
+    def start(self) -> TensorRef:
+        """What the LoRA (if any) is added to."""
+        return self.replace or self.source
 
 
 @dataclass
@@ -209,19 +213,17 @@ class Merger:
 
     def tensor(self, name: str):
         out = self.plan.tensors[name]
-        if out.replace is not None:
-            value = out.replace.read()
-        elif out.lora is not None and name.endswith(".bias"):
+        if out.lora is not None and name.endswith(".bias"):
             value = self._merged_bias.pop(name)  # planned right after its weight
         elif out.lora is not None:
             bias_name = name.removesuffix(".weight") + ".bias"
             bias = self.plan.tensors.get(bias_name)
             with_bias = bias is not None and bias.lora is not None
-            value, merged_bias = self.merge(out.lora, out.source.read(), bias.source.read() if with_bias else None)
+            value, merged_bias = self.merge(out.lora, out.start().read(), bias.start().read() if with_bias else None)
             if with_bias:
                 self._merged_bias[bias_name] = merged_bias
         else:
-            value = out.source.read()
+            value = out.start().read()
         return value.to(torch_dtype(out.dtype)).contiguous()
 
     def merge(self, module: LoraModule, weight, bias=None):

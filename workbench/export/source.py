@@ -91,7 +91,6 @@ def read_source(adapter: str | Path, base: str | None = None) -> ExportSource:
                         "safetensors only (a pickled adapter_model.bin is never unpickled).")
     trained_on, run_config = adapter_base(folder)
     config = _adapter_config(folder)
-    _check_mergeable_kind(config, folder)
     chosen = (base or "").strip() or trained_on or config.get("base_model_name_or_path") or ""
     if not chosen:
         raise UserError(f"The adapter in {folder} does not say which base model it was trained on: pass --base.")
@@ -112,7 +111,8 @@ def _adapter_config(folder: Path) -> dict:
     return config
 
 
-def _check_mergeable_kind(config: dict, folder: Path) -> None:
+def check_mergeable(config: dict, folder: Path) -> None:
+    """Refuses adapters whose update is not a LoRA delta on the stored base weights."""
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_UNMERGEABLE_INIT):
         raise UserError(f"The adapter in {folder} was initialised with {init}, which changes the base weights "
