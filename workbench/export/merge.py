@@ -113,8 +113,8 @@ def match_adapter(base_dir: Path, adapter_dir: Path, base_label: str) -> Match:
     base = {module_name(name, family): ref for name, ref in base_tensors(base_dir).items()}
     match = Match(config, family, base, adapter_tensors(adapter_dir, family), _tied(config))
     fit = _Fit(adapter_dir, base_label)
-    for module in match.adapter.lora.values():
-        fit.lora(module, match.source_of(module.name + ".weight"))
+    for name in sorted(match.adapter.lora, key=natural_key):
+        fit.lora(match.adapter.lora[name], match.source_of(name + ".weight"))
     for canonical, ref in match.adapter.replaced.items():
         fit.replaced(canonical, ref, match.source_of(canonical))
     fit.raise_if_misfit()
