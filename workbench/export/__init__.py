@@ -68,14 +68,14 @@ def plan_export(adapter: str | Path, out: str | Path, merge: bool = False, dtype
                 base: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD) -> ExportPlan:
     """All the checks, nothing written: the run, the base, the output folder, then the disk."""
     if not str(out or "").strip():
-        raise UserError("No output folder given: pass --out DIR (a new or empty folder).")
+        raise UserError("No output folder given (--out): name a new or empty folder.")
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got '{dtype}'.")
     if dtype != "auto" and not merge:
         raise UserError("--dtype applies to a merged export: add --merge (an adapter export keeps the adapter as trained).")
+    source = read_source(adapter, base)
     out = Path(str(out).strip()).expanduser().absolute()
     check_out_folder(out)
-    source = read_source(adapter, base)
     if merge:
         check_mergeable(source.adapter_config, source.adapter_dir)
         folder = base_folder(source.base)

@@ -24,11 +24,12 @@ DISK_MARGIN_BYTES = 64 * 2**20
 
 def check_out_folder(out: Path) -> None:
     if out.is_file():
-        raise UserError(f"--out {out} is a file: choose a new folder for the export.")
+        raise UserError(f"The output folder (--out) {out} is a file: choose a new folder for the export.")
     if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"--out {out} already holds files: choose a new or empty folder (nothing was overwritten).")
+        raise UserError(f"The output folder (--out) {out} already holds files: choose a new or empty folder "
+                        "(nothing was overwritten).")
     if out.name.startswith(".") and STAGING_TAG in out.name:
-        raise UserError(f"--out {out} is the name of an export's staging folder: choose another name.")
+        raise UserError(f"The output folder (--out) {out} is named like an export's staging folder: choose another name.")
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -43,7 +44,7 @@ def check_disk(out: Path, needed: int) -> int:
     free = shutil.disk_usage(existing_ancestor(out.parent)).free
     if free < needed + DISK_MARGIN_BYTES:
         raise UserError(f"The disk holding {out} has {human(free)} free, and this export needs {human(needed)} "
-                        "(plus a little room): free some space or choose --out on another disk.")
+                        "(plus a little room): free some space or choose an output folder on another disk.")
     return free
 
 
@@ -107,8 +108,8 @@ def publish(staging: Path, out: Path) -> None:
         os.replace(staging, out)
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-            raise UserError(f"--out {out} was filled by something else while exporting; the export is complete in "
-                            f"{staging}: rename that folder yourself.") from None
+            raise UserError(f"The output folder (--out) {out} was filled by something else while exporting; the "
+                            f"export is complete in {staging}: rename that folder yourself.") from None
         raise
     fsync_dir(out.parent)
 

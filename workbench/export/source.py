@@ -84,7 +84,7 @@ def read_source(adapter: str | Path, base: str | None = None) -> ExportSource:
     if Path(info.adapter_dir) != folder:
         steps = f"step {info.step} of {info.max_steps}" if info.max_steps else f"step {info.step}"
         raise UserError(f"Run {info.name} did not finish (it stopped at {steps} without a final adapter): export "
-                        f"its newest complete checkpoint with --adapter {info.adapter_dir}, or resume the run "
+                        f"its newest complete checkpoint instead (--adapter {info.adapter_dir}), or resume the run "
                         "to finish it.")
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise UserError(f"{folder} holds no {ADAPTER_WEIGHTS}: the workbench exports adapters saved as "

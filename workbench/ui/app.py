@@ -11,7 +11,7 @@ import gradio as gr  # noqa: E402
 from workbench.settings import RunConfig  # noqa: E402
 from workbench.ui.state import AppState, LaunchOptions  # noqa: E402
 
-TABS = ("Dataset", "Memory planner", "LoRA", "Training", "Inference")
+TABS = ("Dataset", "Memory planner", "LoRA", "Training", "Inference", "Export")
 
 
 def initial_config(options: LaunchOptions) -> dict:
@@ -23,10 +23,10 @@ def initial_config(options: LaunchOptions) -> dict:
 
 
 def build_app(options: LaunchOptions | None = None) -> gr.Blocks:
-    from workbench.ui import dataset_tab, inference_tab, lora_tab, planner_tab, training_tab
+    from workbench.ui import dataset_tab, export_tab, inference_tab, lora_tab, planner_tab, training_tab
 
     options = options or LaunchOptions()
-    tabs = dict(zip(TABS, (dataset_tab, planner_tab, lora_tab, training_tab, inference_tab)))
+    tabs = dict(zip(TABS, (dataset_tab, planner_tab, lora_tab, training_tab, inference_tab, export_tab)))
     with gr.Blocks(title="Qwen2-VL LoRA workbench", analytics_enabled=False) as app:
         gr.Markdown("## Qwen2-VL LoRA workbench\nIs my data right? Will it fit? Is it training? Did it help?")
         state = AppState(options=options, config=gr.State(initial_config(options)))
