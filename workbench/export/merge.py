@@ -245,17 +245,17 @@ class Merger:
         if layer is None:
             raise UserError(f"{module.name} is a {tuple(weight.shape)} weight of a kind peft cannot merge a LoRA into.")
         state = {_layer_key(piece): ref.read().float() for piece, ref in module.pieces.items()}
+        # Checked on the small pieces rather than with peft's safe_merge, which copies and scans each
+        # whole weight (a third of the merge's time on a 2B model).
+        if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+            raise UserError(f"The adapter holds non-finite values in {module.name}: export an earlier checkpoint.")
         result = layer.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if k.startswith("lora_") and ".default" in k]
         if result.unexpected_keys or missing:
             raise UserError(f"The adapter's pieces for {module.name} do not match a LoRA layer "
                             f"({', '.join(result.unexpected_keys or missing)}): the adapter file is damaged.")
-        try:
-            with torch.no_grad():
-                layer.merge(safe_merge=True)
-        except ValueError as exc:
-            raise UserError(f"Merging {module.name} failed: {exc}. The adapter holds non-finite values; export an "
-                            "earlier checkpoint.") from None
+        with torch.no_grad():
+            layer.merge(safe_merge=False)
         base = layer.get_base_layer()
         return base.weight.data, (base.bias.data if bias is not None else None)
 
