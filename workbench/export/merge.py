@@ -25,7 +25,7 @@ from workbench.export.keys import (AdapterTensors, Family, LoraModule, TensorRef
                                    family_of, module_name, natural_key)
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-DEFAULT_MAX_SHARD = "2GB"
+DEFAULT_MAX_SHARD = "1GB"
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
               "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
