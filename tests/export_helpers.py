@@ -31,9 +31,9 @@ def load_plain(folder, dtype=torch.float32):
 def load_with_adapter(base, adapter):
     """Base + adapter through peft alone: the reference a merge must reproduce."""
     from peft import PeftModel
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
-    model = Qwen2VLForConditionalGeneration.from_pretrained(str(base), dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(str(base), dtype=torch.float32)
     return PeftModel.from_pretrained(model, str(adapter)).eval()
 
 
@@ -61,10 +61,10 @@ def copy_processor(src: Path, dst: Path) -> None:
 def random_adapter(base: Path, folder: Path, seed: int = 0, **lora) -> Path:
     """A LoRA adapter with random non-zero updates (B, DoRA magnitudes and saved modules all moved)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(str(base), dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(str(base), dtype=torch.float32)
     peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **lora))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

@@ -202,3 +202,32 @@ def test_merge_memory_follows_the_shard_not_the_model(trained_run, tmp_path):
     assert plan.merge_plan.largest_shard_bytes <= max(100_000, largest_tensor)
     assert plan.merge_plan.total_bytes == sum(t.nbytes for t in plan.merge_plan.tensors.values())
     assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_qwen2_5_vl_merges_by_the_same_name_patterns(tmp_path):
+    """Families are rows of a table: Qwen2.5-VL (window attention, its own merger) needs no code."""
+    from safetensors import safe_open
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           fullatt_block_indexes=[1], window_size=56))
+    torch.manual_seed(0)
+    base = tmp_path / "qwen2.5-vl"
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(str(base))
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        assert any(k.startswith("visual.merger.mlp.0") for k in f.keys())  # hub naming on disk
+    adapter = random_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=WITH_MERGER)
+    ids = [{"input_ids": torch.randint(3, 300, (1, 24), generator=torch.Generator().manual_seed(1))}]
+    expected = logits(load_with_adapter(base, adapter), ids)
+    merged = load_plain(merge(adapter, tmp_path / "merged"))
+    assert type(merged).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert close(logits(merged, ids), expected) and far(logits(load_plain(base), ids), expected)
+    reference = load_with_adapter(base, adapter).merge_and_unload()  # the vision merger too (text inputs skip it)
+    assert torch.allclose(merged.model.visual.merger.mlp[0].weight, reference.model.visual.merger.mlp[0].weight,
+                          atol=1e-6)
+    assert not torch.allclose(merged.model.visual.merger.mlp[0].weight,
+                              load_plain(base).model.visual.merger.mlp[0].weight, atol=1e-3)
