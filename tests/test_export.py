@@ -231,3 +231,24 @@ def test_qwen2_5_vl_merges_by_the_same_name_patterns(tmp_path):
                           atol=1e-6)
     assert not torch.allclose(merged.model.visual.merger.mlp[0].weight,
                               load_plain(base).model.visual.merger.mlp[0].weight, atol=1e-3)
+
+
+def test_adapter_trained_on_a_4bit_base_merges_into_the_full_precision_base(demo, inputs, tmp_path):
+    """QLoRA: peft saves the same pieces over bitsandbytes' Linear4bit, so the merge folds them into
+    the unquantised base the run names, and equals that base + the adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    quantised = Qwen2VLForConditionalGeneration.from_pretrained(
+        str(demo.model), device_map={"": "cpu"},
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_compute_dtype=torch.float32))
+    assert type(quantised.model.language_model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    peft_model = get_peft_model(quantised, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                      init_lora_weights=False))
+    peft_model.save_pretrained(str(tmp_path / "qlora"))
+    expected = logits(load_with_adapter(demo.model, tmp_path / "qlora"), inputs[:2])
+    merged = load_plain(merge(tmp_path / "qlora", tmp_path / "merged"))
+    assert close(logits(merged, inputs[:2]), expected)
+    assert far(logits(load_plain(demo.model), inputs[:2]), expected)
