@@ -180,6 +180,8 @@ def main() -> None:
             streaming.append({"max_shard_size": size, "shards": len(shards), "largest_shard_bytes": max(shards),
                               "peak_rss_bytes": run["peak_rss_bytes"], "seconds": round(run["seconds"], 1)})
             say(f"streaming merge, shards {size}: peak {run['peak_rss_bytes'] / 2**30:.2f} GiB in {run['seconds']:.0f} s")
+            if streaming[1:]:
+                shutil.rmtree(out)  # the first is kept for the spot check; the rest would only fill the disk
         result = {"model": "Qwen2-VL-2B-Instruct shapes, random bf16, hub key names", **facts,
                   "lora": f"r={RANK} alpha={ALPHA} on language linears + merger", "import_floor_rss_bytes": floor,
                   "streaming": streaming,
