@@ -179,6 +179,19 @@ def test_damaged_or_nan_adapters_are_refused(demo, tmp_path):
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
 
 
+def test_disk_filling_up_midway_is_one_sentence_and_leaves_nothing(trained_run, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert "filled up during the export" in refusal(trained_run.output_dir, tmp_path / "m", merge=True)
+    assert list(tmp_path.iterdir()) == []  # neither --out nor the staging folder
+
+
 # ---------------------------------------------------------------------------- kill -9
 # Runs `python -m workbench export ...`; with $WB_KILL_AT=shard:N the process SIGKILLs itself
 # while writing shard N (earlier shards written), with before-publish just before the final move.

@@ -12,6 +12,7 @@ beside --out and moves it in whole at the end.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -53,7 +54,7 @@ class ExportPlan:
             p = self.merge_plan
             lines.append(f"{len(p.tensors)} tensors in {len(p.shards)} shard(s), dtype "
                          f"{self.dtype if self.dtype != 'auto' else 'as the base'}; largest shard "
-                         f"{human(p.largest_shard_bytes)} (about the memory the merge needs).")
+                         f"{human(p.largest_shard_bytes)} (the merge holds about one shard in memory).")
         return "\n".join(lines + self.notes)
 
     def to_dict(self) -> dict:
@@ -119,8 +120,11 @@ def run_export(plan: ExportPlan, progress=None) -> Path:
         copy_files(plan.copies, staging)
         (staging / "README.md").write_text(model_card(plan.source, plan.merge, dtype), encoding="utf-8")
         publish(staging, plan.out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        fault = _fault_message(exc, plan.out)
+        if fault:
+            raise UserError(fault) from None
         raise
     log.info("exported %s to %s", plan.source.adapter_dir, plan.out)
     if progress:
@@ -131,6 +135,16 @@ def run_export(plan: ExportPlan, progress=None) -> Path:
 def export(adapter: str | Path, out: str | Path, merge: bool = False, dtype: str = "auto", base: str | None = None,
            max_shard_size: int | str = DEFAULT_MAX_SHARD, progress=None) -> Path:
     return run_export(plan_export(adapter, out, merge, dtype, base, max_shard_size), progress)
+
+
+def _fault_message(exc: BaseException, out: Path) -> str | None:
+    """One sentence for faults of the machine rather than the code (nothing was written to --out)."""
+    if isinstance(exc, FileNotFoundError):
+        return (f"A file the export was reading disappeared ({exc.filename or exc}); nothing was written to {out}. "
+                "Put it back (or pick a checkpoint that still exists) and export again.")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"The disk holding {out} filled up during the export; nothing was written there. Free some space and export again."
+    return None
 
 
 def processor_files(source: ExportSource, base_dir: Path | None) -> list[Path]:
