@@ -87,7 +87,7 @@ def allowed_folders(dataset: str) -> list[str]:
 def make_app(args):
     """The Blocks app and the keyword arguments for ``launch`` (separate so tests can check both)."""
     from workbench.ui.app import build_app
-    from workbench.ui.state import LaunchOptions
+    from workbench.ui.app import LaunchOptions
 
     if args.dataset and not Path(args.dataset).expanduser().is_file():
         raise SystemExit(f"error: --dataset {args.dataset} is not a file: pass a .jsonl or .json dataset file.")

@@ -46,13 +46,14 @@ def test_paths_that_do_not_exist_are_named(tmp_path, trained_run):
     from workbench.errors import UserError
     from workbench.inference import prompt_sample
     from workbench.runs import run_info
-    from workbench.training.loading import resolve_model_path
+    from workbench.models import locate_model
 
     import pytest
 
     with pytest.raises(UserError, match="does not exist"):
-        resolve_model_path(str(tmp_path / "no-such-model"))
-    assert resolve_model_path("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"  # a hub id
+        locate_model(str(tmp_path / "no-such-model"))
+    hub = locate_model("Qwen/Qwen2-VL-2B-Instruct")  # a preset's hub id, not downloaded here
+    assert (hub.kind, hub.hub_id, hub.local_path) == ("preset", "Qwen/Qwen2-VL-2B-Instruct", None)
     with pytest.raises(UserError, match="is a folder"):
         prompt_sample("What color?", str(tmp_path))
     (tmp_path / "adapter.txt").write_text("x")

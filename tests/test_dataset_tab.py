@@ -21,7 +21,7 @@ def checked(demo, config):
 
 def test_default_path_is_the_demo_train_file(demo):
     from workbench.ui.dataset_tab import default_path
-    from workbench.ui.state import LaunchOptions
+    from workbench.ui.app import LaunchOptions
 
     assert default_path(LaunchOptions()) == str(demo.train)
     assert default_path(LaunchOptions(model="/some/model")) == ""

@@ -100,6 +100,14 @@ def test_unfinished_run_is_refused_with_its_newest_complete_checkpoint(unfinishe
     assert (out / "model.safetensors").is_file()
 
 
+def test_a_run_training_in_any_process_is_refused(run_copy, tmp_path):
+    from workbench.run_folder import RunFolder
+
+    with RunFolder(run_copy).acquire("another process"):  # what a live training job holds
+        assert "still training" in refusal(run_copy, tmp_path / "out", merge=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_adapter_of_another_base_is_refused_by_its_shapes(trained_run, tmp_path, demo):
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 

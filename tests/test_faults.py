@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.training import JobState, TrainingJob, start_job
-from workbench.training.checkpoints import MARKER, checkpoints, is_complete, newest_complete
+from run_helpers import MARKER, checkpoints, is_complete, newest_complete, start_job
+from workbench.training import JobState, TrainingJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,13 +44,13 @@ if where == "mid-write":
         return real_save(self, output_dir)
     Trainer._save_optimizer_and_scheduler = save
 elif where == "before-marker":
-    import workbench.training.bridge as bridge
-    real_mark = bridge.mark_complete
+    from workbench.run_folder import RunFolder
+    real_mark = RunFolder.mark_complete
     def mark(path):
         if os.path.basename(str(path)) == "checkpoint-" + step:
             die()
         return real_mark(path)
-    bridge.mark_complete = mark
+    RunFolder.mark_complete = staticmethod(mark)
 sys.argv = ["python -m workbench", *sys.argv[1:]]
 runpy.run_module("workbench", run_name="__main__", alter_sys=True)
 """
@@ -314,17 +314,17 @@ def test_disk_full_message_names_the_fix(demo_config, tmp_path, monkeypatch):
 
 
 def test_a_failed_checkpoint_write_never_leaves_no_complete_checkpoint(demo_config, tmp_path, monkeypatch):
-    from workbench.training import bridge
+    from workbench.run_folder import RunFolder
 
     out = tmp_path / "run"
-    real_mark = bridge.mark_complete
+    real_mark = RunFolder.mark_complete
 
     def mark(path):  # the disk fills up just as the marker of checkpoint-4 is written
         if Path(path).name == "checkpoint-4":
             raise OSError(errno.ENOSPC, "No space left on device", str(Path(path) / MARKER))
         return real_mark(path)
 
-    monkeypatch.setattr(bridge, "mark_complete", mark)
+    monkeypatch.setattr(RunFolder, "mark_complete", staticmethod(mark))
     config = fast_config(demo_config, out, max_steps=6).replace(training={"save_total_limit": 1})
     job = start_job(config)
     assert job.wait(300) == JobState.FAILED

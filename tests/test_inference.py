@@ -16,6 +16,13 @@ def adapter(trained_run):
 
 
 @pytest.fixture(scope="module")
+def session():
+    from workbench.session import Workbench
+
+    return Workbench()
+
+
+@pytest.fixture(scope="module")
 def heldout(demo):
     from workbench.inference import heldout_samples
 
@@ -125,56 +132,62 @@ def test_bad_inputs_are_one_clear_sentence(tmp_path, demo):
     assert len(heldout_samples(None, 3)) == 3  # no path: the demo's held-out rows
 
 
-def test_guard_refuses_while_a_job_trains(monkeypatch, adapter):
+def test_inference_is_refused_while_a_job_trains(adapter, demo_config, tmp_path):
     from workbench.errors import UserError
-    from workbench.inference import Comparer
-    from workbench.training import job as job_module
+    from workbench.session import Workbench
 
-    class Running:
-        running, step, max_steps, output_dir = True, 3, 10, "/runs/busy"
-
-    monkeypatch.setattr(job_module, "_current", Running())
-    with pytest.raises(UserError, match="training job is running \\(busy, step 3/10\\)"):
-        Comparer("demo", adapter)
+    session = Workbench()
+    job = session.start_training(demo_config.replace(training={"max_steps": 300, "output_dir": str(tmp_path / "busy")}))
+    try:
+        with pytest.raises(UserError, match="already running .*busy"):
+            with session.inference("demo", adapter):
+                pass
+        with pytest.raises(UserError, match="busy is training in the app"):  # seen from another process too
+            with Workbench().inference("demo", adapter):
+                pass
+    finally:
+        job.request_stop()
+        job.wait(120)
+    with session.inference("demo", adapter) as loaded:  # the devices are free again
+        assert loaded.adapter_dir == adapter
 
 
 # ---------------------------------------------------------------------------- tab handlers
-def test_tab_ask_side_by_side_and_model_cached(adapter, demo, monkeypatch):
+def test_tab_ask_side_by_side_and_model_cached(adapter, demo, monkeypatch, session):
     from workbench.ui import inference_tab as tab
 
     image, _ = tab.default_inputs("demo")
     assert image and Path(image).is_file()
     base_text, base_speed, adapter_text, adapter_speed, status = tab.ask(
-        "", adapter, image, "", tab.DEFAULT_PROMPT, "", 12, 0, 1)
+        session, "", adapter, image, "", tab.DEFAULT_PROMPT, "", 12, 0, 1)
     assert "⚠️" not in status and "tokens/s" in base_speed and "tokens/s" in adapter_speed
-    loaded = tab._cached["comparer"]
-    assert loaded is not None and tab._cached["key"] == ("demo", adapter)
+    assert session.inference_key == ("demo", adapter)
 
     def no_reload(*args, **kwargs):
         raise AssertionError("the model was loaded again for the same (base, adapter)")
 
     monkeypatch.setattr("workbench.inference.Comparer", no_reload)
-    again = tab.ask("demo", adapter, None, image, tab.DEFAULT_PROMPT, "Answer in one word.", 12, 0, 1)
-    assert again[-1].startswith("Greedy") and tab._cached["comparer"] is loaded
+    again = tab.ask(session, "demo", adapter, None, image, tab.DEFAULT_PROMPT, "Answer in one word.", 12, 0, 1)
+    assert again[-1].startswith("Greedy") and session.inference_key == ("demo", adapter)
 
 
-def test_tab_heldout_table_and_accuracy(adapter, demo):
+def test_tab_heldout_table_and_accuracy(adapter, demo, session):
     from workbench.ui import inference_tab as tab
 
-    text, frame = tab.check("demo", adapter, str(demo.heldout), 3, 8, 0, 1)
+    text, frame = tab.check(session, "demo", adapter, str(demo.heldout), 3, 8, 0, 1)
     assert "3 held-out rows" in text and "Exact match" in text and "Normalised" in text
     assert list(frame.columns) == tab.HELDOUT_COLUMNS and len(frame) == 3
     assert frame["image"].str.startswith("![thumbnail](data:image/png;base64,").all()
     assert set(frame["adapter match"].str[0]) <= {"✓", "✗"}
 
 
-def test_tab_errors_are_warnings_not_tracebacks(adapter, tmp_path, other_base):
+def test_tab_errors_are_warnings_not_tracebacks(adapter, tmp_path, other_base, session):
     from workbench.ui import inference_tab as tab
 
-    assert tab.ask("demo", "", None, "", "hi", "", 8, 0, 1)[-1].startswith("⚠️ No adapter chosen")
-    assert "holds no adapter" in tab.ask("demo", str(tmp_path), None, "", "hi", "", 8, 0, 1)[-1]
-    assert "was trained on 'demo'" in tab.ask(other_base, adapter, None, "", "hi", "", 8, 0, 1)[-1]
-    text, frame = tab.check("demo", adapter, str(tmp_path / "nope.jsonl"), 3, 8, 0, 1)
+    assert tab.ask(session, "demo", "", None, "", "hi", "", 8, 0, 1)[-1].startswith("⚠️ No adapter chosen")
+    assert "holds no adapter" in tab.ask(session, "demo", str(tmp_path), None, "", "hi", "", 8, 0, 1)[-1]
+    assert "was trained on 'demo'" in tab.ask(session, other_base, adapter, None, "", "hi", "", 8, 0, 1)[-1]
+    text, frame = tab.check(session, "demo", adapter, str(tmp_path / "nope.jsonl"), 3, 8, 0, 1)
     assert text.startswith("⚠️") and "does not exist" in text and frame.empty
 
 

@@ -11,6 +11,10 @@ def config(demo_config):
     return {**demo_config.to_dict(), "plan": {"devices": []}}  # a key another tab added survives
 
 
+def is_skip(value):
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
 def edit(config, **changes):
     values = dict(zip(lora_tab.KEYS, lora_tab.form_values(config)))
     values.update({k.replace("__", "."): v for k, v in changes.items()})
@@ -50,7 +54,7 @@ def test_validation_message_names_the_field_and_keeps_the_config(config, changes
     shared, message, yaml_text, _ = edit(config, **changes)
     assert message.startswith("**Not applied:**") and words in message, message
     assert shared is config  # nothing half-applied
-    assert "rank: 16" in yaml_text  # the preview still shows the valid settings in force
+    assert is_skip(yaml_text)  # the preview keeps showing the valid settings in force
 
 
 def test_an_existing_output_dir_is_refused_before_start(config, tmp_path):
@@ -62,7 +66,7 @@ def test_an_existing_output_dir_is_refused_before_start(config, tmp_path):
 def test_other_tabs_changes_refill_the_form(config):
     planned = {**config, "model": {**config["model"], "device_map": {"": "cpu"}},
                "data": {**config["data"], "train_path": "/data/mine.jsonl"}}
-    out = lora_tab.on_config_change(planned)
+    out = lora_tab.refill(planned)
     values = dict(zip(lora_tab.KEYS, out))
     assert values["model.device_map"] == '{"": "cpu"}' and values["data.train_path"] == "/data/mine.jsonl"
     assert out[len(lora_tab.KEYS)] == "Settings are valid."
@@ -83,3 +87,45 @@ def test_yaml_save_never_overwrites_without_asking_and_loads_back(config, tmp_pa
     bad.write_text("lora: {rnak: 3}\n")
     same, message = lora_tab.load_yaml(config, str(bad))
     assert same is config and "Unknown field 'lora.rnak'" in message
+
+
+def accelerator_state_survives(action) -> bool:
+    """Does a Trainer's accelerate state (process-wide) survive ``action``?"""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    Accelerator(cpu=True)  # what a running Trainer holds
+    action()
+    return "num_processes" in AcceleratorState._shared_state
+
+
+def test_validation_touches_no_global_state_of_a_running_trainer(config):
+    # Building TrainingArguments (which the old check did on every keystroke) resets
+    # accelerate's process-wide state: a run training in the same process then died with
+    # "AcceleratorState object has no attribute num_processes".
+    from workbench.training.checks import training_arguments
+
+    cfg = RunConfig.from_dict({k: v for k, v in config.items() if k != "plan"}).replace(training={"output_dir": "x"})
+    assert not accelerator_state_survives(lambda: training_arguments(cfg, has_eval=False))  # the hazard is real
+    assert accelerator_state_survives(lambda: [edit(config, lora__rank=r, training__max_steps=10 * r) for r in (4, 8)])
+
+
+def test_the_form_is_refilled_only_when_something_replaced_the_config():
+    # A change handler that wrote back into the widgets while the user typed lost keystrokes:
+    # the form's own change events write the shared config, never the widgets.
+    import gradio as gr
+
+    from workbench.session import Workbench
+    from workbench.ui.app import LaunchOptions, TabContext
+
+    with gr.Blocks() as demo:
+        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(RunConfig().to_dict()))
+        tab = lora_tab.build(ctx)
+    widget_ids = {w._id for w in tab.inputs}
+    for dep in demo.config["dependencies"]:
+        triggers = {t[0] for t in dep["targets"]}
+        if triggers & widget_ids:
+            assert not set(dep["outputs"]) & widget_ids, dep
+            assert dep["trigger_mode"] == "always_last", dep
+    state_changes = [d for d in demo.config["dependencies"] if ctx.config._id in {t[0] for t in d["targets"]}]
+    assert state_changes == []  # nothing listens to the config state itself

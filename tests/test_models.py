@@ -5,7 +5,9 @@ import json
 import pytest
 
 from workbench.errors import UserError
-from workbench.models import PRESET_PARAMETERS, PRESETS, build_meta_model, count_parameters, load_model_config
+from workbench.models import PRESETS, build_meta_model, count_parameters, load_model_config
+
+PRESET_PARAMETERS = {name: p.parameters for name, p in PRESETS.items()}
 
 
 @pytest.mark.parametrize("name,total", sorted(PRESET_PARAMETERS.items()))
@@ -23,7 +25,7 @@ def test_presets_are_nested_transformers5_configs():
     assert (cfg.text_config.hidden_size, cfg.text_config.num_hidden_layers, cfg.text_config.vocab_size) == (8192, 80, 152064)
     assert cfg.vision_config.hidden_size == 8192 and cfg.vision_config.depth == 32
     assert cfg.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
-    raw = json.loads(PRESETS["qwen2-vl-2b-instruct"].read_text())
+    raw = json.loads(PRESETS["qwen2-vl-2b-instruct"].config_file.read_text())
     assert raw["tie_word_embeddings"] is True and "text_config" in raw and "vision_config" in raw
 
 

@@ -57,10 +57,11 @@ def test_form_from_config_round_trip():
 
 
 def test_tab_builds():
-    from workbench.ui.state import AppState, LaunchOptions
+    from workbench.session import Workbench
+    from workbench.ui.app import LaunchOptions, TabContext
 
     with gr.Blocks() as demo:
-        state = AppState(options=LaunchOptions(), config=gr.State(RunConfig().to_dict()))
+        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(RunConfig().to_dict()))
         with gr.Tab("Memory planner"):
-            planner_tab.build(state)
-    assert "planner_plan" in state.components and demo is not None
+            built = planner_tab.build(ctx)
+    assert built["plan"] is not None and built["applied"] is not None and demo is not None

@@ -155,7 +155,7 @@ def test_a_pickled_adapter_never_runs(demo, trained_run, tmp_path):
 
 def test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path):
     from workbench.training import JobState, TrainingJob
-    from workbench.training.checkpoints import is_complete
+    from run_helpers import is_complete
 
     out = tmp_path / "run"
     config = demo_config.replace(training={"per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,

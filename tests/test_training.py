@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from workbench.errors import UserError
-from workbench.training import JobBusy, JobState, TrainingJob, start_job
+from workbench.session import DevicesBusy, Workbench
+from workbench.training import JobState, TrainingJob
 
 
-def test_one_step_changes_only_lora_weights(demo_config, tmp_path):
+def test_one_step_changes_only_lora_weights(demo, demo_config, tmp_path):
     from transformers import Trainer
 
     from workbench.data.collate import Collator
@@ -17,7 +18,8 @@ def test_one_step_changes_only_lora_weights(demo_config, tmp_path):
 
     config = demo_config.replace(training={"max_steps": 1, "save_steps": 0, "warmup_ratio": 0.0,
                                           "output_dir": str(tmp_path)})
-    train, _, processor, path = build_datasets(config)
+    path = str(demo.model)
+    train, _, processor = build_datasets(config, path)
     model = apply_lora(load_model(path, config), config.lora, False)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     Trainer(model=model, args=build_trainer_args(config, False), train_dataset=train,
@@ -58,10 +60,14 @@ def test_existing_output_dir_is_never_overwritten(demo_config, tmp_path):
 
 
 def test_second_start_is_refused_while_running(demo_config, tmp_path):
-    job = start_job(demo_config.replace(training={"max_steps": 200, "output_dir": str(tmp_path / "a")}))
+    session = Workbench()
+    job = session.start_training(demo_config.replace(training={"max_steps": 200, "output_dir": str(tmp_path / "a")}))
     try:
-        with pytest.raises(JobBusy, match="already running"):
-            start_job(demo_config.replace(training={"output_dir": str(tmp_path / "b")}))
+        with pytest.raises(DevicesBusy, match="already running"):
+            session.start_training(demo_config.replace(training={"output_dir": str(tmp_path / "b")}))
+        # another process (a second session stands in for it) sees the run through its live lock
+        with pytest.raises(DevicesBusy, match="is training in the app"):
+            Workbench().start_training(demo_config.replace(training={"output_dir": str(tmp_path / "c")}))
     finally:
         job.request_stop()
         job.wait(120)

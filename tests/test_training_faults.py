@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from workbench.training import JobState, TrainingJob, current_job, start_job
-from workbench.training.checkpoints import MARKER, checkpoints, is_complete
+from run_helpers import MARKER, checkpoints, current_job, is_complete, start_job
+from workbench.training import JobState, TrainingJob
 
 
 @pytest.fixture(scope="module")

@@ -16,30 +16,33 @@ def is_skip(value):
 
 
 def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path):
+    from workbench.session import Workbench
+
+    session = Workbench()
     config = demo_config.replace(training={"max_steps": 300, "per_device_train_batch_size": 1,
                                            "gradient_accumulation_steps": 1, "logging_steps": 1,
                                            "output_dir": str(tmp_path / "run")}).to_dict()
-    assert training_tab.start(config).startswith("Started")
-    job = training_tab.current_job()
+    assert training_tab.start(session, config).startswith("Started")
+    job = session.job
     try:
-        refused = training_tab.start({**config, "training": {**config["training"], "output_dir": str(tmp_path / "b")}})
+        refused = training_tab.start(session, {**config, "training": {**config["training"], "output_dir": str(tmp_path / "b")}})
         assert refused.startswith("**Not started:**") and str(job.output_dir) in refused
         deadline = time.monotonic() + 120
         while job.step < 2 and job.running and time.monotonic() < deadline:
             time.sleep(0.05)
-        status, progress, loss, memory, log, view, run_dir = training_tab.tick({}, config)
+        status, progress, loss, memory, log, view, run_dir = training_tab.tick(session, {}, config)
         assert "**training**" in status and "ETA" in progress and "<progress" in progress
         assert isinstance(loss, pd.DataFrame) and set(loss["series"]) == {"train"}
         assert is_skip(run_dir)  # not finished yet: nothing to publish
-        other_browser = training_tab.tick(None, config)  # a reloaded page sees the same run
+        other_browser = training_tab.tick(session, None, config)  # a reloaded page sees the same run
         assert other_browser[0].startswith("**training**") or other_browser[0].startswith("**saving**")
     finally:
-        assert "Stop requested" in training_tab.stop()
+        assert "Stop requested" in training_tab.stop(session)
         job.wait(120)
-    status, _, loss, memory, log, view, run_dir = training_tab.tick(view, config)
+    status, _, loss, memory, log, view, run_dir = training_tab.tick(session, view, config)
     assert status.startswith("**stopped**") and run_dir == str(job.output_dir)
     assert "[stopped]" in log and "cpu resident" in set(memory["series"])
-    again = training_tab.tick(view, config)
+    again = training_tab.tick(session, view, config)
     assert is_skip(again[2]) and is_skip(again[3])  # nothing new: the plots are not resent
 
 
@@ -91,17 +94,15 @@ def test_metrics_buffer_under_concurrent_reads(tmp_path):
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(total))
 
 
-def test_plots_are_left_alone_until_the_first_rows(monkeypatch):
+def test_plots_are_left_alone_until_the_first_rows():
     # Gradio's LinePlot keeps categorical axes for good if its first value is an empty frame.
     class Quiet:
-        metrics, log_tail, output_dir = MetricsBuffer(), [], "/tmp/run"
+        def snapshot(self):
+            return {"status": {"state": "loading", "message": "Loading.", "step": 0, "max_steps": 5, "running": True,
+                               "elapsed_s": 1.0, "eta_s": None, "output_dir": "/tmp/run"},
+                    "rows": [], "log": [], "external": False}
 
-        def status(self):
-            return {"state": "loading", "message": "Loading.", "step": 0, "max_steps": 5, "running": True,
-                    "elapsed_s": 1.0, "eta_s": None}
-
-    monkeypatch.setattr(training_tab, "current_job", lambda: Quiet())
-    _, _, loss, memory, *_ = training_tab.tick({}, {})
+    _, _, loss, memory, *_ = training_tab.tick(Quiet(), {}, {})
     assert is_skip(loss) and is_skip(memory)
 
 

@@ -43,23 +43,15 @@ class Decoding:
                 "temperature": self.temperature, "top_p": self.top_p}
 
 
-def guard_no_training() -> None:
-    """Refuse while this process trains: the job holds the devices (and accelerate's global state)."""
-    from workbench.training import current_job
-
-    job = current_job()
-    if job is not None and job.running:
-        raise UserError(f"A training job is running ({Path(job.output_dir).name}, step {job.step}/{job.max_steps}) "
-                        "and holds the model and devices: wait for it to finish or stop it on the Training tab.")
-
-
 def model_shape(name_or_path: str) -> dict | None:
     """The sizes an adapter depends on, from a local model's config.json (None when not local)."""
-    from workbench.training.loading import resolve_model_path
+    from workbench.models import locate_model
 
     try:
-        config_file = Path(resolve_model_path(name_or_path)) / "config.json"
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
+        folder = locate_model(name_or_path).local_path
+        if folder is None:
+            return None
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (UserError, OSError, json.JSONDecodeError):
         return None
     text = raw.get("text_config") or raw
@@ -86,10 +78,12 @@ def adapter_base(adapter_dir: str | Path) -> tuple[str, RunConfig | None]:
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise UserError(f"{adapter_dir} holds no adapter_config.json: pass a finished run's folder or a checkpoint folder.")
-    run_yaml = adapter_dir / "run.yaml"
-    if not run_yaml.is_file() and (adapter_dir.parent / "run.yaml").is_file():
-        run_yaml = adapter_dir.parent / "run.yaml"  # a checkpoint inside a run
-    run = RunConfig.load(run_yaml) if run_yaml.is_file() else None
+    from workbench.run_folder import RunFolder
+
+    folder = RunFolder(adapter_dir)
+    if not folder.config_file.is_file():
+        folder = RunFolder(adapter_dir.parent)  # a checkpoint inside a run (or a bare adapter: no config)
+    run = folder.config()
     try:
         base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -101,13 +95,13 @@ class Comparer:
     """The base model with one adapter attached; answers with the adapter off and on."""
 
     def __init__(self, base: str, adapter_dir: str | Path | None = None, config: RunConfig | None = None):
-        from workbench.training.loading import load_model, load_processor, resolve_model_path
+        from workbench.models import fetch_model
+        from workbench.training.loading import load_model, load_processor
 
-        guard_no_training()
         self.config = config or RunConfig()
         self.base = base
-        path = resolve_model_path(base)
-        self.processor = load_processor(path, self.config)
+        path = str(fetch_model(base))
+        self.processor = load_processor(path)
         self.processor.tokenizer.padding_side = "left"
         self.model = load_model(path, self.config)
         self.adapter_dir = None
@@ -161,7 +155,6 @@ class Comparer:
                 "tokens_per_s": new.shape[0] / max(seconds, 1e-9)}
 
     def compare(self, sample: Sample, decoding: Decoding | None = None) -> dict:
-        guard_no_training()
         return {"base": self.answer(sample, False, decoding), "adapter": self.answer(sample, True, decoding)}
 
 

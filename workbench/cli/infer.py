@@ -57,7 +57,8 @@ def pick_adapter(path: str | None) -> str:
 
 
 def run(args) -> int:
-    from workbench.inference import Comparer, Decoding, adapter_base, heldout_check, heldout_samples, prompt_sample
+    from workbench.inference import Decoding, adapter_base, heldout_check, heldout_samples, prompt_sample
+    from workbench.session import Workbench
 
     if args.runs:
         return print_runs(args.json)
@@ -72,7 +73,8 @@ def run(args) -> int:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
         samples = heldout_samples(None if args.dataset == "demo" else args.dataset, args.limit)
-        result = heldout_check(Comparer(base, adapter, run_config), samples, decoding)
+        with Workbench().inference(base, adapter, run_config) as comparer:
+            result = heldout_check(comparer, samples, decoding)
         result["adapter_dir"] = adapter
         if args.json:
             print(json.dumps(result))
@@ -84,7 +86,8 @@ def run(args) -> int:
                   f"adapter {result['adapter_accuracy_normalised']:.3f} ({len(result['rows'])} rows)")
         return 0
     sample = prompt_sample(args.prompt, args.image, args.system)
-    result = Comparer(base, adapter, run_config).compare(sample, decoding)
+    with Workbench().inference(base, adapter, run_config) as comparer:
+        result = comparer.compare(sample, decoding)
     result["adapter_dir"] = adapter
     if args.json:
         print(json.dumps(result))

@@ -50,7 +50,8 @@ def config_from_args(args) -> RunConfig:
 
 
 def run(args) -> int:
-    from workbench.training import JobState, TrainingJob
+    from workbench.session import Workbench
+    from workbench.training import JobState
 
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
@@ -58,9 +59,8 @@ def run(args) -> int:
     def say(line: str) -> None:  # status lines as they happen, even if the process dies next
         print(f"\r{line}", file=sys.stderr, flush=True)
 
-    job = TrainingJob(config_from_args(args), resume=args.resume, on_message=say)
+    job = Workbench().start_training(config_from_args(args), resume=args.resume, owner="the CLI", on_message=say)
     print(f"run folder: {job.output_dir}", file=sys.stderr)
-    job.start()
     while job.running:
         try:
             time.sleep(0.5)

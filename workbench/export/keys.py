@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.run_folder import ADAPTER_WEIGHTS
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_PREFIX = "base_model.model."
 # What peft saves per LoRA module (after the module's name); anything else is a full tensor.
 LORA_PIECES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")

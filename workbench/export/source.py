@@ -1,8 +1,9 @@
 """What an export reads: the adapter folder of a finished run (or a checkpoint), its base model,
 and the run's facts for the model card. Every refusal about the input happens here.
 
-The run folder is read through ``workbench.runs`` and the base model through
-``resolve_model_path``: one call site each, so a change of either touches one function.
+The run folder is read through ``workbench.runs`` / ``RunFolder`` and the base model through
+``locate_model`` (which never downloads: a merge needs the base on disk before it starts, and
+its disk check comes first).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.export.keys import ADAPTER_WEIGHTS
+from workbench.run_folder import PROCESSOR_DIR, RunFolder
 
 # Adapter kinds whose update is not W + scale * B @ A of the stored base: PiSSA, OLoRA, CorDA and
 # LoftQ start from a changed base weight, aLoRA only acts after its invocation tokens.
@@ -49,25 +51,22 @@ def _run_state(path: Path):
 
 
 def resolve_base(name_or_path: str) -> str:
-    """'demo' -> its folder; a folder -> its absolute path; a hub id stays a hub id."""
-    from workbench.training.loading import resolve_model_path
+    """What an exported adapter names as its base: a hub id (presets too), else the absolute folder."""
+    from workbench.models import locate_model
 
-    resolved = resolve_model_path(name_or_path)
-    return str(Path(resolved).resolve()) if Path(resolved).is_dir() else resolved
+    source = locate_model(name_or_path)
+    return source.hub_id or str(Path(source.local_path).resolve())
 
 
 def base_folder(base: str) -> Path:
     """The local folder holding the base's config and weights (a hub id: its cached snapshot)."""
-    if Path(base).is_dir():
-        return Path(base)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from workbench.models import locate_model
 
-    try:
-        return Path(snapshot_download(base, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError, OSError):
+    source = locate_model(base)
+    if source.local_path is None:
         raise UserError(f"The base model '{base}' is not on this machine: a merge reads its weights, so download "
-                        f"it first (`hf download {base}`) or pass --base with its local folder.") from None
+                        f"it first (`hf download {source.hub_id}`) or pass --base with its local folder.")
+    return Path(source.local_path)
 
 
 def read_source(adapter: str | Path, base: str | None = None) -> ExportSource:
@@ -94,10 +93,12 @@ def read_source(adapter: str | Path, base: str | None = None) -> ExportSource:
     chosen = (base or "").strip() or trained_on or config.get("base_model_name_or_path") or ""
     if not chosen:
         raise UserError(f"The adapter in {folder} does not say which base model it was trained on: pass --base.")
-    run_dir = folder.parent if (folder.parent / "run.yaml").is_file() and not (folder / "run.yaml").is_file() else folder
-    processor = next((p for p in (folder / "processor", run_dir / "processor") if p.is_dir()), None)
+    run = RunFolder(folder)
+    if not run.config_file.is_file() and RunFolder(folder.parent).config_file.is_file():
+        run = RunFolder(folder.parent)  # a checkpoint inside a run
+    processor = next((p for p in (folder / PROCESSOR_DIR, run.processor_dir) if p.is_dir()), None)
     return ExportSource(adapter_dir=folder, adapter_config=config, base=resolve_base(chosen),
-                        run=run_facts(folder, run_dir, run_config), processor_dir=processor)
+                        run=run_facts(folder, run, run_config), processor_dir=processor)
 
 
 def _adapter_config(folder: Path) -> dict:
@@ -125,16 +126,16 @@ def check_mergeable(config: dict, folder: Path) -> None:
                         "not merge: export it adapter-only.")
 
 
-def run_facts(adapter_dir: Path, run_dir: Path, run_config) -> RunFacts:
+def run_facts(adapter_dir: Path, run: RunFolder, run_config) -> RunFacts:
     """Steps, losses and settings of the run; for a checkpoint, as they were at its step."""
-    step_cap = int(adapter_dir.name.split("-")[1]) if adapter_dir.name.startswith("checkpoint-") and \
-        adapter_dir.name.split("-")[1].isdigit() else None
-    facts = RunFacts(name=run_dir.name)
+    number = adapter_dir.name.removeprefix("checkpoint-")
+    step_cap = int(number) if adapter_dir.name.startswith("checkpoint-") and number.isdigit() else None
+    facts = RunFacts(name=run.name)
     if run_config is not None:
         facts.settings = run_config.to_dict()
         facts.max_steps = run_config.training.max_steps or None
         facts.data_file = _data_file(run_config)
-    for row in _metric_rows(run_dir / "metrics.jsonl"):
+    for row in run.metrics():
         step = row.get("step")
         if not isinstance(step, int) or (step_cap is not None and step > step_cap):
             continue
@@ -146,20 +147,6 @@ def run_facts(adapter_dir: Path, run_dir: Path, run_config) -> RunFacts:
     if step_cap is not None:
         facts.step = step_cap
     return facts
-
-
-def _metric_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _data_file(run_config) -> str:

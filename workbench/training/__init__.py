@@ -1,5 +1,5 @@
-"""Training: the job (Trainer in a background thread), its bridge to the app, checkpoints."""
+"""Training: the job (Trainer in a background thread), its bridge to the run folder, faults."""
 
-from workbench.training.job import JobBusy, JobState, TrainingJob, current_job, start_job
+from workbench.training.job import JobState, TrainingJob
 
-__all__ = ["JobBusy", "JobState", "TrainingJob", "current_job", "start_job"]
+__all__ = ["JobState", "TrainingJob"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from workbench.training.checkpoints import keep_newest_complete, mark_complete
+from workbench.run_folder import RunFolder
 
 # Throughput and ETA come from the last few log rows, not the average since the start:
 # warm-up, data skipping on resume and the first eval would otherwise skew them for long.
@@ -21,8 +21,8 @@ RATE_WINDOW = 20
 class MetricsBuffer:
     """Thread-safe append-only record of metric rows; readers take copies from an index on."""
 
-    def __init__(self, path: Path | None = None):
-        self._rows: list[dict] = []
+    def __init__(self, path: Path | None = None, rows: list[dict] | None = None):
+        self._rows: list[dict] = list(rows or [])
         self._lock = threading.Lock()
         self._path = path
 
@@ -49,16 +49,6 @@ class MetricsBuffer:
     def __len__(self):
         with self._lock:
             return len(self._rows)
-
-    def load(self, path: Path) -> None:
-        """Reload an earlier run's rows (resume continues the curve)."""
-        if path.is_file():
-            with self._lock:
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        self._rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue  # a torn last line from a kill
 
 
 class NonFiniteError(RuntimeError):
@@ -111,8 +101,9 @@ class WorkbenchCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if path.is_dir():
-            mark_complete(path)
-            keep_newest_complete(args.output_dir, self.job.config.training.save_total_limit)
+            folder = RunFolder(args.output_dir)
+            folder.mark_complete(path)
+            folder.keep_newest_complete(self.job.config.training.save_total_limit)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         row = self.row(args, state, dict(logs or {}))

@@ -1,7 +1,10 @@
-"""Checks a RunConfig must pass before anything loads: ours, peft's and transformers' own.
+"""Checks a RunConfig must pass before anything loads: ours and peft's own.
 
-The LoRA tab calls ``check_run_config`` on every edit and shows the first error next
-to the form; ``TrainingJob`` would meet the same errors later, after seconds of loading.
+The LoRA tab calls ``check_run_config`` on every change and shows the first error next to
+the form; ``TrainingJob`` would meet the same errors later, after seconds of loading. The
+checks touch no process-global state: building ``transformers.TrainingArguments`` resets
+accelerate's state, which kills a run training in the same process, so it happens only in
+the job itself (``training_arguments``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def config_from_raw(raw: dict) -> RunConfig:
 
 
 def check_run_config(config: RunConfig, check_output_dir: bool = True) -> None:
-    """Raise the first UserError a start would meet before loading: fields, LoRA, Trainer args."""
+    """Raise the first UserError a start would meet before loading: fields, LoRA, targets, folder."""
     from workbench.training.lora import lora_config
 
     config.validate()
@@ -31,23 +34,58 @@ def check_run_config(config: RunConfig, check_output_dir: bool = True) -> None:
     if t.eval_steps > 0 and not d.eval_path and d.eval_split <= 0:
         raise UserError(f"training.eval_steps is {t.eval_steps} but there is no eval data: set data.eval_path "
                         "or data.eval_split (e.g. 0.05), or set eval_steps to 0.")
-    training_arguments(config)
+    if config.model.dtype == "fp16" and not _cuda():
+        raise UserError("model.dtype fp16 needs a GPU (mixed precision in fp16 does not run on the CPU): use "
+                        "auto or fp32 here.")
     check_targets(config)
+    check_device_map(config)
     if check_output_dir and t.output_dir:
         from workbench.training.job import prepare_output_dir
 
         prepare_output_dir(config, resume=False)
 
 
-def training_arguments(config: RunConfig):
-    """transformers.TrainingArguments for ``config``; its ValueErrors become UserErrors."""
+def check_device_map(config: RunConfig) -> None:
+    """A pinned device_map may only name devices this machine has (checked before anything loads)."""
+    import torch
+
+    device_map = config.model.device_map
+    if not device_map:
+        return
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for value in values:
+        text = str(value).strip().lower()
+        if text in ("cpu", "disk", "auto", "balanced", "balanced_low_0", "sequential", "meta"):
+            if text in ("disk", "meta"):
+                raise UserError(f"model.device_map puts modules on '{text}', which training cannot use: "
+                                "give GPU indices, or leave the map empty for the planner's map.")
+            continue
+        index = value if isinstance(value, int) else (int(text.removeprefix("cuda:")) if text.removeprefix("cuda:").isdigit() else None)
+        if index is None:
+            raise UserError(f"model.device_map names device {value!r}, which is not a GPU index, 'cuda:N' or "
+                            "'cpu': fix the map or leave it empty.")
+        if index >= gpus:
+            have = f"only {gpus} GPU(s)" if gpus else "no GPU"
+            raise UserError(f"model.device_map places modules on GPU {index}, but this machine has {have}: "
+                            "make a plan for this machine's GPUs on the Memory planner tab (or leave the map "
+                            "empty) and apply it.")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def training_arguments(config: RunConfig, has_eval: bool):
+    """transformers.TrainingArguments for ``config``; its ValueErrors become UserErrors.
+
+    Only the job calls this (see the module docstring)."""
     from workbench.training.setup import build_trainer_args
 
-    if not config.training.output_dir:
-        config = config.replace(training={"output_dir": "unused-check-only"})
-    evaluate = bool(config.data.eval_path) or config.data.eval_split > 0
     try:
-        return build_trainer_args(config, has_eval=evaluate)
+        return build_trainer_args(config, has_eval=has_eval)
     except (ValueError, TypeError) as exc:
         raise UserError(f"Training settings rejected by transformers.TrainingArguments: {exc}") from None
 

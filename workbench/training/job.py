@@ -1,17 +1,15 @@
-"""The training job: base + device_map + LoRA + transformers.Trainer, in a background thread.
+"""The training job: base + placement + LoRA + transformers.Trainer, in a background thread.
 
-One job per process (accelerate's state is process-global): ``start_job`` refuses a
-second while one runs. The job moves idle -> loading -> training -> saving ->
-finished | stopped | failed, each with a sentence for people; details go to the log.
+The job moves idle -> loading -> training -> saving -> finished | stopped | failed, each with
+a sentence for people (details go to the log). Everything a watcher needs is written to the
+run folder (``workbench.run_folder``): status, metrics, checkpoints, the adapter, the live
+lock. Which job may run is the session's decision (``workbench.session``), not the job's.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
-import re
 import shutil
 import threading
 import time
@@ -21,12 +19,12 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.paths import runs_root
+from workbench.run_folder import ADAPTER_FILES, RunFolder
 from workbench.settings import RunConfig
 from workbench.training.bridge import MetricsBuffer, NonFiniteError, WorkbenchCallback
-from workbench.training.checkpoints import newest_complete, remove_incomplete
+from workbench.training.faults import failure_message
 
 log = logging.getLogger("workbench.training")
-RUN_CONFIG_NAME = "run.yaml"
 
 
 class JobState(str, Enum):
@@ -40,33 +38,10 @@ class JobState(str, Enum):
 
 
 TERMINAL = {JobState.FINISHED, JobState.STOPPED, JobState.FAILED}
-_registry_lock = threading.Lock()
-_current: "TrainingJob | None" = None
-
-
-class JobBusy(UserError):
-    pass
-
-
-def current_job() -> "TrainingJob | None":
-    return _current
-
-
-def start_job(config: RunConfig, resume: bool = False) -> "TrainingJob":
-    """Create and start a job in a background thread; refuse while another one runs."""
-    global _current
-    with _registry_lock:
-        if _current is not None and _current.running:
-            raise JobBusy(f"A training job is already running ({_current.output_dir}, {_current.state.value}, "
-                          f"step {_current.step}/{_current.max_steps}): stop it or wait for it to finish.")
-        job = TrainingJob(config, resume=resume)
-        job.start()
-        _current = job
-        return job
 
 
 def new_run_dir(config: RunConfig) -> Path:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model.name_or_path).name or "model")[:40]
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(config.model.name_or_path).name or "model")[:40]
     base = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     path, n = base, 1
     while path.exists():
@@ -111,10 +86,12 @@ def trainer_class():
 
 
 class TrainingJob:
-    def __init__(self, config: RunConfig, resume: bool = False, on_message=None):
+    def __init__(self, config: RunConfig, resume: bool = False, on_message=None, owner: str = "the app"):
         self.resume = resume
+        self.owner = owner  # who trains, as other processes see it in the live lock
         self.on_message = on_message  # called with each status line, in the job's thread
         self.output_dir = prepare_output_dir(config, resume)
+        self.folder = RunFolder(self.output_dir)
         self.config = config.replace(training={"output_dir": str(self.output_dir)})
         self.state = JobState.IDLE
         self.message = "Not started."
@@ -124,6 +101,7 @@ class TrainingJob:
         self.log_tail: deque[str] = deque(maxlen=200)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = None  # the run folder's live lock, held from start to end
         self.metrics: MetricsBuffer | None = None
         self.exit_code = 0  # for the CLI: 2 bad input, 1 any other failure
 
@@ -137,8 +115,15 @@ class TrainingJob:
         return self._stop.is_set()
 
     def start(self) -> None:
+        """Take the run folder's live lock now (so every watcher sees the run at once), then train
+        in a background thread."""
+        self._take_lock()
         self._thread = threading.Thread(target=self.run, name="workbench-training", daemon=True)
         self._thread.start()
+
+    def _take_lock(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = self.folder.acquire(self.owner)
 
     def request_stop(self) -> str:
         if self.state in TERMINAL:
@@ -171,182 +156,155 @@ class TrainingJob:
         line = f"{time.strftime('%H:%M:%S')} [{state.value}] {message}"
         self.log_tail.append(line)
         log.info(line)
+        if self.folder.exists():  # watchers in other processes read the same sentence
+            try:
+                self.folder.write_status(state.value, message, self.step, self.max_steps)
+                self.folder.append_event(line)
+            except OSError:
+                log.warning("could not write the status of %s", self.folder.path, exc_info=True)
         if self.on_message is not None:
             self.on_message(line)
 
     def _set_progress(self, step: int, max_steps: int) -> None:
+        first = self.max_steps == 0 and max_steps > 0
         self.step, self.max_steps = step, max_steps
+        if first:  # watchers learn the run's length once, not every step
+            self.folder.write_status(self.state.value, self.message, step, max_steps)
 
     def run(self) -> JobState:
         """The whole run, in the calling thread. Never raises: the outcome is the state."""
         self.started_at = time.time()
+        try:
+            if self._lock is None:  # run() called directly, not through start()
+                self._take_lock()
+        except (UserError, OSError) as exc:
+            self.ended_at, self.exit_code = time.time(), 2
+            self.state, self.message = JobState.FAILED, str(exc)
+            self.log_tail.append(str(exc))
+            if self.on_message is not None:
+                self.on_message(str(exc))
+            return self.state
         model = trainer = None
         try:
-            self._say(JobState.LOADING, "Checking the dataset.")
-            from workbench.training.setup import build_datasets, build_trainer_args
-
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            train_set, eval_set, processor, model_path = build_datasets(self.config)
-            resume_from = None
-            self.metrics = MetricsBuffer(self.output_dir / "metrics.jsonl")
-            if self.resume:
-                remove_incomplete(self.output_dir)
-                resume_from = newest_complete(self.output_dir)
-                self._reload_metrics(resume_from)
-            self.config.save(self.output_dir / RUN_CONFIG_NAME)
-
-            self._say(JobState.LOADING, f"Loading {self.config.model.name_or_path} and applying LoRA.")
-            from workbench.data.collate import Collator
-            from workbench.training.loading import load_model
-            from workbench.training.lora import apply_lora
-
-            from transformers import set_seed
-
-            set_seed(self.config.training.seed)  # LoRA's initialisation too, not only the data order
-            start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
-            if resume_from and 0 < self.config.training.max_steps <= start_step:
-                return self._finish_from_checkpoint(resume_from, processor)
-            model = load_model(model_path, self.config)
-            model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
-            trainable, total = model.get_nb_trainable_parameters()
-            if self._stop.is_set():
-                self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")
-                return self.state
-            trainer = trainer_class()(
-                model=model, args=build_trainer_args(self.config, has_eval=eval_set is not None),
-                train_dataset=train_set, eval_dataset=eval_set,
-                data_collator=Collator(processor.tokenizer.pad_token_id),
-                callbacks=[WorkbenchCallback(self)],
-            )
-            # with tqdm off Trainer prints every log dict to stdout; the bridge already reports them
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
-            self.step = start_step
-            where = f" from {resume_from.name}" if resume_from else ""
-            self._say(JobState.TRAINING, f"Training{where}: {trainable:,} of {total:,} parameters trainable.")
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-
-            if self._stop.is_set() and self.step == start_step:
-                self._say(JobState.STOPPED, f"Stopped before the first step (at step {self.step}); nothing new was saved.")
-                return self.state
-            self._say(JobState.SAVING, "Saving the adapter.")
-            save_adapter_atomically(model, self.output_dir)
-            processor.save_pretrained(self.output_dir / "processor")
-            if self._stop.is_set():
-                self._say(JobState.STOPPED, f"Stopped at step {self.step}; adapter saved in {self.output_dir}.")
-            else:
-                self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
+            model, trainer = self._train()
         except UserError as exc:
             self.exit_code = 2
             self._say(JobState.FAILED, str(exc))
-        except NonFiniteError as exc:
-            last = newest_complete(self.output_dir)
-            kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
-            self._say(JobState.FAILED, f"Training stopped: {exc}; {kept}. Lower the learning rate or check the data.")
         except Exception as exc:  # noqa: BLE001 - the job must end in a state, never crash the app
-            fault = _fault_message(exc, self.output_dir)
-            if fault:
-                log.warning("training failed: %r", exc)
-                self._say(JobState.FAILED, fault)
-            elif _is_out_of_memory(exc):
-                self._say(JobState.FAILED, _oom_message(exc))
-            else:
-                log.exception("training failed")
-                self._say(JobState.FAILED, f"Training failed: {type(exc).__name__}: {str(exc)[:300]}. Details are in the log.")
+            self._say(JobState.FAILED, failure_message(exc, self.folder, log))
         finally:
             self.ended_at = time.time()
             if self.state == JobState.FAILED and not self.exit_code:
                 self.exit_code = 1
+            if self.state not in TERMINAL:  # a path above forgot to say how it ended
+                self._say(JobState.FAILED, "The run ended without a result; details are in the log.")
             del trainer, model
             _release_memory()
+            self._lock.release()
         return self.state
 
-    def _finish_from_checkpoint(self, checkpoint: Path, processor) -> JobState:
+    def _train(self):
+        """Load, train, save. Returns (model, trainer) so ``run`` frees them in one place."""
+        from transformers import set_seed
+        from transformers.trainer_callback import PrinterCallback
+
+        from workbench.data.collate import Collator
+        from workbench.training.checks import check_device_map
+        from workbench.training.loading import load_model
+        from workbench.training.lora import apply_lora
+        from workbench.training.checks import training_arguments
+        from workbench.training.setup import build_datasets
+
+        self._say(JobState.LOADING, "Checking the settings and the dataset.")
+        check_device_map(self.config)
+        model_path = self._fetch_model()
+        train_set, eval_set, processor = build_datasets(self.config, model_path)
+        resume_from = None
+        self.metrics = MetricsBuffer(self.folder.metrics_file)
+        if self.resume:
+            self.folder.remove_incomplete()
+            resume_from = self.folder.newest_complete()
+            kept = self.folder.truncate_metrics(int(resume_from.name.split("-")[1]) if resume_from else 0)
+            self.metrics = MetricsBuffer(self.folder.metrics_file, rows=kept)
+        self.config.save(self.folder.config_file)
+
+        start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+        if resume_from and 0 < self.config.training.max_steps <= start_step:
+            self._finish_from_checkpoint(resume_from, processor)
+            return None, None
+        self._say(JobState.LOADING, f"Loading {self.config.model.name_or_path} and applying LoRA.")
+        set_seed(self.config.training.seed)  # LoRA's initialisation too, not only the data order
+        model = load_model(model_path, self.config)
+        model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
+        trainable, total = model.get_nb_trainable_parameters()
+        if self._stop.is_set():
+            self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")
+            return model, None
+        trainer = trainer_class()(
+            model=model, args=training_arguments(self.config, has_eval=eval_set is not None),
+            train_dataset=train_set, eval_dataset=eval_set,
+            data_collator=Collator(processor.tokenizer.pad_token_id),
+            callbacks=[WorkbenchCallback(self)],
+        )
+        # with tqdm off Trainer prints every log dict to stdout; the bridge already reports them
+        trainer.remove_callback(PrinterCallback)
+        self.step = start_step
+        where = f" from {resume_from.name}" if resume_from else ""
+        self._say(JobState.TRAINING, f"Training{where}: {trainable:,} of {total:,} parameters trainable.")
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+        if self._stop.is_set() and self.step == start_step:
+            self._say(JobState.STOPPED, f"Stopped before the first step (at step {self.step}); nothing new was saved.")
+            return model, trainer
+        self._say(JobState.SAVING, "Saving the adapter.")
+        save_adapter_atomically(model, self.folder)
+        processor.save_pretrained(self.folder.processor_dir)
+        if self._stop.is_set():
+            self._say(JobState.STOPPED, f"Stopped at step {self.step}; adapter saved in {self.output_dir}. "
+                                        "Resume it from the Training tab or with --resume.")
+        else:
+            self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
+        return model, trainer
+
+    def _fetch_model(self) -> str:
+        """The base model's local folder, downloading it (with progress in the status) when needed."""
+        from workbench.models import fetch_model, locate_model
+
+        source = locate_model(self.config.model.name_or_path)
+        if source.local_path is not None:
+            return str(source.local_path)
+        self._say(JobState.LOADING, f"Downloading {source.hub_id} from the Hugging Face hub.")
+        shown = {"at": 0.0}
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - shown["at"] >= 2 or done >= total:  # a line every 2 s, not per chunk
+                shown["at"] = now
+                self._say(JobState.LOADING, f"Downloading {source.hub_id}: {done / 1e9:.2f} of {total / 1e9:.2f} GB.")
+
+        return str(fetch_model(self.config.model.name_or_path, progress=progress))
+
+    def _finish_from_checkpoint(self, checkpoint: Path, processor) -> None:
         """Resume of a run that already reached max_steps (killed while saving the adapter):
         Trainer would train one more step, so the checkpoint's adapter becomes the run's."""
         self._say(JobState.SAVING, f"{checkpoint.name} already reached max_steps: saving its adapter.")
-        staging = self.output_dir / ".adapter-saving"
+        staging = self.folder.staging_dir
         staging.mkdir(exist_ok=True)
         for name in ADAPTER_FILES:
             shutil.copyfile(checkpoint / name, staging / name)
-        _publish(staging, self.output_dir)
-        processor.save_pretrained(self.output_dir / "processor")
+        self.folder.publish_adapter(staging)
+        processor.save_pretrained(self.folder.processor_dir)
         self.step = self.max_steps = int(checkpoint.name.split("-")[1])
         self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
-        return self.state
-
-    def _reload_metrics(self, checkpoint: Path | None) -> None:
-        """Keep the curve up to the checkpoint we resume from; later rows will be logged again."""
-        path = self.output_dir / "metrics.jsonl"
-        old = MetricsBuffer()
-        old.load(path)
-        keep_until = int(checkpoint.name.split("-")[1]) if checkpoint else 0
-        rows = [r for r in old.since(0) if r.get("step", 0) <= keep_until]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        self.metrics = MetricsBuffer(path)
-        self.metrics.load(path)
 
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # weights last: they mark "done"
-
-
-def save_adapter_atomically(model, output_dir: Path) -> None:
+def save_adapter_atomically(model, folder: RunFolder) -> None:
     """Write the adapter beside the run, then move it in: a kill mid-write never leaves a
     damaged adapter_model.safetensors that looks finished."""
-    staging = output_dir / ".adapter-saving"
+    staging = folder.staging_dir
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    _publish(staging, output_dir)
-
-
-def _publish(staging: Path, output_dir: Path) -> None:
-    for name in ADAPTER_FILES:
-        os.replace(staging / name, output_dir / name)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _fault_message(exc: BaseException, output_dir: Path) -> str | None:
-    """One sentence with the fix for faults of the machine rather than the code."""
-    import errno
-    import pickle
-
-    last = newest_complete(output_dir)
-    kept = f"the newest complete checkpoint is {last.name}" if last else "no complete checkpoint was saved yet"
-    resume = f"`python -m workbench train --resume --output-dir {output_dir}`"
-    if isinstance(exc, pickle.UnpicklingError):
-        where = f"in {last}" if last else "of this run"
-        return (f"A checkpoint file {where} holds more than plain tensors and was not loaded "
-                f"({_first_line(exc)[:160]}). Delete that checkpoint folder; resume then takes the one before it.")
-    if isinstance(exc, FileNotFoundError):
-        return (f"A file disappeared during training ({exc.filename or _first_line(exc)}); {kept}. "
-                f"Put it back, then continue with {resume}.")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"The disk holding {output_dir} is full; {kept}. Free some space, then continue with {resume}.")
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _oom_message(exc: BaseException) -> str:
-    import torch
-
-    match = re.search(r"GPU (\d+)", str(exc))
-    device = f"cuda:{match.group(1)}" if match else "a device"
-    peak = ""
-    if match and torch.cuda.is_available():
-        peak = f" (peak reserved {torch.cuda.max_memory_reserved(int(match.group(1))) / 2**30:.1f} GiB)"
-    return (f"Out of memory on {device}{peak}. Open the Memory planner with these settings and apply its "
-            "suggestion: lower max_pixels or max_length, turn on gradient checkpointing, or use more GPUs.")
+    folder.publish_adapter(staging)
 
 
 def _release_memory() -> None:

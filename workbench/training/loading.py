@@ -11,23 +11,6 @@ from workbench.settings import RunConfig
 log = logging.getLogger("workbench.training")
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """'demo' -> the embedded tiny model (built on first use); presets and paths pass through."""
-    from workbench.demo import ensure_demo, is_demo
-
-    if is_demo(name_or_path):
-        return str(ensure_demo().model)
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a model folder (no config.json in it): pass the folder that holds config.json and the weights.")
-        return str(path)
-    if str(name_or_path).startswith(("/", ".", "~")) or str(name_or_path).count("/") > 1:
-        raise UserError(f"Model folder {path} does not exist: check the path (or give 'demo', a preset, or a hub id "
-                        "already downloaded).")
-    return name_or_path  # a hub id; from_pretrained resolves it from the local cache
-
-
 def pick_dtype(name: str):
     import torch
 
@@ -59,7 +42,7 @@ def pick_device_map(config: RunConfig):
     return plan.device_map
 
 
-def load_processor(path: str, config: RunConfig):
+def load_processor(path: str):
     from transformers import AutoProcessor
 
     try:

@@ -39,12 +39,12 @@ def load_valid_samples(path: str, config: RunConfig, tokenizer):
     return report.samples
 
 
-def build_datasets(config: RunConfig):
+def build_datasets(config: RunConfig, model_path: str):
+    """(train set, eval set or None, processor) for the model in the local folder ``model_path``."""
     from workbench.data.collate import SampleDataset, SampleEncoder
-    from workbench.training.loading import load_processor, resolve_model_path
+    from workbench.training.loading import load_processor
 
-    model_path = resolve_model_path(config.model.name_or_path)
-    processor = load_processor(model_path, config)
+    processor = load_processor(model_path)
     d = config.data
     encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels)
     train_path, eval_path = dataset_paths(config)
@@ -56,7 +56,7 @@ def build_datasets(config: RunConfig):
         cut = max(1, int(len(shuffled) * d.eval_split))
         evaluation, train = shuffled[:cut], shuffled[cut:]
     eval_set = SampleDataset(evaluation, encoder) if evaluation else None
-    return SampleDataset(train, encoder), eval_set, processor, model_path
+    return SampleDataset(train, encoder), eval_set, processor
 
 
 def build_trainer_args(config: RunConfig, has_eval: bool):

@@ -28,9 +28,13 @@ def _tokenizer(model: str):
 def _processor(model: str):
     from transformers import AutoProcessor
 
-    from workbench.training.loading import resolve_model_path
+    from workbench.models import locate_model
 
-    return AutoProcessor.from_pretrained(resolve_model_path(model), local_files_only=True)
+    source = locate_model(model)
+    if source.local_path is None:
+        raise UserError(f"{source.label} is not downloaded yet: the row view needs its processor (train or "
+                        "infer with it once, or give a local model folder).")
+    return AutoProcessor.from_pretrained(source.local_path, local_files_only=True)
 
 
 def default_path(options) -> str:
@@ -154,7 +158,8 @@ def use_as_training(holder, which: str, config: dict):
                      f"{'Rows above it are refused at Start.' if which == 'p95' else ''}")
 
 
-def build(state) -> None:
+def build(state) -> dict:
+    """The tab's widgets and events; returns {"used": the "Use as training data" event}."""
     config = state.config
     holder = gr.State(None)
     with gr.Row():
@@ -191,7 +196,6 @@ def build(state) -> None:
             counts = gr.Markdown()
             rendered = gr.HighlightedText(label="As the model sees it (trained tokens highlighted)",
                                           color_map={"trained": "green", "image": "blue"}, show_legend=True)
-    state.components["dataset_stats"] = stats
 
     outputs = [holder, summary, problems, stats, plot, page, pages, table, gallery]
     check_button.click(check, [path, upload, fmt, config], outputs)
@@ -203,8 +207,9 @@ def build(state) -> None:
     table.select(select_row, [holder], row).then(show_row, [holder, row, config], [row_images, rendered, counts])
     show.click(show_row, [holder, row, config], [row_images, rendered, counts])
     row.submit(show_row, [holder, row, config], [row_images, rendered, counts])
-    use.click(use_as_training, [holder, which, config], [config, used])
+    used_event = use.click(use_as_training, [holder, which, config], [config, used])
     from gradio.context import Context
 
     if path.value and Context.root_block is not None:
         Context.root_block.load(check, [path, upload, fmt, config], outputs)
+    return {"used": used_event}

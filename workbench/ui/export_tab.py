@@ -120,7 +120,7 @@ def mode_changed(mode: str, adapter: str):
 
 
 # ---------------------------------------------------------------------------- layout
-def build(state) -> None:
+def build(ctx) -> None:
     """Widgets of the Export tab, inside an open ``gr.Tab``; wires its events."""
     from gradio.context import Context
 

@@ -2,15 +2,18 @@
 
 Handlers are module-level functions of plain values; the decisions (which adapter a run
 holds, whether it fits the base, matching answers) live in ``workbench.runs`` and
-``workbench.inference``. The loaded model is cached here per (base, adapter): asking again
-reuses it, choosing another pair replaces it (one model in memory at a time).
+``workbench.inference``. The loaded model is the session's, kept per (base, adapter): asking
+again reuses it, choosing another pair or starting a training run replaces it (one model in
+memory at a time, never while a job trains).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 import pandas as pd
@@ -20,35 +23,20 @@ from workbench.errors import UserError
 DEFAULT_PROMPT = "What color is the shape?"
 HELDOUT_COLUMNS = ["image", "prompt", "expected", "base", "adapter", "base match", "adapter match"]
 
-_lock = threading.Lock()  # one load/generate at a time: the model is shared by every browser tab
-_cached: dict = {"key": None, "comparer": None}
 
-
-# ---------------------------------------------------------------------------- the model cache
-def get_comparer(base: str, adapter: str):
-    """The Comparer for (base, adapter), loading it only when the pair changed. Call under ``_lock``."""
-    from workbench.inference import Comparer, adapter_base, guard_no_training
+@contextmanager
+def comparer(session, base: str, adapter: str):
+    """The session's base+adapter model for this pair (loaded once, reused while the pair stays)."""
+    from workbench.inference import adapter_base
     from workbench.runs import usable_adapter
 
-    guard_no_training()
     adapter_dir = usable_adapter(adapter)
     trained_on, run_config = adapter_base(adapter_dir)
     base = (base or "").strip() or trained_on
     if not base:
         raise UserError("The adapter does not say which base model it was trained on: type the base model.")
-    key = (base, adapter_dir)
-    if _cached["key"] != key:
-        release_comparer()
-        _cached["comparer"], _cached["key"] = Comparer(base, adapter_dir, run_config), key
-    return _cached["comparer"]
-
-
-def release_comparer() -> None:
-    """Drop the cached model (e.g. before a training run needs the devices)."""
-    import gc
-
-    _cached["key"] = _cached["comparer"] = None
-    gc.collect()
+    with session.inference(base, adapter_dir, run_config) as loaded:
+        yield loaded
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -106,7 +94,7 @@ def speed(answer: dict) -> str:
     return f"{answer['new_tokens']} tokens in {answer['seconds']:.2f} s · **{answer['tokens_per_s']:.1f} tokens/s**"
 
 
-def ask(base, adapter, image, image_path, prompt, system, max_new_tokens, temperature, top_p):
+def ask(session, base, adapter, image, image_path, prompt, system, max_new_tokens, temperature, top_p):
     """One question to both. -> (base answer, base speed, adapter answer, adapter speed, status)."""
     from workbench.inference import Decoding, prompt_sample
 
@@ -116,8 +104,8 @@ def ask(base, adapter, image, image_path, prompt, system, max_new_tokens, temper
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
         sample = prompt_sample(prompt, image or (str(image_path).strip() or None), (system or "").strip() or None)
-        with _lock:
-            result = get_comparer(base, str(adapter).strip()).compare(sample, decoding)
+        with comparer(session, base, str(adapter).strip()) as loaded:
+            result = loaded.compare(sample, decoding)
     except UserError as exc:
         return "", "", "", "", warning(str(exc))
     same = " (the same answer)" if result["base"]["text"] == result["adapter"]["text"] else ""
@@ -159,7 +147,7 @@ def accuracy_text(result: dict) -> str:
             f"base {result['base_accuracy_normalised']:.0%}, adapter {result['adapter_accuracy_normalised']:.0%}.")
 
 
-def check(base, adapter, dataset, rows, max_new_tokens, temperature, top_p):
+def check(session, base, adapter, dataset, rows, max_new_tokens, temperature, top_p):
     """Score base and adapter on N rows of a dataset. -> (accuracy markdown, table)."""
     from workbench.inference import Decoding, heldout_check, heldout_samples
 
@@ -172,8 +160,8 @@ def check(base, adapter, dataset, rows, max_new_tokens, temperature, top_p):
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
         samples = heldout_samples(dataset, int(rows))
-        with _lock:
-            result = heldout_check(get_comparer(base, str(adapter).strip()), samples, decoding)
+        with comparer(session, base, str(adapter).strip()) as loaded:
+            result = heldout_check(loaded, samples, decoding)
     except UserError as exc:
         return warning(str(exc)), empty
     return accuracy_text(result), heldout_frame(result)
@@ -191,11 +179,11 @@ def default_inputs(model: str) -> tuple[str | None, str]:
 
 
 # ---------------------------------------------------------------------------- layout
-def build(state) -> None:
+def build(ctx) -> None:
     """Widgets of the Inference tab, inside an open ``gr.Tab``; wires its events."""
     from gradio.context import Context
 
-    options = state.options
+    options, session = ctx.options, ctx.session
     image_default, heldout_default = default_inputs(options.model)
     initial_choices, initial_run = runs_menu(None)
     initial_adapter, initial_base, _ = choose_run(initial_run, options.model)
@@ -253,7 +241,15 @@ def build(state) -> None:
     if tab is not None and hasattr(tab, "select"):
         tab.select(refresh_runs, [run, base], [run, adapter, base, status], api_visibility="private")  # a run finished meanwhile shows up on return
     run.change(choose_run, [run, base], [adapter, base, status])
-    ask_button.click(ask, [base, adapter, image, image_path, prompt, system, *decoding],
+    ask_button.click(partial(ask, session), [base, adapter, image, image_path, prompt, system, *decoding],
                      [base_answer, base_speed, adapter_answer, adapter_speed, status], api_name="inference_ask")
-    check_button.click(check, [base, adapter, dataset, rows, *decoding], [accuracy, table], api_name="inference_check")
-    state.components["inference_run"] = run
+    check_button.click(partial(check, session), [base, adapter, dataset, rows, *decoding], [accuracy, table], api_name="inference_check")
+    return InferenceTab(run=run, base=base, adapter=adapter, status=status)
+
+
+@dataclass
+class InferenceTab:
+    run: object
+    base: object
+    adapter: object
+    status: object

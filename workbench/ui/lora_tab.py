@@ -1,16 +1,22 @@
 """LoRA tab: the RunConfig as a form (one widget per field, its help as info text).
 
-Every edit is checked at once by ``workbench.training.checks.check_run_config`` (our
-field checks, then ``peft.LoraConfig`` and ``transformers.TrainingArguments``); the
-first error shows next to the form and the shared config keeps its last valid value.
-Changes made by other tabs (the planner's map, the Dataset tab's file) arrive through
-``state.config.change`` and refill the form.
+The few knobs people change sit up front; the rest are under Advanced. Every change is
+checked once by ``workbench.training.checks.check_run_config`` (our field checks and peft's
+``LoraConfig``; nothing that touches process-global state) and, when valid, becomes the
+shared config; the first error shows above the form and the shared config keeps its last
+valid value.
+
+The form is written by the user only. It is re-rendered (``refill``) only when something
+replaces the whole config: a loaded YAML file, an applied plan, a dataset chosen on the
+Dataset tab. It never re-renders in reaction to the user's own typing, and every change
+event runs with ``trigger_mode="always_last"``, so the last keystroke is the one applied.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -28,6 +34,9 @@ CHOICES = {("model", "dtype"): list(DTYPES), ("training", "lr_scheduler_type"): 
 LIST_FIELDS = {("lora", "modules_to_save")}
 JSON_FIELDS = {("model", "device_map")}
 SECTION_TITLES = {"model": "Model", "data": "Data", "lora": "LoRA", "training": "Training"}
+# What people change for most runs, in the order they decide it.
+ESSENTIAL = ["model.name_or_path", "data.train_path", "lora.rank", "training.learning_rate",
+             "training.max_steps", "training.num_train_epochs", "data.max_length", "training.output_dir"]
 
 
 def form_fields() -> list[tuple[str, str, dataclasses.Field]]:
@@ -84,30 +93,33 @@ def raw_from_form(values: list) -> dict:
 
 
 def apply_form(config: dict, *values) -> tuple[dict, str, str, str]:
-    """On every edit: (config to share, message, YAML, command). Invalid: the config stays."""
+    """On every change: (config to share, message, YAML, command). Invalid: the config stays."""
     try:
-        raw = raw_from_form(list(values))
-        candidate = RunConfig.from_dict(raw)
+        candidate = RunConfig.from_dict(raw_from_form(list(values)))
         check_run_config(candidate)
     except UserError as exc:
-        return config, f"**Not applied:** {exc}", *describe(config)[1:]
+        return config, f"**Not applied:** {exc}", gr.skip(), gr.skip()
     merged = {**(config or {}), **candidate.to_dict()}  # keeps keys other tabs added (e.g. a plan)
-    return merged, *describe(merged)
+    return merged, "Settings are valid.", *previews(candidate)
+
+
+def previews(cfg: RunConfig) -> tuple[str, str]:
+    """(YAML, headless command) for a valid config."""
+    return cfg.to_yaml(), "# save the YAML below as run.yaml, then:\n" + headless_command("run.yaml")
 
 
 def describe(config: dict) -> tuple[str, str, str]:
-    """(message, YAML, headless command) for a config dict."""
+    """(message, YAML, headless command) for a config that replaced the form's."""
     try:
         cfg = config_from_raw(config)
         check_run_config(cfg)
     except UserError as exc:
         return f"**Not valid:** {exc}", "", ""
-    command = ("# save the YAML below as run.yaml, then:\n" + headless_command("run.yaml"))
-    return "Settings are valid.", cfg.to_yaml(), command
+    return "Settings are valid.", *previews(cfg)
 
 
-def on_config_change(config: dict) -> list:
-    """Another tab changed the shared config: refill the form and the previews."""
+def refill(config: dict) -> list:
+    """Something replaced the whole config (a file, a plan, a dataset): re-render the form."""
     try:
         values = form_values(config)
     except UserError as exc:
@@ -115,8 +127,11 @@ def on_config_change(config: dict) -> list:
     return values + list(describe(config))
 
 
-def save_yaml(config: dict, path: str, overwrite: bool) -> str:
-    """Write the config as YAML; an existing file is replaced only when ``overwrite`` is ticked."""
+def save_yaml(config: dict, path: str, overwrite: bool, *values) -> str:
+    """Write the form as YAML; an existing file is replaced only when ``overwrite`` is ticked.
+
+    It reads the widgets themselves (``values``), not the shared config: a click right after
+    the last keystroke must not race that keystroke's change event."""
     if not str(path or "").strip():
         return "Give a file name to save to, e.g. run.yaml."
     target = Path(path).expanduser()
@@ -125,7 +140,7 @@ def save_yaml(config: dict, path: str, overwrite: bool) -> str:
     if target.exists() and not overwrite:
         return f"{target} already exists: tick 'Overwrite' to replace it, or choose another name."
     try:
-        cfg = config_from_raw(config)
+        cfg = RunConfig.from_dict(raw_from_form(list(values))) if values else config_from_raw(config)
         target.parent.mkdir(parents=True, exist_ok=True)
         cfg.save(target)
     except UserError as exc:
@@ -177,54 +192,72 @@ def _default(section: str, name: str):
 
 # ---- widgets ------------------------------------------------------------------------
 def _widget(section: str, name: str, f: dataclasses.Field, value):
-    label, info = name.replace("_", " "), f.metadata.get("help", "")
+    label, info = f"{section}.{name}", f.metadata.get("help", "")
     default = _default(section, name)
+    elem_id = f"lora-{section}-{name}".replace("_", "-")
+    common = dict(label=label, info=info, elem_id=elem_id)
+    if (section, name) == ("model", "name_or_path"):
+        from workbench.models import PRESETS
+
+        return gr.Dropdown(["demo", *PRESETS], value=value, allow_custom_value=True, **common)
     if (section, name) in CHOICES:
-        return gr.Dropdown(CHOICES[(section, name)], value=value, label=label, info=info)
+        return gr.Dropdown(CHOICES[(section, name)], value=value, **common)
     if isinstance(default, bool):
-        return gr.Checkbox(value=value, label=label, info=info)
+        return gr.Checkbox(value=value, **common)
     if isinstance(default, int):
-        return gr.Number(value=value, label=label, info=info, precision=0)
+        return gr.Number(value=value, precision=0, **common)
     if isinstance(default, float):
-        return gr.Number(value=value, label=label, info=info)
+        return gr.Number(value=value, **common)
     if (section, name) in JSON_FIELDS:
-        return gr.Textbox(value=value, label=label, info=info, lines=2, placeholder='{"": "cpu"} or empty')
-    return gr.Textbox(value=value, label=label, info=info)
+        return gr.Textbox(value=value, lines=2, placeholder='{"": "cpu"} or empty', **common)
+    return gr.Textbox(value=value, **common)
 
 
-def build(state) -> None:
-    initial = state.config.value
+@dataclass
+class LoraTab:
+    inputs: list          # the form's widgets in KEYS order
+    outputs: list         # what ``refill`` writes: the widgets, then message, YAML, command
+    loaded: object        # the YAML upload's event: the config was replaced
+
+
+def build(ctx) -> LoraTab:
+    initial = ctx.config.value
     values = dict(zip(KEYS, form_values(initial)))
     status, yaml_text, command_text = describe(initial)
-    gr.Markdown("Every field explains itself; errors show here before anything loads. "
-                "The Training tab starts exactly these settings.")
-    message = gr.Markdown(status)
+    gr.Markdown("The Training tab starts exactly these settings. Every field explains itself; errors show "
+                "here before anything loads.")
+    message = gr.Markdown(status, elem_id="lora-message")
     widgets: dict[str, gr.components.Component] = {}
-    for section, title in SECTION_TITLES.items():
-        with gr.Accordion(title, open=section in ("lora", "training")):
+    by_key = {f"{s}.{n}": (s, n, f) for s, n, f in FIELDS}
+    with gr.Row(equal_height=False):
+        for key in ESSENTIAL:
+            widgets[key] = _widget(*by_key[key], values[key])
+    with gr.Accordion("Advanced", open=False):
+        for section, title in SECTION_TITLES.items():
+            gr.Markdown(f"**{title}**")
             with gr.Row(equal_height=False):
                 for s, name, f in FIELDS:
-                    if s == section:
-                        widgets[f"{s}.{name}"] = _widget(s, name, f, values[f"{s}.{name}"])
+                    key = f"{s}.{name}"
+                    if s == section and key not in widgets:
+                        widgets[key] = _widget(s, name, f, values[key])
                 if section == "lora":
                     widgets["lora.target_modules_custom"] = gr.Textbox(
-                        value=values["lora.target_modules_custom"], label="custom target modules", info="Used when target modules is 'custom list': module "
-                        "names separated by commas, e.g. q_proj, v_proj.")
+                        value=values["lora.target_modules_custom"], label="custom target modules",
+                        info="Used when target modules is 'custom list': module names separated by commas, "
+                             "e.g. q_proj, v_proj.", elem_id="lora-target-modules-custom")
     inputs = [widgets[key] for key in KEYS]
     with gr.Row():
-        path = gr.Textbox(label="Save as", value="run.yaml", scale=3)
+        path = gr.Textbox(label="Save as", value="run.yaml", scale=3, elem_id="lora-save-path")
         overwrite = gr.Checkbox(label="Overwrite", value=False, scale=1)
-        save = gr.Button("Save YAML", scale=1)
-    upload = gr.File(label="Load YAML", file_types=[".yaml", ".yml"], type="filepath")
-    file_message = gr.Markdown()
+        save = gr.Button("Save YAML", scale=1, elem_id="lora-save")
+    upload = gr.File(label="Load YAML", file_types=[".yaml", ".yml"], type="filepath", height=90)
+    file_message = gr.Markdown(elem_id="lora-file-message")
     command = gr.Code(command_text, label="Headless command", language="shell", interactive=False)
     yaml_view = gr.Code(yaml_text, label="YAML", language="yaml", interactive=False)
 
     for component in inputs:
-        component.input(apply_form, inputs=[state.config, *inputs],
-                        outputs=[state.config, message, yaml_view, command], show_progress="hidden")
-    state.config.change(on_config_change, inputs=state.config, outputs=[*inputs, message, yaml_view, command],
-                        show_progress="hidden")
-    save.click(save_yaml, inputs=[state.config, path, overwrite], outputs=file_message)
-    upload.upload(load_yaml, inputs=[state.config, upload], outputs=[state.config, file_message])
-    state.components["lora_form"] = widgets
+        component.change(apply_form, inputs=[ctx.config, *inputs], outputs=[ctx.config, message, yaml_view, command],
+                         show_progress="hidden", trigger_mode="always_last")
+    save.click(save_yaml, inputs=[ctx.config, path, overwrite, *inputs], outputs=file_message)
+    loaded = upload.upload(load_yaml, inputs=[ctx.config, upload], outputs=[ctx.config, file_message])
+    return LoraTab(inputs=inputs, outputs=[*inputs, message, yaml_view, command], loaded=loaded)

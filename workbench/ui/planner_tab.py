@@ -136,8 +136,10 @@ def use_plan(plan_state, config: dict):
                  f"max_length {plan_state['max_length']}, max_pixels {plan_state['max_pixels']}.{note}")
 
 
-def build(state) -> None:
-    """Widgets of the Memory planner tab, inside an open ``gr.Tab``; wires its events."""
+def build(state) -> dict:
+    """Widgets of the Memory planner tab, inside an open ``gr.Tab``; wires its events.
+
+    Returns {"plan": the plan state, "applied": the "Use this plan" event}."""
     config = state.config.value if state is not None and getattr(state, "config", None) is not None else None
     defaults = form_from_config(config) if config else ("qwen2-vl-7b-instruct", "bf16", 8, "language-all-linear",
                                                         1, 2048, 1003520, 3136, True)
@@ -177,5 +179,5 @@ def build(state) -> None:
     plan_button.click(on_plan, inputs, [verdict_md, chart, table, device_map, auto_md, suggestions, plan_state])
     fill.click(form_from_config, [state.config],
                [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing])
-    use.click(use_plan, [plan_state, state.config], [state.config, use_status])
-    state.components["planner_plan"] = plan_state
+    applied = use.click(use_plan, [plan_state, state.config], [state.config, use_status])
+    return {"plan": plan_state, "applied": applied}

@@ -1,18 +1,21 @@
-"""Training tab: Start/Stop, state, progress with ETA, live loss and per-device memory, log tail.
+"""Training tab: Start/Stop/Resume, state, progress with ETA, live loss and per-device memory, log.
 
-The job lives in the process (``workbench.training.current_job``), not in a browser
-session, so a reloaded page or a second browser tab shows the same run. A 1 s timer
-polls it; the plots are rebuilt only when new metric rows arrived, and each series is
-decimated (``workbench.training.series``), so a tick stays cheap on long runs.
+The run lives in the session (``workbench.session.Workbench``), not in a browser session, so
+a reloaded page or a second browser tab shows the same run; a run started by the CLI in
+another process shows here too (read from its run folder) and blocks Start. A 1 s timer
+polls the session; the plots are resent only when new metric rows arrived, and each series
+is decimated (``workbench.training.series``), so a tick stays cheap on long runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import gradio as gr
 
 from workbench.errors import UserError
-from workbench.training import current_job, start_job
-from workbench.training.checks import check_run_config, config_from_raw
+from workbench.training.checks import config_from_raw
 from workbench.training.series import loss_frame, memory_frame, predicted_peaks
 
 TICK_SECONDS = 1.0
@@ -20,55 +23,74 @@ LOG_LINES = 40
 
 
 # ---- handlers (plain functions: values in, values out) ----------------------------
-def start(config: dict) -> str:
-    """The Start button: check the shared settings, then start the one job of this process."""
+def start(session, config: dict) -> str:
+    """The Start button: the session checks the settings and the devices, then starts the job."""
     try:
-        cfg = config_from_raw(config)
-        check_run_config(cfg)
-        if current_job() is None or not current_job().running:
-            from workbench.ui.inference_tab import release_comparer
-
-            release_comparer()  # the Inference tab's cached model must not hold memory during training
-        job = start_job(cfg)
+        job = session.start_training(config_from_raw(config))
     except UserError as exc:
-        gr.Warning(str(exc))
         return f"**Not started:** {exc}"
-    return f"Started: run folder `{job.output_dir}`."
+    return f"Started: run folder `{job.output_dir}`.{batch_note(job.config)}"
 
 
-def stop() -> str:
-    job = current_job()
-    if job is None:
-        return "Nothing is running."
-    return job.request_stop()
+def batch_note(cfg) -> str:
+    t = cfg.training
+    effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    return f" Effective batch: {t.per_device_train_batch_size} x {t.gradient_accumulation_steps} = {effective} rows per step."
 
 
-def tick(view: dict | None, config: dict | None = None, plan: dict | None = None):
-    """One timer tick -> (status, progress, loss plot, memory plot, log, view, run folder).
+def stop(session) -> str:
+    return session.stop_training()
 
-    ``view`` remembers which job and how many metric rows this browser already shows;
-    plots are sent again only when that changed (``gr.skip()`` otherwise).
+
+def resumable_runs(session) -> list[tuple[str, str]]:
+    """(label, folder) of the runs that stopped early and can continue, newest first."""
+    return [(r.label(), r.path) for r in session.runs() if r.resumable]
+
+
+def refresh_resumable(session, selected: str | None):
+    choices = resumable_runs(session)
+    paths = [path for _, path in choices]
+    value = selected if selected in paths else (paths[0] if paths else None)
+    return gr.update(choices=choices, value=value)
+
+
+def resume(session, run_dir: str | None) -> str:
+    if not run_dir:
+        return "**Not resumed:** pick a run to continue (stopped, failed or interrupted runs with a checkpoint)."
+    try:
+        job = session.resume_training(run_dir)
+    except UserError as exc:
+        return f"**Not resumed:** {exc}"
+    return f"Resuming `{job.output_dir}` from its newest complete checkpoint."
+
+
+def tick(session, view: dict | None, config: dict | None = None, plan: dict | None = None):
+    """One timer tick -> (status, progress, loss plot, memory plot, log, view, finished run folder).
+
+    ``view`` remembers which run and how many metric rows this browser already shows; plots
+    are sent again only when that changed (``gr.skip()`` otherwise).
     """
-    job = current_job()
     view = dict(view or {})
-    if job is None:
-        return ("No training run in this process yet. Check the settings in the LoRA tab, then press Start.",
+    snap = session.snapshot()
+    if snap is None:
+        return ("No training run yet. Check the settings in the LoRA tab, then press Start.",
                 progress_html(None), gr.skip(), gr.skip(), "", view, gr.skip())
-    status = job.status()
-    rows_seen = len(job.metrics) if job.metrics is not None else 0
+    status, rows = snap["status"], snap["rows"]
     predicted = predicted_peaks((config or {}).get("plan")) or predicted_peaks(plan)
-    key = [str(job.output_dir), rows_seen, sorted(predicted.items())]
+    key = [status["output_dir"], len(rows), sorted(predicted.items())]
     if view.get("key") != key:
-        rows = job.metrics.since(0) if job.metrics is not None else []
         # An empty frame would fix the plot's axes as categorical for good (Gradio 6.31
         # LinePlot): leave the plot as it is until the first rows exist.
         loss, memory = _or_skip(loss_frame(rows)), _or_skip(memory_frame(rows, predicted))
         view["key"] = key
     else:
         loss = memory = gr.skip()
-    run_dir = str(job.output_dir) if not status["running"] else gr.skip()
-    log = "\n".join(list(job.log_tail)[-LOG_LINES:])
-    return status_markdown(status), progress_html(status), loss, memory, log, view, run_dir
+    run_dir = status["output_dir"] if not status["running"] else gr.skip()
+    log = "\n".join(snap["log"][-LOG_LINES:])
+    text = status_markdown(status)
+    if snap["external"] and status["running"]:
+        text += "  \n*Started outside this app (CLI or launch): watched from its run folder; stop it there.*"
+    return text, progress_html(status), loss, memory, log, view, run_dir
 
 
 def _or_skip(frame):
@@ -84,7 +106,9 @@ def progress_html(status: dict | None) -> str:
     if not status or not status.get("max_steps"):
         return "<progress value='0' max='1' style='width:100%'></progress>"
     step, total = status["step"], status["max_steps"]
-    parts = [f"step {step}/{total} ({100 * step / total:.0f}%)", f"elapsed {duration(status['elapsed_s'])}"]
+    parts = [f"step {step}/{total} ({100 * step / total:.0f}%)"]
+    if status.get("elapsed_s"):
+        parts.append(f"elapsed {duration(status['elapsed_s'])}")
     if status.get("eta_s") is not None:
         parts.append(f"ETA {duration(status['eta_s'])}")
     if status.get("loss") is not None:
@@ -103,14 +127,27 @@ def duration(seconds: float) -> str:
 
 
 # ---- widgets ------------------------------------------------------------------------
-def build(state) -> None:
+@dataclass
+class TrainingTab:
+    finished_run: object  # textbox holding the folder of the run that ended last
+
+
+def build(ctx, plan=None) -> TrainingTab:
+    session = ctx.session
     gr.Markdown("Starts the settings of the LoRA tab in the background of this app. Stop saves the adapter "
                 "and a checkpoint at the end of the current step. The run keeps going if you close the page.")
     with gr.Row():
-        start_button = gr.Button("Start", variant="primary")
-        stop_button = gr.Button("Stop", variant="stop")
-    action = gr.Markdown()
-    status = gr.Markdown()
+        start_button = gr.Button("Start", variant="primary", elem_id="training-start")
+        stop_button = gr.Button("Stop", variant="stop", elem_id="training-stop")
+    resumable = resumable_runs(session)
+    with gr.Accordion("Continue a run that stopped early", open=bool(resumable)):
+        with gr.Row():
+            runs = gr.Dropdown(label="Stopped, failed or interrupted runs (each continues from its newest complete "
+                               "checkpoint)", choices=resumable, scale=4, elem_id="training-resumable")
+            refresh = gr.Button("↻", scale=0, min_width=60)
+            resume_button = gr.Button("Resume", scale=1, elem_id="training-resume")
+    action = gr.Markdown(elem_id="training-action")
+    status = gr.Markdown(elem_id="training-status")
     progress = gr.HTML(progress_html(None))
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", x_title="step",
@@ -120,11 +157,18 @@ def build(state) -> None:
     log = gr.Textbox(label="Log (newest last)", lines=10, max_lines=10, interactive=False, autoscroll=True)
     run_dir = gr.Textbox(label="Last finished run folder (open it in the Inference tab)", interactive=False)
     view = gr.State({})
-    plan = state.components.get("planner_plan")
-    inputs = [view, state.config] + ([plan] if plan is not None else [])
+    inputs = [view, ctx.config] + ([plan] if plan is not None else [])
     timer = gr.Timer(TICK_SECONDS)
-    timer.tick(tick, inputs=inputs, outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir],
+    timer.tick(partial(tick, session), inputs=inputs,
+               outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir],
                show_progress="hidden", queue=False)
-    start_button.click(start, inputs=state.config, outputs=action)
-    stop_button.click(stop, outputs=action)
-    state.components["training_run"] = run_dir
+    start_button.click(partial(start, session), inputs=ctx.config, outputs=action)
+    stop_button.click(partial(stop, session), outputs=action)
+    refresh.click(partial(refresh_resumable, session), inputs=runs, outputs=runs)
+    resume_button.click(partial(resume, session), inputs=runs, outputs=action)
+    from gradio.context import Context
+
+    tab = Context.block
+    if tab is not None and hasattr(tab, "select"):
+        tab.select(partial(refresh_resumable, session), inputs=runs, outputs=runs)
+    return TrainingTab(finished_run=run_dir)

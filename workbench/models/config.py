@@ -1,10 +1,10 @@
-"""Model presets and building a Qwen2-VL on the meta device (no weights, no downloads).
+"""Model configs and a Qwen2-VL built on the meta device (no weights, no downloads).
 
-The three presets are the published ``config.json`` of Qwen2-VL-{2B,7B,72B}-Instruct,
+The presets' configs are the published ``config.json`` of Qwen2-VL-{2B,7B,72B}-Instruct,
 written in transformers 5's nested layout (``text_config`` / ``vision_config``) under
-``assets/models/``. ``load_model_config`` accepts a preset name, ``demo``, a local folder
-holding a ``config.json``, or a hub id that is already in the local Hugging Face cache;
-it never downloads.
+``assets/models/``. ``load_model_config`` accepts a preset name or its hub id, ``demo``, a
+local folder holding a ``config.json``, or a hub id already in the Hugging Face cache; it
+never downloads.
 """
 
 from __future__ import annotations
@@ -15,28 +15,7 @@ from pathlib import Path
 
 from workbench.errors import UserError
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
-
-PRESETS: dict[str, Path] = {
-    "qwen2-vl-2b-instruct": ASSETS / "qwen2-vl-2b-instruct.json",
-    "qwen2-vl-7b-instruct": ASSETS / "qwen2-vl-7b-instruct.json",
-    "qwen2-vl-72b-instruct": ASSETS / "qwen2-vl-72b-instruct.json",
-}
-
-# Known totals of the published checkpoints (tests pin the presets to these).
-PRESET_PARAMETERS = {
-    "qwen2-vl-2b-instruct": 2_208_985_600,
-    "qwen2-vl-7b-instruct": 8_291_375_616,
-    "qwen2-vl-72b-instruct": 73_405_560_320,
-}
-
-
-def preset_name(name_or_path: str) -> str | None:
-    """The preset key for ``name_or_path`` (case-insensitive; ``Qwen/Qwen2-VL-7B-Instruct`` too)."""
-    key = str(name_or_path).strip().lower()
-    key = key.removeprefix("qwen/")
-    return key if key in PRESETS else None
-
+from workbench.models.presets import PRESETS, preset_for
 
 def load_model_config(name_or_path: str):
     """A ``transformers.Qwen2VLConfig`` for a preset, ``demo``, a local folder or a cached hub id.
@@ -49,9 +28,9 @@ def load_model_config(name_or_path: str):
     text = str(name_or_path or "").strip()
     if not text:
         raise UserError("The model is empty: give a preset (" + ", ".join(PRESETS) + "), 'demo' or a local model folder.")
-    preset = preset_name(text)
+    preset = preset_for(text)
     if preset:
-        return _from_json_file(PRESETS[preset])
+        return _from_json_file(preset.config_file)
     if text.lower() == "demo":
         from workbench.demo import ensure_demo
 
@@ -68,24 +47,21 @@ def load_model_config(name_or_path: str):
         return _from_json_file(path / "config.json")
     cached = _cached_hub_config(text)
     if cached:
-        return _from_json_file(Path(cached))
+        return _from_json_file(cached)
     raise UserError(
         f"Unknown model '{text}': use a preset ({', '.join(PRESETS)}), 'demo', a local folder with a "
         "config.json, or a hub id already downloaded to the Hugging Face cache."
     )
 
 
-def _cached_hub_config(repo_id: str) -> str | None:
+def _cached_hub_config(repo_id: str) -> Path | None:
     """The cached config.json of a hub id, or None; looks only at the local cache."""
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from workbench.models.resolve import cached_snapshot, looks_like_path
 
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # malformed ids and cache layouts mean "not cached"
+    if repo_id.count("/") != 1 or looks_like_path(repo_id):
         return None
-    return found if isinstance(found, str) else None
+    snapshot = cached_snapshot(repo_id)
+    return snapshot / "config.json" if snapshot else None
 
 
 def _from_json_file(path: Path):
@@ -147,9 +123,9 @@ def _dtype(dtype):
 def build_meta_model(config, dtype="bf16"):
     """``Qwen2VLForConditionalGeneration`` on the meta device, weights tied, in ``dtype``.
 
-    Uses accelerate's ``init_empty_weights`` (no memory, no download) and skips weight
-    initialisation. Cached per (config, dtype): the 72B builds in about 0.07 s, the cache
-    makes repeated plans free. Treat the returned model as read-only.
+    Built under ``torch.device("meta")`` (no memory, no download, nothing process-global
+    touched). Cached per (config, dtype): repeated plans are free. Treat the returned model
+    as read-only.
     """
     key = config.to_json_string(use_diff=False)
     return _build_cached(key, str(_dtype(dtype)).removeprefix("torch."))
@@ -158,18 +134,15 @@ def build_meta_model(config, dtype="bf16"):
 @functools.lru_cache(maxsize=8)
 def _build_cached(config_json: str, dtype_name: str):
     import torch
-    from accelerate import init_empty_weights
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.initialization import no_init_weights
 
     config = Qwen2VLConfig.from_dict(json.loads(config_json))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, dtype_name))
-    try:
-        with init_empty_weights(), no_init_weights():
-            model = Qwen2VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    # torch.device("meta") is a thread-local mode: unlike accelerate's init_empty_weights (which
+    # patches nn.Module for every thread) or torch.set_default_dtype (process-wide), it cannot
+    # leak into a training job or a model load running in another thread of the app.
+    with torch.device("meta"):
+        model = Qwen2VLForConditionalGeneration(config)
+    model.to(getattr(torch, dtype_name))
     model.tie_weights()
     model.requires_grad_(False)
     return model
