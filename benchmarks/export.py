@@ -47,7 +47,8 @@ print(json.dumps({"rc": done.returncode, "seconds": time.perf_counter() - start,
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
 """
 
-FLOOR = "import torch, peft, transformers, safetensors, workbench.export, workbench.training.loading"
+FLOOR = ("import torch, transformers, peft, safetensors, huggingface_hub, workbench.export, workbench.inference, "
+         "workbench.models; from peft.tuners.lora.layer import dispatch_default")
 
 USUAL_MERGE = """
 import sys, torch
