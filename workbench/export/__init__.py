@@ -33,6 +33,9 @@ PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "added_tokens.json", "preprocessor_config.json", "processor_config.json",
                    "video_preprocessor_config.json", "chat_template.json", "chat_template.jinja")
 
+# Files the export writes itself: a processor folder's copy of one must never replace ours.
+WRITTEN_HERE = ("config.json", "README.md", "adapter_config.json", "model.safetensors.index.json")
+
 
 @dataclass
 class ExportPlan:
@@ -150,7 +153,8 @@ def _fault_message(exc: BaseException, out: Path) -> str | None:
 def processor_files(source: ExportSource, base_dir: Path | None) -> list[Path]:
     """The processor the run trained with; else the base's processor and tokenizer files."""
     if source.processor_dir is not None:
-        return sorted(p for p in source.processor_dir.iterdir() if p.is_file())
+        return sorted(p for p in source.processor_dir.iterdir()
+                      if p.is_file() and p.name not in WRITTEN_HERE and p.suffix not in (".safetensors", ".bin"))
     if base_dir is None:
         return []
     return [base_dir / name for name in PROCESSOR_FILES if (base_dir / name).is_file()]

@@ -73,14 +73,14 @@ def read_source(adapter: str | Path, base: str | None = None) -> ExportSource:
     """The adapter to export; refuses runs that are training, unfinished or hold no adapter."""
     from workbench.inference import adapter_base
 
-    folder = Path(adapter).expanduser()
+    folder = Path(adapter).expanduser().absolute()
     info = _run_state(folder)
     if info.state == "training":
         raise UserError(f"Run {info.name} is still training: wait for it to finish (or stop it) before exporting.")
     if info.adapter_dir is None:
         raise UserError(f"{folder} holds no adapter (no adapter_config.json, no complete checkpoint): "
                         "pick a finished run or a checkpoint folder.")
-    if Path(info.adapter_dir) != folder:
+    if Path(info.adapter_dir).resolve() != folder.resolve():
         steps = f"step {info.step} of {info.max_steps}" if info.max_steps else f"step {info.step}"
         raise UserError(f"Run {info.name} did not finish (it stopped at {steps} without a final adapter): export "
                         f"its newest complete checkpoint instead (--adapter {info.adapter_dir}), or resume the run "
