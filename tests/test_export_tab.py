@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from workbench.session import Workbench
+
 
 @pytest.fixture()
 def runs(trained_run, tmp_path, monkeypatch):
@@ -44,11 +46,11 @@ def test_check_shows_size_and_disk_and_export_writes_the_folder(runs, tmp_path):
     assert "Writes" in summary and "free on that disk" in summary and "1 shard(s), dtype bf16" in summary
     assert not out.exists()
     seen = []
-    result = tab.export_now(str(done), "merged", "bf16", "", str(out), progress=lambda f, desc="": seen.append(f))
+    result = tab.export_now(Workbench(), str(done), "merged", "bf16", "", str(out), progress=lambda f, desc="": seen.append(f))
     assert result.startswith("**Exported** to") and "AutoModelForImageTextToText" in result
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert seen[0] == 0 and seen[-1] == 1.0 and seen == sorted(seen)
-    again = tab.export_now(str(done), "merged", "bf16", "", str(out), progress=lambda *a, **k: None)
+    again = tab.export_now(Workbench(), str(done), "merged", "bf16", "", str(out), progress=lambda *a, **k: None)
     assert again.startswith("⚠️") and "already holds files" in again
 
 
@@ -57,7 +59,7 @@ def test_refusals_are_warnings_not_tracebacks(runs, tmp_path):
 
     _, killed = runs
     assert tab.check("", "adapter", "auto", "", str(tmp_path / "x")).startswith("⚠️ No run chosen")
-    message = tab.export_now(str(killed), "merged", "auto", "", str(tmp_path / "x"), progress=lambda *a, **k: None)
+    message = tab.export_now(Workbench(), str(killed), "merged", "auto", "", str(tmp_path / "x"), progress=lambda *a, **k: None)
     assert message.startswith("⚠️") and "checkpoint-20" in message and not (tmp_path / "x").exists()
     assert "No output folder" in tab.check(str(killed / "checkpoint-20"), "adapter", "auto", "", "")
 
@@ -79,3 +81,15 @@ def test_export_tab_through_the_app(runs, tmp_path):
         assert result.startswith("**Exported**") and (Path(out) / "adapter_model.safetensors").is_file()
     finally:
         app.close()
+
+
+def test_a_second_export_in_the_same_app_is_refused_while_one_runs():
+    from workbench.errors import UserError
+
+    session = Workbench()
+    with session.exporting():
+        with pytest.raises(UserError, match="already running"):
+            with session.exporting():
+                pass
+    with session.exporting():  # released
+        pass

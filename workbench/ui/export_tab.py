@@ -7,7 +7,7 @@ runs at a time in this process: a merge reads and writes a model's worth of disk
 
 from __future__ import annotations
 
-import threading
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -16,7 +16,6 @@ from workbench.errors import UserError
 
 MODES = [("Adapter only: for PEFT and serving engines that take LoRA adapters", "adapter"),
          ("Merged model: the base with the adapter folded in, one folder", "merged")]
-_busy = threading.Lock()
 
 
 def warning(text: str) -> str:
@@ -93,20 +92,17 @@ def check(adapter, mode, dtype, base, out) -> str:
     return "\n\n".join(plan.summary().splitlines())
 
 
-def export_now(adapter, mode, dtype, base, out, progress=gr.Progress()) -> str:
+def export_now(session, adapter, mode, dtype, base, out, progress=gr.Progress()) -> str:
     """Write the export with a progress bar; -> the folder written, or the reason why not."""
     from workbench.export import run_export
 
-    if not _busy.acquire(blocking=False):
-        return warning("An export is already running in this app: wait for it to finish.")
     try:
-        plan = _plan(adapter, mode, dtype, base, out)
-        progress(0, desc="Starting")
-        folder = run_export(plan, lambda fraction, message: progress(fraction, desc=message))
+        with session.exporting():
+            plan = _plan(adapter, mode, dtype, base, out)
+            progress(0, desc="Starting")
+            folder = run_export(plan, lambda fraction, message: progress(fraction, desc=message))
     except UserError as exc:
         return warning(str(exc))
-    finally:
-        _busy.release()
     if plan.merge:
         load = f'AutoModelForImageTextToText.from_pretrained("{folder}")'
     else:
@@ -153,7 +149,7 @@ def build(ctx) -> None:
     mode.change(mode_changed, [mode, adapter], [dtype, out])
     refresh_button.click(refresh, [run, mode], [run, adapter, out, status], api_name="export_runs")
     check_button.click(check, inputs, status, api_name="export_check")
-    export_button.click(export_now, inputs, status, api_name="export_run", concurrency_limit=1)
+    export_button.click(partial(export_now, ctx.session), inputs, status, api_name="export_run", concurrency_limit=1)
     tab = Context.block
     if tab is not None and hasattr(tab, "select"):
         tab.select(refresh, [run, mode], [run, adapter, out, status], api_visibility="private")
