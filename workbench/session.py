@@ -42,6 +42,7 @@ class Workbench:
         self._tails: dict[Path, MetricsTail] = {}
         self._strategies: dict[Path, str] = {}
         self._watched: RunFolder | None = None  # a folder the user pointed at (a run launched by hand)
+        self._export_lock = threading.Lock()  # a merge reads and writes a model's worth of disk
 
     # ---- training -------------------------------------------------------------------
     @property
@@ -228,6 +229,17 @@ class Workbench:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+    # ---- export -------------------------------------------------------------------
+    @contextmanager
+    def exporting(self):
+        """One export at a time in this process; a second is refused with a sentence."""
+        if not self._export_lock.acquire(blocking=False):
+            raise UserError("An export is already running in this app: wait for it to finish.")
+        try:
+            yield
+        finally:
+            self._export_lock.release()
 
     # ---- runs -----------------------------------------------------------------------
     def runs(self, extra=()):
