@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
 from workbench.errors import UserError
 from workbench.run_folder import RunFolder
 from workbench.settings import RunConfig, TrainingSettings
@@ -112,13 +111,22 @@ def test_torchruns_failure_table_names_the_rank_that_ended_the_run(tmp_path):
         "accelerate launch ended with exit code 1")
 
 
-def test_launch_writes_the_files_for_two_nodes_and_refuses_what_it_cannot_do(demo, tmp_path):
+def launch(capsys, *args) -> tuple[int, str, str]:
+    """``python -m workbench launch ...`` in this process: (exit code, stdout, stderr)."""
+    from workbench.cli.main import main
+
+    code = main(["launch", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_launch_writes_the_files_for_two_nodes_and_refuses_what_it_cannot_do(demo, tmp_path, capsys):
     out = tmp_path / "cluster-run"
-    result = run_cli("launch", "--strategy", "fsdp", "--nodes", 2, "--nproc-per-node", 4, "--main-ip", "10.1.2.3",
-                     "--main-port", 29700, "--max-steps", 50, "--out", out)
-    assert result.returncode == 0, result.stderr
-    assert "bash " + str(out / "launch" / "node-0.sh") in result.stdout and "node 1" in result.stdout
-    assert "1 row x 1 accumulation x 8 processes" in result.stdout or "rows per step" in result.stdout
+    code, stdout, stderr = launch(capsys, "--strategy", "fsdp", "--nodes", 2, "--nproc-per-node", 4, "--main-ip",
+                                  "10.1.2.3", "--main-port", 29700, "--max-steps", 50, "--out", out)
+    assert code == 0, stderr
+    assert "bash " + str(out / "launch" / "node-0.sh") in stdout and "node 1" in stdout
+    assert "1 row x 1 accumulation x 8 processes = 8 rows per step, the planned 8 x 1" in stdout
     config = RunConfig.load(out / "run.yaml")
     assert (config.training.strategy, config.training.nodes, config.training.nproc_per_node) == ("fsdp", 2, 4)
     assert config.training.output_dir == str(out) and config.training.max_steps == 50
@@ -129,14 +137,15 @@ def test_launch_writes_the_files_for_two_nodes_and_refuses_what_it_cannot_do(dem
         text = script.read_text()
         assert os.access(script, os.X_OK) and f"--machine_rank {node}" in text
         assert "workbench.training.worker" in text and str(out) in text and '"$@"' in text
-    again = run_cli("launch", "--strategy", "ddp", "--nodes", 2, "--nproc-per-node", 1, "--main-ip", "h", "--out", out)
-    assert again.returncode == 2 and "nothing was overwritten" in again.stderr
+    code, _, stderr = launch(capsys, "--strategy", "ddp", "--nodes", 2, "--nproc-per-node", 1, "--main-ip", "h",
+                             "--out", out)
+    assert code == 2 and "nothing was overwritten" in stderr
     for args, words in [(("--strategy", "ddp", "--nodes", 2, "--nproc-per-node", 1), "--main-ip is needed"),
                         (("--strategy", "ddp", "--nodes", 1), "--nproc-per-node is needed"),
                         (("--nodes", 1, "--nproc-per-node", 1), "pass --strategy ddp"),
                         (("--strategy", "fsdp", "--nodes", 1, "--nproc-per-node", 1, "--main-port", 70000), "--main-port")]:
-        bad = run_cli("launch", *args, "--out", tmp_path / "x")
-        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
+        code, _, stderr = launch(capsys, *args, "--out", tmp_path / "x")
+        assert code == 2 and words in stderr and "Traceback" not in stderr, (args, stderr)
     assert not (tmp_path / "x").exists()
 
 
