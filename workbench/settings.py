@@ -17,18 +17,24 @@ from typing import Any
 import yaml
 
 from workbench.errors import UserError
+from workbench.models.families import QWEN2_VL
 
 DEMO_MODEL = "demo"
 
-# Target-module presets for LoRA. Names match Qwen2-VL's module names in transformers.
+# Target-module presets for LoRA: the same names in every family; each family's table
+# (workbench.models.families) turns a name into a regex over its own module names. These are
+# Qwen2-VL's regexes, kept for callers without a model at hand.
 LANGUAGE_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TARGET_PRESETS: dict[str, str | list[str]] = {
-    # A regex so the vision tower's own linears (qkv, proj, fc1, fc2) are never matched.
-    "language-all-linear": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-    "language-attention": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
-    "language-and-merger": r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|visual\.merger\.mlp\.(0|2))",
-    "language-and-vision": r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)|visual\.merger\.mlp\.(0|2))",
-}
+TARGET_PRESETS: dict[str, str | list[str]] = QWEN2_VL.target_presets()
+
+
+def target_modules_for(targets, family=None):
+    """A preset name -> ``family``'s regex (Qwen2-VL's when None); a list or regex passes through."""
+    if isinstance(targets, str) and targets in TARGET_PRESETS:
+        return (family or QWEN2_VL).target_presets()[targets]
+    if isinstance(targets, (list, tuple)):
+        return list(targets)
+    return targets
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 # A run.yaml is a few KiB; a path or hub id is at most PATH_MAX. Anything larger is not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -45,8 +51,9 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class ModelSettings:
-    name_or_path: str = _f(DEMO_MODEL, "Base model: 'demo' (the embedded tiny Qwen2-VL), a preset "
-                           "(qwen2-vl-2b-instruct, -7b-, -72b-), a local folder or a hub id.")
+    name_or_path: str = _f(DEMO_MODEL, "Base model: 'demo' (the embedded tiny Qwen2-VL; demo-qwen2.5-vl and "
+                           "demo-qwen3-vl for the other families), a preset (qwen2-vl-7b-instruct, "
+                           "qwen2.5-vl-7b-instruct, qwen3-vl-8b-instruct, ...), a local folder or a hub id.")
     dtype: str = _f("auto", "Weight dtype: auto picks bf16 on GPUs that support it, fp32 on CPU. "
                     "Use fp16 only on GPUs without bf16.")
     device_map: Any = _f(None, "Where each module lives. Empty: computed by the memory planner for "

@@ -10,7 +10,7 @@ means adding a table to ``FAMILIES`` (docs/families.md says how).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import UserError
@@ -67,6 +67,9 @@ class Family:
     visual: str = "model.visual"
     language: str = "model.language_model"
     demo: str = "demo"          # the tiny local model of this family
+    # Its toy sizes: the vision config, and text-config keys beyond the demo's common ones.
+    demo_vision: dict = field(default_factory=dict)
+    demo_text: dict = field(default_factory=dict)
 
     # ---- derived -------------------------------------------------------------------------
     def transformers_class(self, attr: str):
@@ -123,6 +126,7 @@ QWEN2_VL = Family(
     vision_width_key="embed_dim", vision_units_in=("patch_embed", "rotary_pos_emb"), vision_units_out=("merger",),
     vision_linears=r"attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2", merger_linears=r"merger\.mlp\.(0|2)",
     chat_template="qwen2_vl.jinja", vision=VisionTerms(mlp_activations=2, mlp_saved=3), demo="demo",
+    demo_vision={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14},
 )
 
 QWEN2_5_VL = Family(
@@ -137,6 +141,9 @@ QWEN2_5_VL = Family(
     chat_template="qwen2_vl.jinja",
     vision=VisionTerms(mlp_activations=3, mlp_saved=4, window_patches=64, full_attention_key="fullatt_block_indexes"),
     demo="demo-qwen2.5-vl",
+    # 112-pixel windows (8 x 8 patches) as in the real tower; block 1 attends over the whole image.
+    demo_vision={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                 "patch_size": 14, "window_size": 112, "fullatt_block_indexes": [1]},
 )
 
 QWEN3_VL = Family(
@@ -151,6 +158,11 @@ QWEN3_VL = Family(
     chat_template="qwen3_vl.jinja",
     vision=VisionTerms(mlp_activations=2, mlp_saved=3, deepstack_key="deepstack_visual_indexes"),
     qk_norm=True, demo="demo-qwen3-vl",
+    # An 8 x 8 learned position grid; block 0's features go to decoder layer 0 through a deepstack merger.
+    demo_vision={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                 "patch_size": 16, "num_position_embeddings": 64, "deepstack_visual_indexes": [0]},
+    demo_text={"head_dim": 16, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                   "mrope_section": [2, 3, 3], "mrope_interleaved": True}},
 )
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}

@@ -80,7 +80,7 @@ def plan_memory(request: PlanRequest) -> Plan:
     if chosen == "device_map" and offloaded:
         notes.append(f"{len(offloaded)} module(s) do not fit on the GPUs (first: {offloaded[0]}).")
     max_len = largest_fitting(lambda n: model.fits(layout, replace(step, max_length=n), caps),
-                              request.visual_tokens + 1, layout.shape.max_positions)
+                              request.visual_tokens(layout) + 1, layout.shape.max_positions)
     max_batch = largest_fitting(lambda b: model.fits(layout, replace(step, batch_size=b), caps), 1, 256)
     suggested = []
     if not picked["fits"]:
@@ -99,7 +99,7 @@ def plan_memory(request: PlanRequest) -> Plan:
 def import_backends() -> None:
     import accelerate.utils  # noqa: F401
     import transformers.integrations.accelerate  # noqa: F401
-    from transformers import Qwen2VLForConditionalGeneration  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
 
 
 def planned_map(layout: Layout, step: Step, caps: list[int], notes: list[str]) -> tuple[dict, str]:

@@ -91,10 +91,10 @@ class PlanRequest:
                 raise UserError(f"{name.replace('_', '-')} must be a bandwidth in GB/s between 0 and 100000, "
                                 f"got {value!r}.")
 
-    @property
-    def visual_tokens(self) -> int:
-        """Image tokens in one row: images x max_pixels // 784."""
-        return self.images_per_sample * terms.visual_tokens_per_image(self.max_pixels) if self.images_per_sample else 0
+    def visual_tokens(self, layout: Layout) -> int:
+        """Image tokens in one row: images x max_pixels // (pixels per token)^2 (784 for Qwen2-VL, 1024 Qwen3-VL)."""
+        per_image = terms.visual_tokens_per_image(self.max_pixels, layout.shape.pixels_per_token)
+        return self.images_per_sample * per_image if self.images_per_sample else 0
 
 
 def request_defaults() -> dict:
@@ -124,7 +124,7 @@ def layout_for(request: PlanRequest, quantize_4bit: bool | None = None) -> Layou
 def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") -> Step:
     return Step(batch_size=request.batch_size, max_length=request.max_length,
                 images_per_sample=request.images_per_sample,
-                visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels),
+                visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels, layout.shape.pixels_per_token),
                 gradient_checkpointing=request.gradient_checkpointing, lora_rank=request.lora_rank,
                 lora_dropout=request.lora_dropout > 0, device_kind=device_kind,
                 act_bytes=4 if layout.dtype == "fp32" else 2)
@@ -143,7 +143,8 @@ def check_against_model(request: PlanRequest, layout: Layout) -> None:
     if request.max_length > shape.max_positions:
         raise UserError(f"max-length {request.max_length} is longer than {request.model} can take "
                         f"(max_position_embeddings {shape.max_positions}): lower max-length.")
-    if request.visual_tokens >= request.max_length:
+    visual = request.visual_tokens(layout)
+    if visual >= request.max_length:
         raise UserError(f"{request.images_per_sample} image(s) at max-pixels {request.max_pixels} take "
-                        f"{request.visual_tokens} tokens, not less than max-length {request.max_length}: raise "
+                        f"{visual} tokens, not less than max-length {request.max_length}: raise "
                         "max-length or lower max-pixels.")

@@ -22,7 +22,7 @@ from workbench.planner.device_map import DeviceLoad, Step
 from workbench.planner.layout import Layout
 from workbench.planner.search import need_bytes, packs
 
-ROOT_KINDS = ("vision_in", "merger", "rotary")  # what accelerate leaves to FSDP's root unit
+ROOT_KINDS = ("vision_in", "vision_pos", "merger", "rotary")  # what accelerate leaves to FSDP's root unit
 
 
 def whole_model(layout: Layout, step: Step) -> dict:

@@ -38,7 +38,7 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
     def fits(st: Step, lay: Layout = layout, gpu_caps=caps) -> bool:
         return model.fits(lay, st, gpu_caps)
 
-    visual = request.visual_tokens
+    visual = request.visual_tokens(layout)
     # Shorter rows.
     best_len = largest_fitting(lambda n: fits(replace(step, max_length=n)), visual + 1, step.max_length - 1)
     if best_len:
@@ -47,7 +47,8 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
     # Fewer image tokens: the same text in a row that is shorter by the saved image tokens.
     if request.images_per_sample:
         per_image = step.visual_tokens_per_image
-        floor = terms.visual_tokens_per_image(request.min_pixels)
+        factor = layout.shape.pixels_per_token
+        floor = terms.visual_tokens_per_image(request.min_pixels, factor)
 
         def with_tokens(k: int) -> Step:
             return replace(step, visual_tokens_per_image=k,
@@ -55,7 +56,7 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
 
         best_k = largest_fitting(lambda k: fits(with_tokens(k)), floor, per_image - 1)
         if best_k:
-            pixels = best_k * terms.IMAGE_FACTOR**2
+            pixels = best_k * factor**2
             st = with_tokens(best_k)
             add(f"lower max_pixels {request.max_pixels} -> {pixels} ({per_image} -> {best_k} tokens per image; "
                 f"max_length {step.max_length} -> {st.max_length} for the same text)",

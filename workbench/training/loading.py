@@ -51,23 +51,26 @@ def load_processor(path: str):
     try:
         processor = AutoProcessor.from_pretrained(path)
     except OSError as exc:
-        raise UserError(f"Could not load a processor for model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen2-VL folder, a preset already downloaded, or 'demo'.") from None
+        raise UserError(f"Could not load a processor for model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen-VL model folder, a preset already downloaded, or 'demo'.") from None
     processor.tokenizer.padding_side = "right"
     return processor
 
 
 def load_model(path: str, config: RunConfig, device_map=None):
-    from transformers import Qwen2VLForConditionalGeneration
+    """The model class of the folder's family (chosen by its config.json's model_type)."""
+    from workbench.models import load_model_config
+    from workbench.models.families import family_of
 
+    model_class = family_of(load_model_config(path)).transformers_class("model_class")
     dtype = pick_dtype(config.model.dtype)
     device_map = device_map if device_map is not None else pick_device_map(config)
     log.info("loading %s dtype=%s device_map=%s", path, dtype, device_map)
     try:
         # safetensors only: never unpickle weights from a folder we did not write
-        model = Qwen2VLForConditionalGeneration.from_pretrained(
+        model = model_class.from_pretrained(
             path, dtype=dtype, device_map=device_map, use_safetensors=True)
     except OSError as exc:
-        raise UserError(f"Could not load model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen2-VL folder with safetensors weights, or 'demo'.") from None
+        raise UserError(f"Could not load model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen-VL model folder with safetensors weights, or 'demo'.") from None
     limit_threads_for_tiny_models(model)
     return model
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from workbench.errors import UserError
-from workbench.settings import TARGET_PRESETS, LoraSettings
+from workbench.settings import LoraSettings
 
 
-def lora_config(settings: LoraSettings):
-    """Build peft's LoraConfig; its ValueErrors become UserErrors that name the lora field."""
+def lora_config(settings: LoraSettings, family=None):
+    """Build peft's LoraConfig (presets as ``family``'s module regexes; Qwen2-VL's when None); its
+    ValueErrors become UserErrors that name the lora field."""
     from peft import LoraConfig
 
-    targets = settings.target_modules
-    if isinstance(targets, str):
-        targets = TARGET_PRESETS[targets]
+    from workbench.settings import target_modules_for
+
+    targets = target_modules_for(settings.target_modules, family)
     try:
         return LoraConfig(
             r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
@@ -33,6 +34,8 @@ def apply_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     try:
-        return get_peft_model(model, lora_config(settings))
+        from workbench.models.families import family_of
+
+        return get_peft_model(model, lora_config(settings, family_of(model)))
     except ValueError as exc:
         raise UserError(f"lora.target_modules matched nothing usable in this model ({exc}): pick a preset or list module names that exist.") from None
