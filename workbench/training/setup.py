@@ -16,7 +16,7 @@ def dataset_paths(config: RunConfig) -> tuple[str, str]:
     if not train:
         if not is_demo(config.model.name_or_path):
             raise UserError("data.train_path is empty: pass --dataset PATH (a .jsonl or .json file).")
-        train = str(ensure_demo().train)
+        train = str(ensure_demo(name=config.model.name_or_path).train)
     return train, evaluation
 
 
@@ -26,10 +26,12 @@ def load_valid_samples(path: str, config: RunConfig, tokenizer):
     The same check as the Dataset tab and ``data check`` (image headers, visual tokens,
     exact lengths near max_length): seconds for 100k rows, where encoding every image
     through the processor up front would take as long as an epoch of preprocessing."""
+    from workbench.data.stats import pixels_per_token
     from workbench.data.validation import check_dataset
 
     d = config.data
-    report = check_dataset(path, d.format, d.max_length, d.min_pixels, d.max_pixels, tokenizer=tokenizer)
+    report = check_dataset(path, d.format, d.max_length, d.min_pixels, d.max_pixels, tokenizer=tokenizer,
+                           pixels_per_token=pixels_per_token(config.model.name_or_path))
     if report.problems:
         first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
         raise UserError(f"{path} has {len(report.problems)} problem row(s) ({first}). "

@@ -43,7 +43,7 @@ def default_path(options) -> str:
 
     if options.dataset:
         return options.dataset
-    return str(ensure_demo().train) if is_demo(options.model) else ""
+    return str(ensure_demo(name=options.model).train) if is_demo(options.model) else ""
 
 
 def _empty_outputs(message: str):
@@ -59,7 +59,7 @@ def check(path: str, upload, fmt: str, config: dict):
     import pandas as pd
 
     from workbench.data.preview import preview_page, rows_table
-    from workbench.data.stats import histogram
+    from workbench.data.stats import histogram, pixels_per_token
     from workbench.data.validation import check_dataset
 
     path = (upload or path or "").strip()
@@ -68,7 +68,8 @@ def check(path: str, upload, fmt: str, config: dict):
     d = config["data"]
     try:
         report = check_dataset(path, fmt or "auto", d["max_length"], d["min_pixels"], d["max_pixels"],
-                               tokenizer=_tokenizer(config["model"]["name_or_path"]))
+                               tokenizer=_tokenizer(config["model"]["name_or_path"]),
+                               pixels_per_token=pixels_per_token(config["model"]["name_or_path"]))
     except UserError as exc:
         gr.Warning(str(exc))
         return _empty_outputs(f"**Cannot read this dataset.** {exc}")

@@ -174,7 +174,7 @@ def default_inputs(model: str) -> tuple[str | None, str]:
 
     if not is_demo(model):
         return None, ""
-    paths = ensure_demo()
+    paths = ensure_demo(name=model)
     return heldout_samples(paths.heldout, 1)[0].images[0], str(paths.heldout)
 
 
