@@ -17,13 +17,14 @@ def register(subparsers) -> None:
     d = request_defaults()
     p = subparsers.add_parser(
         "plan", help="Per-GPU memory of a LoRA training step under device_map, DDP and FSDP2, and the fastest that fits.",
-        description="Plan the memory of one LoRA training step of a Qwen2-VL model on your GPUs and nodes with "
+        description="Plan the memory of one LoRA training step of a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model on your GPUs and nodes with "
                     "device_map (one process, layers spread over the GPUs), DDP (a replica per GPU) and FSDP2 "
                     "(weights sharded over every GPU): weights, LoRA + optimizer, activations, logits, gathered "
                     "layers, CUDA overhead per GPU, expected speed of each, and the fastest one that fits.")
     p.add_argument("--model", required=True,
-                   help="Preset (qwen2-vl-2b-instruct, qwen2-vl-7b-instruct, qwen2-vl-72b-instruct), 'demo', a "
-                        "local folder with config.json, or a hub id already in the local cache. Nothing is downloaded.")
+                   help="Preset (qwen2-vl-2b/7b/72b-instruct, qwen2.5-vl-3b/7b/32b/72b-instruct, "
+                        "qwen3-vl-2b/4b/8b/32b-instruct), a demo, a local folder with config.json, or a hub id "
+                        "already in the local cache. Nothing is downloaded.")
     p.add_argument("--gpus", default=None,
                    help="The GPUs of one node: sizes ('4x40GiB', '2x80GB', '40GiB,40GiB,24GiB') or cards "
                         "('4xA800-40GB', '8xH100', '2x4090': the memory the driver reports for them, e.g. 39.59 GiB "

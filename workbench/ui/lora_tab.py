@@ -199,7 +199,9 @@ def _widget(section: str, name: str, f: dataclasses.Field, value):
     if (section, name) == ("model", "name_or_path"):
         from workbench.models import PRESETS
 
-        return gr.Dropdown(["demo", *PRESETS], value=value, allow_custom_value=True, **common)
+        from workbench.demo import DEMO_NAMES
+
+        return gr.Dropdown([*DEMO_NAMES, *PRESETS], value=value, allow_custom_value=True, **common)
     if (section, name) in CHOICES:
         return gr.Dropdown(CHOICES[(section, name)], value=value, **common)
     if isinstance(default, bool):

@@ -243,7 +243,7 @@ def build(ctx) -> dict:
                 "process, layers spread over the GPUs), DDP (a replica per GPU) and FSDP2 (weights sharded over "
                 "every GPU of every node), the expected speed of each, and the fastest that fits.")
     with gr.Row():
-        model = gr.Textbox(d["model"], label="Model", info="Preset (qwen2-vl-2b/7b/72b-instruct), 'demo' or a local folder.", elem_id="planner-model")
+        model = gr.Textbox(d["model"], label="Model", info="Preset (qwen2-vl-7b-instruct, qwen2.5-vl-72b-instruct, qwen3-vl-8b-instruct, ...), a demo or a local folder.", elem_id="planner-model")
         gpus = gr.Textbox(default_gpu_spec(), label="GPUs per node", info="Detected, sizes (4x40GiB, 2x80GB) or cards (4xA800-40GB, 8xH100, 2x4090).", elem_id="planner-gpus")
         nodes = gr.Number(d["nodes"], precision=0, minimum=1, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
         strategy = gr.Dropdown(list(STRATEGIES), value=d["strategy"], label="Strategy", info="auto: the fastest that fits.", elem_id="planner-strategy")
