@@ -3,9 +3,9 @@
 Builds the demo (if needed), trains a LoRA adapter with ``DEMO_TRAINING`` through the
 workbench's own job, then scores exact-match accuracy of the base model (adapter
 disabled) and of the adapter on the held-out demo rows. Last line: one JSON object
-{"base_accuracy", "adapter_accuracy", "train_seconds", "steps"}.
+{"model", "base_accuracy", "adapter_accuracy", "train_seconds", "steps"}.
 
-    python benchmarks/demo_learning.py [--max-steps N] [--output-dir DIR]
+    python benchmarks/demo_learning.py [--model demo|demo-qwen2.5-vl|demo-qwen3-vl] [--max-steps N] [--output-dir DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo", help="Which demo: demo (Qwen2-VL), demo-qwen2.5-vl, demo-qwen3-vl.")
     parser.add_argument("--max-steps", type=int, help="Override the demo's max_steps.")
     parser.add_argument("--output-dir", help="Run folder (default: a new temporary folder).")
     args = parser.parse_args(argv)
@@ -32,8 +33,8 @@ def main(argv=None) -> int:
     from workbench.settings import RunConfig
     from workbench.training import JobState, TrainingJob
 
-    paths = ensure_demo()
-    config = RunConfig.from_dict(DEMO_TRAINING)
+    paths = ensure_demo(name=args.model)
+    config = RunConfig.from_dict(DEMO_TRAINING).replace(model={"name_or_path": args.model})
     output = args.output_dir or str(Path(tempfile.mkdtemp(prefix="demo-learning-")) / "run")
     overrides = {"output_dir": output}
     if args.max_steps:
@@ -48,10 +49,10 @@ def main(argv=None) -> int:
         print(f"training did not finish: {job.message}", file=sys.stderr)
         return 1
     samples = load_samples(paths.heldout).samples
-    result = heldout_check(Comparer("demo", job.output_dir, config), samples)
+    result = heldout_check(Comparer(args.model, job.output_dir, config), samples)
     for row in result["rows"][:5]:
         print(f"expected {row['expected']!r:10} base {row['base'][:30]!r:34} adapter {row['adapter']!r}", file=sys.stderr)
-    print(json.dumps({"base_accuracy": result["base_accuracy"], "adapter_accuracy": result["adapter_accuracy"],
+    print(json.dumps({"model": args.model, "base_accuracy": result["base_accuracy"], "adapter_accuracy": result["adapter_accuracy"],
                       "train_seconds": round(train_seconds, 1), "steps": job.step}))
     return 0
 
