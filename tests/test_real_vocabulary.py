@@ -199,3 +199,21 @@ def test_one_training_step_at_the_real_embedding_size(model_type, tmp_path, imag
     assert losses and 8 < losses[0] < 16
     adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert adapter["target_modules"] == family.target_presets()["language-and-vision"]
+
+
+@pytest.mark.slow
+def test_real_shape_benchmark_tiny_mode(tmp_path):
+    """benchmarks/real_shape.py --tiny: the same CLI path as the real shapes (data check, plan,
+    3 steps, one base-vs-adapter answer), on a demo-sized model with the real vocabulary."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "benchmarks/real_shape.py", "--tiny", "--family", "qwen2_5_vl"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    family = json.loads(result.stdout.strip().splitlines()[-1])["families"]["qwen2_5_vl"]
+    assert family["ok"] and family["text_tokens"] == "exact" and family["trained_tokens"] == "red<|im_end|>"
+    assert set(family["steps"]) == {"data_check", "plan", "train", "infer"}
+    assert all(step["peak_rss_gib"] > 0 for step in family["steps"].values())
