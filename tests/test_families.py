@@ -132,3 +132,17 @@ def test_qwen3_images_cost_fewer_tokens_per_pixel():
         request = PlanRequest(model=name, gpus=parse_gpus("1x80GiB"))
         layout = layout_for(request)
         assert step_for(request, layout).visual_tokens_per_image == per_image == request.visual_tokens(layout)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl-3b-instruct", "qwen3-vl-2b-instruct"])
+def test_planner_resolves_presets_with_the_family_names(name):
+    """'language-and-vision' on a Qwen2.5-VL or Qwen3-VL plan trains the family's own tower linears."""
+    from workbench.hardware import parse_gpu_spec
+    from workbench.planner import PlanRequest
+    from workbench.planner.request import layout_for
+
+    layout = layout_for(PlanRequest(model=name, gpus=parse_gpu_spec("1x80GiB"), lora_targets="language-and-vision"))
+    blocks = [u for u in layout.units if u.kind == "vision_block"]
+    assert layout.vision_trained and all(u.lora_params > 0 for u in blocks)
+    # Qwen2.5-VL: qkv, proj and the three SwiGLU linears; Qwen3-VL: qkv, proj, linear_fc1, linear_fc2
+    assert len(blocks[0].lora_inputs) == (5 if name.startswith("qwen2.5") else 4)

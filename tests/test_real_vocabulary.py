@@ -134,7 +134,7 @@ def test_data_check_counts_exactly_with_the_real_vocabulary(model_type, images, 
     encoder = encoder_for(model_type)
     family = FAMILIES[model_type]
     report = check_dataset(path, tokenizer=encoder.processor.tokenizer, min_pixels=3136, max_pixels=112 * 112,
-                           pixels_per_token=family.pixels_per_token)
+                           factor=family.pixels_per_token)
     assert report.stats["text_tokens"] == "exact" and len(report.samples) == 3
     for sample in report.samples:
         item = encoder.encode(sample)

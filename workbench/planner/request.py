@@ -102,23 +102,20 @@ def request_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(PlanRequest) if f.default is not dataclasses.MISSING}
 
 
-def resolve_targets(targets):
-    """A settings preset name -> its regex; a regex or a list passes through."""
-    from workbench.settings import TARGET_PRESETS
+def resolve_targets(targets, family=None):
+    """A settings preset name -> ``family``'s regex (Qwen2-VL's when None); a regex or a list passes through."""
+    from workbench.settings import target_modules_for
 
-    if isinstance(targets, str) and targets in TARGET_PRESETS:
-        return TARGET_PRESETS[targets]
-    if isinstance(targets, (list, tuple)):
-        return list(targets)
-    return targets
+    return target_modules_for(targets, family)
 
 
 def layout_for(request: PlanRequest, quantize_4bit: bool | None = None) -> Layout:
-    from workbench.models import load_model_config
+    from workbench.models import family_of, load_model_config
 
     config = load_model_config(request.model)
     q4 = request.quantize_4bit if quantize_4bit is None else quantize_4bit
-    return build_layout(config, DTYPE_NAMES[request.dtype], resolve_targets(request.lora_targets), request.lora_rank, q4)
+    targets = resolve_targets(request.lora_targets, family_of(config))
+    return build_layout(config, DTYPE_NAMES[request.dtype], targets, request.lora_rank, q4)
 
 
 def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") -> Step:
