@@ -62,10 +62,21 @@ def full_loss(model, inputs, num_items):
 
 def trained_token_loss(model, inputs, num_items):
     func = TrainedTokenLoss(model)
-    forward = TrainedTokenLoss.forward_inputs(inputs)
+    forward = func.forward_inputs(inputs)
     labels = forward.pop("labels")
     outputs = model(**forward)
     assert outputs.logits.numel() == 0  # no position went through lm_head in the forward
+    return func(outputs, labels, num_items)
+
+
+def trained_token_loss_in_forward(model, inputs, num_items):
+    """The FSDP2 way: lm_head inside the forward at the trained positions only."""
+    func = TrainedTokenLoss(model)
+    func._in_forward = True
+    forward = func.forward_inputs(inputs)
+    labels = forward.pop("labels")
+    outputs = model(**forward)
+    assert outputs.logits.shape[0] == int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
     return func(outputs, labels, num_items)
 
 
@@ -83,11 +94,12 @@ def grads(model):
 
 @pytest.mark.parametrize("chunk_elements", [1 << 26, 3 * VOCAB])  # one chunk; chunks of 3 tokens
 @pytest.mark.parametrize("num_items", [None, 23])
-def test_value_and_gradients_match_the_full_loss(monkeypatch, chunk_elements, num_items):
+@pytest.mark.parametrize("ours", [trained_token_loss, trained_token_loss_in_forward])
+def test_value_and_gradients_match_the_full_loss(monkeypatch, chunk_elements, num_items, ours):
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", chunk_elements)
     inputs = batch()
     results = []
-    for compute in (full_loss, trained_token_loss):
+    for compute in (full_loss, ours):
         model = tiny_lora_model()
         value = compute(model, inputs, None if num_items is None else torch.tensor(num_items))
         value.backward()
@@ -100,9 +112,10 @@ def test_value_and_gradients_match_the_full_loss(monkeypatch, chunk_elements, nu
 
 def test_a_trained_lm_head_and_tied_embeddings_get_the_same_gradients():
     inputs = batch()
-    for kwargs in ({"modules_to_save": ["lm_head"]}, {"tie": True}):
+    for kwargs, ours in (({"modules_to_save": ["lm_head"]}, trained_token_loss), ({"tie": True}, trained_token_loss),
+                         ({"modules_to_save": ["lm_head"]}, trained_token_loss_in_forward)):
         results = []
-        for compute in (full_loss, trained_token_loss):
+        for compute in (full_loss, ours):
             model = tiny_lora_model(**kwargs)
             compute(model, inputs, torch.tensor(10)).backward()
             results.append(grads(model))
@@ -111,11 +124,12 @@ def test_a_trained_lm_head_and_tied_embeddings_get_the_same_gradients():
         assert_same_gradients(results[1], results[0])
 
 
-def test_a_batch_without_trained_tokens_still_back_propagates():
+@pytest.mark.parametrize("ours", [trained_token_loss, trained_token_loss_in_forward])
+def test_a_batch_without_trained_tokens_still_back_propagates(ours):
     inputs = batch()
     inputs["labels"][:] = IGNORE_INDEX
     model = tiny_lora_model()
-    value = trained_token_loss(model, inputs, torch.tensor(1))
+    value = ours(model, inputs, torch.tensor(1))
     value.backward()
     assert float(value.detach()) == 0.0
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,5 +1,6 @@
 """The trained-token loss under DDP and FSDP2: two CPU processes (gloo), the same reduced gradients
-as the model's own loss, with the loss split in chunks (lm_head recomputed in backward)."""
+as the model's own loss over two steps, with the loss split in chunks (recomputed in backward);
+FSDP2 as accelerate shards the model ([final norm, lm_head] one unit)."""
 
 import os
 import socket
@@ -18,8 +19,13 @@ def _wrap(model, mode):
         return DistributedDataParallel(model)
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model.base_model.model.model.language_model.layers:
+    # as accelerate 1.15's fsdp2_prepare_model shards it: each decoder layer, embed_tokens, and
+    # [final norm, lm_head] as one unit kept gathered after forward, then the root
+    qwen = model.base_model.model
+    for layer in qwen.model.language_model.layers:
         fully_shard(layer)
+    fully_shard(qwen.model.language_model.embed_tokens)
+    fully_shard([qwen.model.language_model.norm, qwen.lm_head], reshard_after_forward=False)
     fully_shard(model)
     return model
 
@@ -38,13 +44,16 @@ def _worker(rank: int, port: int, results):
         for kind in ("full", "trained"):
             model = tiny_lora_model()
             wrapped = _wrap(model, mode)
-            if kind == "full":
-                value = wrapped(**inputs, num_items_in_batch=items).loss
-            else:
-                forward = TrainedTokenLoss.forward_inputs(inputs)
-                labels = forward.pop("labels")
-                value = TrainedTokenLoss(model)(wrapped(**forward), labels, items)
-            value.backward()
+            for _ in range(2):  # the second step meets whatever state the first left behind
+                model.zero_grad(set_to_none=True)
+                if kind == "full":
+                    value = wrapped(**inputs, num_items_in_batch=items).loss
+                else:
+                    loss = TrainedTokenLoss(model)
+                    forward = loss.forward_inputs(inputs)
+                    labels = forward.pop("labels")
+                    value = loss(wrapped(**forward), labels, items)
+                value.backward()
             grads = {}
             for name, param in model.named_parameters():
                 if param.requires_grad:
@@ -55,7 +64,7 @@ def _worker(rank: int, port: int, results):
             (full, full_grads), (ours, our_grads) = outcome["full"], outcome["trained"]
             scale = max(float(g.abs().max()) for g in full_grads.values())
             diff = max(float((our_grads[n] - full_grads[n]).abs().max()) for n in full_grads)
-            results[mode] = (full, ours, diff / scale, len(full_grads))
+            results[mode] = (full, ours, diff / scale, len(full_grads), TrainedTokenLoss(model).lm_head_in_forward())
     dist.destroy_process_group()
 
 
@@ -68,6 +77,7 @@ def test_ddp_and_fsdp2_gradients_match_the_full_loss():
         mp.spawn(_worker, args=(port, results), nprocs=2)
         results = dict(results)
     assert set(results) == {"ddp", "fsdp"}
-    for mode, (full, ours, relative_diff, count) in results.items():
+    for mode, (full, ours, relative_diff, count, in_forward) in results.items():
         assert abs(ours - full) < 1e-5 * abs(full), mode
         assert count > 10 and relative_diff < 1e-5, (mode, relative_diff)
+        assert in_forward == (mode == "fsdp")  # lm_head inside the forward for FSDP2 units

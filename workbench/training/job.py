@@ -86,7 +86,7 @@ def trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if isinstance(self.compute_loss_func, TrainedTokenLoss) and "labels" in inputs:
-                inputs = TrainedTokenLoss.forward_inputs(inputs)
+                inputs = self.compute_loss_func.forward_inputs(inputs)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def training_step(self, model, inputs, num_items_in_batch=None):

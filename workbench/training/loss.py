@@ -3,20 +3,27 @@
 A vision-language row trains its answer: the image tokens, the prompt and the padding are
 masked (-100). The model's own loss still projects every position onto the vocabulary and
 upcasts the logits to fp32, 12 bytes x tokens x vocab at the peak on the lm_head device
-(3.5 GiB at 2048 tokens and vocab 152064). Here the forward returns the final hidden state
-instead of logits (``logits_to_keep`` with an all-false mask makes lm_head project nothing;
-``output_hidden_states=-1`` keeps only the last, normed, hidden state), and the trained
-positions go through lm_head and the cross-entropy in chunks, so the loss peak scales with
-the answer tokens, at most one chunk at a time.
+(3.5 GiB at 2048 tokens and vocab 152064). Here only the N trained positions reach lm_head
+and the cross-entropy, in chunks of at most ``chunk_tokens`` (recomputed in backward), so
+the loss memory scales with the answer, not the row. Two ways, by placement:
+
+- one process, device_map, DDP: the forward returns the final hidden state instead of
+  logits (``logits_to_keep`` with an all-false mask makes lm_head project nothing;
+  ``output_hidden_states=-1`` keeps only the last, normed, state), and the trained rows of
+  it go through lm_head chunk by chunk: 12 x min(N, chunk) x V bytes at the peak. lm_head
+  is called after the forward; under device_map its own hook moves each chunk to its GPU.
+- FSDP2: accelerate shards [final norm, lm_head] as one unit, and calling that unit again
+  after the forward crashes its backward (torch 2.14, measured on gloo), so lm_head runs
+  inside the forward on the trained positions only (``logits_to_keep`` with the trained
+  mask, which transformers flattens to (N, V)) and the cross-entropy is chunked: 4 x N x V
+  more (the bf16 logits and their gradient). Not used for device_map: the top-level hook
+  moves the mask to the first GPU while the hidden states it indexes sit on lm_head's.
 
 The value is the model's: the cross-entropy summed over trained tokens, divided by
-Trainer's ``num_items_in_batch`` (or the mean when Trainer gives none), so gradient
+Trainer's ``num_items_in_batch`` (the mean when Trainer gives none), so gradient
 accumulation and the averaging over DDP/FSDP processes stay Trainer's own (this is
-Trainer's ``compute_loss_func`` hook). The forward still runs through the wrapped model,
-so DDP's and FSDP2's hooks and accelerate's device_map hooks all see it; lm_head is called
-after the forward returns, which FSDP2 allows because it keeps the root module's
-parameters (lm_head, embeddings) gathered until backward, and device_map allows because
-lm_head's own hook moves its input to its device.
+Trainer's ``compute_loss_func`` hook). The forward always runs through the wrapped model,
+so DDP's, FSDP2's and accelerate's hooks all see it.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ CHUNK_ELEMENTS = 1 << 26
 
 
 def chunk_tokens(vocab: int) -> int:
-    """Trained tokens whose logits exist at once."""
+    """Trained tokens whose fp32 logits exist at once."""
     return max(1, CHUNK_ELEMENTS // max(1, vocab))
 
 
@@ -42,26 +49,40 @@ def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
-def _chunk_loss_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = lm_head(hidden).float()
-    return F.cross_entropy(logits, targets.to(logits.device), ignore_index=IGNORE_INDEX, reduction="sum")
+def _logits_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets.to(logits.device), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _hidden_loss_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return _logits_loss_sum(lm_head(hidden), targets)
+
+
+def chunked_loss_sum(function, rows: torch.Tensor, targets: torch.Tensor, chunk: int, *leading) -> torch.Tensor:
+    """sum of function(*leading, rows chunk, targets chunk) over chunks of ``chunk`` rows.
+
+    More than one chunk: each is recomputed in backward, so only one chunk's logits exist
+    at any time. One chunk: computed once, nothing to gain from recomputing it."""
+    if rows.shape[0] <= chunk:
+        return function(*leading, rows, targets)
+    total = None
+    for part_rows, part_targets in zip(rows.split(chunk), targets.split(chunk)):
+        part = checkpoint(function, *leading, part_rows, part_targets, use_reentrant=False)
+        total = part if total is None else total + part.to(total.device)
+    return total
 
 
 def trained_token_loss_sum(lm_head, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> tuple[torch.Tensor, int]:
-    """(summed cross-entropy over the trained positions, their count) for hidden (B, S, H) and labels (B, S)."""
+    """(summed cross-entropy over the trained positions, their count) for hidden (B, S, H), labels (B, S)."""
     targets = shifted_labels(labels).to(hidden.device)
     keep = targets != IGNORE_INDEX
     selected, targets = hidden[keep], targets[keep]
-    count = selected.shape[0]
-    if count <= chunk:  # one chunk: nothing to gain from recomputing it in backward
-        return _chunk_loss_sum(lm_head, selected, targets), count
-    total = None
-    for start in range(0, count, chunk):
-        # recomputed in backward, so only one chunk's logits exist at any time
-        part = checkpoint(_chunk_loss_sum, lm_head, selected[start:start + chunk], targets[start:start + chunk],
-                          use_reentrant=False)
-        total = part if total is None else total + part.to(total.device)
-    return total, count
+    return chunked_loss_sum(_hidden_loss_sum, selected, targets, chunk, lm_head), int(targets.shape[0])
+
+
+def is_fsdp_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(module, FSDPModule) for module in model.modules())
 
 
 class TrainedTokenLoss:
@@ -69,17 +90,32 @@ class TrainedTokenLoss:
 
     def __init__(self, model):
         self.model = model  # the PeftModel: lm_head is looked up per call (LoRA or modules_to_save may wrap it)
+        self._in_forward: bool | None = None  # lm_head inside the forward (FSDP2), decided at the first step
 
-    @staticmethod
-    def forward_inputs(inputs: dict) -> dict:
-        """The model inputs with logits switched off and the final hidden state returned."""
-        labels = inputs["labels"]
-        return {**inputs, "logits_to_keep": torch.zeros_like(labels, dtype=torch.bool), "output_hidden_states": -1}
+    def lm_head_in_forward(self) -> bool:
+        if self._in_forward is None:  # the model is sharded by then: Trainer prepares it before the first step
+            self._in_forward = is_fsdp_sharded(self.model)
+        return self._in_forward
+
+    def forward_inputs(self, inputs: dict) -> dict:
+        """The model inputs, asking for logits at the trained positions only (FSDP2) or for none
+        and the final hidden state instead."""
+        keep = shifted_labels(inputs["labels"]) != IGNORE_INDEX
+        if self.lm_head_in_forward():
+            return {**inputs, "logits_to_keep": keep}
+        return {**inputs, "logits_to_keep": torch.zeros_like(keep), "output_hidden_states": -1}
 
     def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        lm_head = self.model.get_output_embeddings()
-        vocab = getattr(lm_head, "out_features", None) or lm_head.weight.shape[0]
-        total, count = trained_token_loss_sum(lm_head, outputs.hidden_states[-1], labels, chunk_tokens(vocab))
+        if self.lm_head_in_forward():
+            targets = shifted_labels(labels)
+            targets = targets[targets != IGNORE_INDEX]
+            logits = outputs.logits
+            total = chunked_loss_sum(_logits_loss_sum, logits, targets, chunk_tokens(logits.shape[-1]))
+            count = int(targets.shape[0])
+        else:
+            lm_head = self.model.get_output_embeddings()
+            vocab = getattr(lm_head, "out_features", None) or lm_head.weight.shape[0]
+            total, count = trained_token_loss_sum(lm_head, outputs.hidden_states[-1], labels, chunk_tokens(vocab))
         if num_items_in_batch is None:
             return total / count  # cross_entropy's mean: nan when nothing is trained, like the model's loss
         if torch.is_tensor(num_items_in_batch):
