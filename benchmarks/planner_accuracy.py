@@ -204,7 +204,8 @@ def cuda_check(presets=("qwen2-vl-2b-instruct", "qwen2-vl-7b-instruct"), lengths
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             measured = torch.cuda.max_memory_reserved() + context
-            plan = plan_memory(PlanRequest(preset, [Gpu(0, name, capacity)], max_length=length, max_pixels=1003520))
+            plan = plan_memory(PlanRequest(preset, [Gpu(0, name, capacity)], max_length=length, max_pixels=1003520,
+                                            strategy="device_map"))
             pred = plan.devices[0]["total_bytes"]
             results.append({"gpu": name, "model": preset, "max_length": length, "measured_bytes": measured,
                             "predicted_bytes": pred, "error": pred / measured - 1, "vocab": vocab})

@@ -117,8 +117,14 @@ def test_device_map_is_usable_by_from_pretrained(headline):
 
 def test_json_contract(headline):
     data = json.loads(json.dumps(headline.to_json()))
+    # Today's fields for the chosen strategy, plus the strategies side by side (issue 12).
     assert set(data) == {"fits", "devices", "device_map", "max_length_that_fits", "suggestions",
-                         "accelerate_auto", "plan_seconds"}
+                         "accelerate_auto", "plan_seconds", "strategy", "choice", "strategies", "nodes",
+                         "speed_inputs"}
+    assert data["strategy"] == "device_map" and [e["name"] for e in data["strategies"]] == ["device_map", "ddp", "fsdp"]
+    for e in data["strategies"]:
+        assert {"name", "fits", "devices", "peak_bytes", "relative_speed", "why"} <= set(e)
+        assert e["why"].endswith(".") and len(e["devices"]) == 4
     assert isinstance(data["fits"], bool) and isinstance(data["plan_seconds"], float)
     assert all(set(d) == DEVICE_KEYS and all(isinstance(d[k], int) for k in DEVICE_KEYS - {"device"})
                for d in data["devices"])

@@ -23,9 +23,14 @@ def test_does_not_fit_exits_one(capsys):
 
 
 def test_human_table(capsys):
-    assert main(["plan", "--model", "qwen2-vl-2b-instruct", "--gpus", "40GiB,24GiB", "--lora-targets", "q_proj,v_proj"]) == 0
+    argv = ["plan", "--model", "qwen2-vl-2b-instruct", "--gpus", "40GiB,24GiB", "--lora-targets", "q_proj,v_proj"]
+    assert main(argv + ["--strategy", "device_map"]) == 0
     out = capsys.readouterr().out
     assert "cuda:0" in out and "logits/loss" in out and "Device map:" in out
+    # auto: the 2B model fits on each GPU, so two replicas (ddp) beat one GPU busy at a time.
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Strategy: ddp over 2 GPUs") and "*ddp" in out and "Device map:" not in out
 
 
 @pytest.mark.parametrize("argv", [["--gpus", "4x0GiB"], ["--gpus", "lots"], ["--max-length", "-5"],

@@ -78,10 +78,12 @@ def adapter_base(adapter_dir: str | Path) -> tuple[str, RunConfig | None]:
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise UserError(f"{adapter_dir} holds no adapter_config.json: pass a finished run's folder or a checkpoint folder.")
-    run_yaml = adapter_dir / "run.yaml"
-    if not run_yaml.is_file() and (adapter_dir.parent / "run.yaml").is_file():
-        run_yaml = adapter_dir.parent / "run.yaml"  # a checkpoint inside a run
-    run = RunConfig.load(run_yaml) if run_yaml.is_file() else None
+    from workbench.run_folder import RunFolder
+
+    folder = RunFolder(adapter_dir)
+    if not folder.config_file.is_file():
+        folder = RunFolder(adapter_dir.parent)  # a checkpoint inside a run (or a bare adapter: no config)
+    run = folder.config()
     try:
         base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except (json.JSONDecodeError, UnicodeDecodeError):

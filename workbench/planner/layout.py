@@ -27,6 +27,7 @@ class Unit:
     weight_bytes: int
     lora_params: int
     lora_inputs: tuple[int, ...]    # input widths of the LoRA linears inside
+    numel: int = 0                  # parameters (elements) of its weights: the FLOPs of a pass are 2 x this per token
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,11 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantize_4bit: boo
     elem = DTYPE_BYTES[dtype]
     matches = target_matcher(targets)
 
-    param_bytes = []
+    param_bytes, param_numel = [], {}
     for name, p in model.named_parameters():
         quantized = quantize_4bit and ".layers." in name and name.endswith("proj.weight")
         param_bytes.append((name, quantized_4bit_bytes(p.numel()) if quantized else p.numel() * elem))
+        param_numel[name] = p.numel()
 
     lora_by_module = {}
     for name, module in model.named_modules():
@@ -142,16 +144,19 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantize_4bit: boo
     unit_specs += [(f"{language}.norm", "norm"), (f"{language}.rotary_emb", "rotary"), ("lm_head", "lm_head")]
 
     by_unit: dict[str, int] = {}
+    numel_by_unit: dict[str, int] = {}
     prefixes = {name for name, _ in unit_specs}
     for name, nbytes in param_bytes:
-        by_unit[_owner(name, prefixes)] = by_unit.get(_owner(name, prefixes), 0) + nbytes
+        owner = _owner(name, prefixes)
+        by_unit[owner] = by_unit.get(owner, 0) + nbytes
+        numel_by_unit[owner] = numel_by_unit.get(owner, 0) + param_numel[name]
     lora_units: dict[str, list] = {}
     for name, (params, d_in) in lora_by_module.items():
         lora_units.setdefault(_owner(name, prefixes), []).append((params, d_in))
 
     units = tuple(
         Unit(name, kind, by_unit.get(name, 0), sum(p for p, _ in lora_units.get(name, [])),
-             tuple(d for _, d in lora_units.get(name, [])))
+             tuple(d for _, d in lora_units.get(name, [])), numel_by_unit.get(name, 0))
         for name, kind in unit_specs
     )
     return Layout(units=units, shape=shape_of(config), tied=bool(config.tie_word_embeddings),

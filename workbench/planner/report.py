@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 GIB = 1024**3
-TERMS = ("weights_bytes", "lora_bytes", "activation_bytes", "logits_bytes", "overhead_bytes")
+TERMS = ("weights_bytes", "lora_bytes", "activation_bytes", "logits_bytes", "comm_bytes", "overhead_bytes")
 TERM_LABELS = {"weights_bytes": "weights", "lora_bytes": "LoRA+optim", "activation_bytes": "activations",
-               "logits_bytes": "logits/loss", "overhead_bytes": "CUDA+alloc"}
+               "logits_bytes": "logits/loss", "comm_bytes": "gathered/buckets", "overhead_bytes": "CUDA+alloc"}
 
 
 def gib(n: int | float) -> str:
@@ -39,13 +39,29 @@ def map_ranges(device_map: dict) -> list[tuple[str, str]]:
     return [(label, ", ".join(parts)) for label, parts in folded]
 
 
+def offload_ranges(modules: list[str]) -> str:
+    """Module names folded into ranges for a sentence: 'layers.22-79, norm, lm_head'."""
+    return "; ".join(mods for _, mods in map_ranges({m: "cpu" for m in modules}))
+
+
 def verdict(plan) -> str:
+    """FITS with the peak GPU, or DOES NOT FIT with what does not: the modules that fit on no
+    GPU, or the GPU that needs more than it has."""
     worst = max(plan.devices, key=lambda d: d["total_bytes"] / d["capacity_bytes"])
     r = plan.request
-    head = (f"{'FITS' if plan.fits else 'DOES NOT FIT'}: peak {gib(worst['total_bytes'])} GiB of "
-            f"{gib(worst['capacity_bytes'])} GiB on {worst['device']} (batch {r.batch_size}, max_length "
-            f"{r.max_length}, max_pixels {r.max_pixels}, gradient checkpointing "
-            f"{'on' if r.gradient_checkpointing else 'off'}).")
+    settings = (f"batch {r.batch_size}, max_length {r.max_length}, max_pixels {r.max_pixels}, gradient "
+                f"checkpointing {'on' if r.gradient_checkpointing else 'off'}")
+    amount = f"{gib(worst['total_bytes'])} GiB of {gib(worst['capacity_bytes'])} GiB"
+    same = len({d["total_bytes"] for d in plan.devices}) == 1 and len(plan.devices) > 1
+    where = "every GPU" if same else worst["device"]
+    if plan.fits:
+        head = f"FITS: peak {amount} on {where} ({settings})."
+    elif getattr(plan, "offloaded", None):
+        gpus = len(plan.devices)
+        head = (f"DOES NOT FIT: {offload_ranges(plan.offloaded)} fit on none of the {gpus} GPU{'s' if gpus > 1 else ''}, "
+                f"which hold up to {amount} with the rest ({settings}).")
+    else:
+        head = f"DOES NOT FIT: {where} would need {amount} ({settings})."
     if plan.max_length_that_fits:
         head += f" Largest max_length that fits: {plan.max_length_that_fits}."
     else:
@@ -55,29 +71,57 @@ def verdict(plan) -> str:
     return head
 
 
+def terms_of(devices: list[dict]) -> tuple[str, ...]:
+    """The terms to show: gathered/buckets only where a strategy has them (ddp, fsdp)."""
+    return tuple(t for t in TERMS if t != "comm_bytes" or any(d.get(t) for d in devices))
+
+
+def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = ()) -> str:
+    """Columns right-aligned (numbers) except those in ``left``."""
+    lines = [header] + rows
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+           .rstrip() for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
 def device_table(plan) -> str:
     """One row per GPU, GiB, terms as columns."""
-    header = ["GPU", "capacity"] + [TERM_LABELS[t] for t in TERMS] + ["total", "free"]
-    lines = [header]
-    for d in plan.devices:
-        lines.append([d["device"], gib(d["capacity_bytes"])] + [gib(d[t]) for t in TERMS]
-                     + [gib(d["total_bytes"]), gib(d["capacity_bytes"] - d["total_bytes"])])
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out) + "\n(GiB)"
+    shown = terms_of(plan.devices)
+    header = ["GPU", "capacity"] + [TERM_LABELS[t] for t in shown] + ["total", "free"]
+    rows = [[d["device"], gib(d["capacity_bytes"])] + [gib(d.get(t, 0)) for t in shown]
+            + [gib(d["total_bytes"]), gib(d["capacity_bytes"] - d["total_bytes"])] for d in plan.devices]
+    return _table(header, rows) + "\n(GiB)"
+
+
+def strategy_table(plan) -> str:
+    """One row per strategy: fits, the fullest GPU, free memory there, expected speed, why."""
+    rows = []
+    for e in plan.strategies:
+        mark = "*" if e["name"] == plan.strategy else " "
+        rows.append([mark + e["name"], "yes" if e["fits"] else "no", gib(e["peak_bytes"]),
+                     gib(e["min_free_bytes"]), f"{e['relative_speed']:.2f}x", e["why"]])
+    return _table(["strategy", "fits", "peak GPU", "free", "speed", "why"], rows, left=(0, 5)) + \
+        "\n(GiB per GPU; speed against device_map on these GPUs; * chosen)"
 
 
 def format_plan(plan) -> str:
     """The human report the CLI prints."""
-    parts = [verdict(plan), "", device_table(plan), "", "Device map:"]
-    parts += [f"  {device}: {modules}" for device, modules in map_ranges(plan.device_map)]
-    if plan.map_source != "accelerate":
+    parts = []
+    if plan.strategies:
+        parts += ["Strategy: " + plan.choice, "", strategy_table(plan), ""]
+    parts += [verdict(plan), "", device_table(plan)]
+    if plan.device_map:
+        parts += ["", "Device map:"]
+        parts += [f"  {device}: {modules}" for device, modules in map_ranges(plan.device_map)]
+    if plan.device_map and plan.map_source != "accelerate":
         parts.append("  (the planner's own sequential map)")
     auto = plan.accelerate_auto
-    parts += ["", "accelerate device_map='auto': " + auto["summary"]]
-    parts += [f"  {d['device']}: {gib(d['total_bytes'])} GiB" + ("  <- out of memory" if d["device"] in auto["out_of_memory"] else "")
-              for d in auto["devices"]]
+    if plan.strategy == "device_map":
+        parts += ["", "accelerate device_map='auto': " + auto["summary"]]
+        parts += [f"  {d['device']}: {gib(d['total_bytes'])} GiB" + ("  <- out of memory" if d["device"] in auto["out_of_memory"] else "")
+                  for d in auto["devices"]]
     if plan.suggestions:
         parts += ["", "To make it fit (largest saving first):"]
         for s in plan.suggestions:

@@ -144,3 +144,56 @@ def overhead_bytes(dynamic_bytes: int) -> int:
 def quantized_4bit_bytes(numel: int) -> int:
     """NF4 weights with double-quantised absmax (bitsandbytes): about 0.516 bytes per weight."""
     return numel // 2 + numel // 64
+
+
+# ---- per strategy: DDP and FSDP2 (device_map uses the terms above, placed by layer) ----------
+# NCCL's own buffers, allocated outside torch's allocator when a process first communicates:
+# 544 MB for a group of 2 ranks, 688 MB for more, measured through PyTorch on 4 x A100 with
+# NVLink (github.com/NVIDIA/nccl/issues/964).
+NCCL_BYTES_TWO_RANKS = 544 * 1000**2
+NCCL_BYTES_MORE_RANKS = 688 * 1000**2
+
+
+def nccl_bytes(world_size: int) -> int:
+    """NCCL communicator buffers on each GPU: 0 alone, 544 MB for 2 ranks, 688 MB beyond."""
+    if world_size <= 1:
+        return 0
+    return NCCL_BYTES_TWO_RANKS if world_size == 2 else NCCL_BYTES_MORE_RANKS
+
+
+def ddp_bucket_bytes(lora_params: int, world_size: int) -> int:
+    """DDP's gradient buckets: one more fp32 copy of every trainable gradient, 4 x L.
+
+    The reducer allocates its buckets for all trainable parameters when it wraps the model
+    (gradient_as_bucket_view off, accelerate's default); a single process is not wrapped.
+    """
+    return 4 * lora_params if world_size > 1 else 0
+
+
+def fsdp_shard_bytes(total_bytes: int, world_size: int) -> int:
+    """What FSDP2 keeps of a model on each GPU between uses: ceil(bytes / world size).
+
+    fully_shard splits every parameter along dim 0 (padding the last shard), so each rank
+    holds 1/N of the frozen weights, and likewise 1/N of the LoRA weights, gradients and
+    AdamW states (pass ``lora_state_bytes(L)`` for those).
+    """
+    return -(-total_bytes // world_size)
+
+
+def fsdp_gathered_bytes(root: int, embed: int, tail: int, layer: int, layer_lora_params: int) -> int:
+    """Full (unsharded) parameters alive at once on every GPU under FSDP2, as accelerate wraps
+    Qwen2-VL (each decoder layer and vision block a unit, embed_tokens a unit, [norm, lm_head]
+    one unit kept gathered from the end of forward through its backward, the rest the root):
+
+        root + layer' + max(layer', tail, embed),  layer' = layer + 8 x layer_lora_params
+
+    root: the root's own parameters (patch embedding, merger), gathered for the whole step.
+    One decoder layer runs while the next is prefetched; lm_head's unit is gathered while the
+    last layer is prefetched at the start of backward; embed_tokens is gathered again at the
+    very end of backward while layer 0 finishes. Never two of tail, embed and a second layer
+    at once, so the largest counts. layer': the layer's bf16 weights plus its LoRA weights
+    and, before the reduce-scatter, their unsharded fp32 gradients (4 + 4 bytes each).
+    With tied embeddings ``tail`` includes embed_tokens and ``embed`` is 0.
+    """
+    gathered_layer = layer + 8 * layer_lora_params
+    return root + gathered_layer + max(gathered_layer, tail, embed)

@@ -33,10 +33,13 @@ def pick_device_map(config: RunConfig):
         return config.model.device_map
     if not torch.cuda.is_available():
         return {"": "cpu"}
-    from workbench.hardware import detect_gpus
+    from dataclasses import replace
+
+    from workbench.hardware import detect_gpus, usable
     from workbench.planner import PlanRequest, plan_memory
 
-    plan = plan_memory(PlanRequest.from_run_config(config, detect_gpus()))
+    request = replace(PlanRequest.from_run_config(config, usable(detect_gpus())), strategy="device_map", nodes=1)
+    plan = plan_memory(request)
     if not plan.fits:
         log.warning("planner predicts out-of-memory; loading with its map anyway")
     return plan.device_map

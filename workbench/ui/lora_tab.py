@@ -250,7 +250,7 @@ def build(ctx) -> LoraTab:
         path = gr.Textbox(label="Save as", value="run.yaml", scale=3, elem_id="lora-save-path")
         overwrite = gr.Checkbox(label="Overwrite", value=False, scale=1)
         save = gr.Button("Save YAML", scale=1, elem_id="lora-save")
-    upload = gr.File(label="Load YAML", file_types=[".yaml", ".yml"], type="filepath")
+    upload = gr.File(label="Load YAML", file_types=[".yaml", ".yml"], type="filepath", height=90)
     file_message = gr.Markdown(elem_id="lora-file-message")
     command = gr.Code(command_text, label="Headless command", language="shell", interactive=False)
     yaml_view = gr.Code(yaml_text, label="YAML", language="yaml", interactive=False)

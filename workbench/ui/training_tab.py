@@ -139,6 +139,13 @@ def build(ctx, plan=None) -> TrainingTab:
     with gr.Row():
         start_button = gr.Button("Start", variant="primary", elem_id="training-start")
         stop_button = gr.Button("Stop", variant="stop", elem_id="training-stop")
+    resumable = resumable_runs(session)
+    with gr.Accordion("Continue a run that stopped early", open=bool(resumable)):
+        with gr.Row():
+            runs = gr.Dropdown(label="Stopped, failed or interrupted runs (each continues from its newest complete "
+                               "checkpoint)", choices=resumable, scale=4, elem_id="training-resumable")
+            refresh = gr.Button("↻", scale=0, min_width=60)
+            resume_button = gr.Button("Resume", scale=1, elem_id="training-resume")
     action = gr.Markdown(elem_id="training-action")
     status = gr.Markdown(elem_id="training-status")
     progress = gr.HTML(progress_html(None))
@@ -149,12 +156,6 @@ def build(ctx, plan=None) -> TrainingTab:
                                   x_title="seconds since the first step", y_title="GiB", height=320)
     log = gr.Textbox(label="Log (newest last)", lines=10, max_lines=10, interactive=False, autoscroll=True)
     run_dir = gr.Textbox(label="Last finished run folder (open it in the Inference tab)", interactive=False)
-    with gr.Accordion("Continue a run", open=False):
-        with gr.Row():
-            runs = gr.Dropdown(label="Runs that stopped early (from their newest complete checkpoint)",
-                               choices=resumable_runs(session), scale=4, elem_id="training-resumable")
-            refresh = gr.Button("↻", scale=0, min_width=60)
-            resume_button = gr.Button("Resume", scale=1, elem_id="training-resume")
     view = gr.State({})
     inputs = [view, ctx.config] + ([plan] if plan is not None else [])
     timer = gr.Timer(TICK_SECONDS)

@@ -1,0 +1,89 @@
+"""The Memory planner tab alone in a real browser (Debian's chromium via Playwright), 1280x800.
+
+Typed at 30 ms per key as a person would: a plan that does not fit shows every column of its
+suggestions; choosing a strategy row redraws the per-GPU table; "Use this plan" answers.
+"""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SECOND = 1000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does).")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page():
+    import gradio as gr
+    from playwright.sync_api import sync_playwright
+
+    from workbench.session import Workbench
+    from workbench.settings import RunConfig
+    from workbench.ui import planner_tab
+    from workbench.ui.app import LaunchOptions, TabContext
+
+    with gr.Blocks() as app:
+        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(RunConfig().to_dict()))
+        with gr.Tab("Memory planner"):
+            planner_tab.build(ctx)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(60 * SECOND)
+            page.goto(app.local_url)
+            yield page
+            browser.close()
+    finally:
+        app.close()
+
+
+def type_into(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill("")
+    box.press_sequentially(text, delay=30)
+
+
+def test_plan_that_does_not_fit_shows_all_suggestion_columns_and_rows_redraw(page):
+    from playwright.sync_api import expect
+
+    type_into(page, "planner-model", "qwen2-vl-72b-instruct")
+    type_into(page, "planner-gpus", "3x40GiB")
+    page.get_by_role("button", name="Plan", exact=True).click()
+    expect(page.get_by_text("Does not fit:").first).to_be_visible(timeout=120 * SECOND)
+    expect(page.locator("body")).to_contain_text("layers.64-79, norm, lm_head fit on none of the 3 GPUs")
+
+    suggestions = page.locator("#planner-suggestions")
+    expect(suggestions).to_contain_text("4-bit")
+    suggestions.scroll_into_view_if_needed()
+    # Every header lies inside the table's visible frame (no column scrolled out of view).
+    headers = suggestions.evaluate("""e => {
+        const frame = e.querySelector('table').parentElement.getBoundingClientRect();
+        return [...e.querySelectorAll('th')].map(th => {
+            const b = th.getBoundingClientRect();
+            return [th.innerText.trim(), b.left >= frame.left - 1 && b.right <= frame.right + 1];
+        });
+    }""")
+    shown = {text.split("\n")[0]: inside for text, inside in headers if text}
+    assert shown == {"fits": True, "saves GiB": True, "peak GPU GiB": True, "change": True}, shown
+
+    # Choosing the fsdp row shows fsdp's GPUs: the gathered layers appear in the per-GPU table.
+    page.locator("#planner-strategies").get_by_text("fsdp", exact=True).first.click()
+    expect(page.locator("body")).to_contain_text("Showing fsdp")
+    expect(page.locator("body")).to_contain_text("gathered/buckets")
+
+    page.locator("#planner-use").click()
+    expect(page.locator("body")).to_contain_text("Not applied: this plan does not fit with fsdp")

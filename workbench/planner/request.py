@@ -1,0 +1,149 @@
+"""What a plan depends on (``PlanRequest``, whose field defaults are the planner's defaults for
+the CLI and the Memory planner tab alike) and what it derives from it: the model's layout and
+the shape of one training step."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from workbench.errors import UserError
+from workbench.hardware import Gpu
+from workbench.planner import terms
+from workbench.planner.device_map import Step
+from workbench.planner.layout import Layout, build_layout
+
+DTYPE_NAMES = {"auto": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
+               "fp32": "fp32", "float32": "fp32"}
+STRATEGIES = ("auto", "device_map", "ddp", "fsdp")
+# No real LoRA step runs more rows than this on one device; a larger value is a typo.
+MAX_BATCH_SIZE = 1024
+MAX_NODES = 1024
+# One 200 Gb/s InfiniBand HDR port per node: what many small clusters have between nodes.
+DEFAULT_INTER_NODE_GBPS = 25.0
+
+
+@dataclass
+class PlanRequest:
+    """Everything the plan depends on. Sizes are validated by ``check``.
+
+    ``gpus`` describes one node; ``nodes`` such nodes take part in ddp/fsdp (device_map
+    always runs in one process on one node). Link bandwidths are in GB/s; None takes the
+    intra-node figure from the GPUs' card (PCIe for unnamed sizes).
+    """
+
+    model: str
+    gpus: list[Gpu]
+    dtype: str = "bf16"
+    lora_rank: int = 8
+    lora_targets: str | list = "language-all-linear"
+    lora_dropout: float = 0.05
+    batch_size: int = 1
+    max_length: int = 2048
+    max_pixels: int = 1003520
+    min_pixels: int = 3136
+    images_per_sample: int = 1
+    gradient_checkpointing: bool = True
+    quantize_4bit: bool = False
+    strategy: str = "auto"
+    nodes: int = 1
+    intra_node_gbps: float | None = None
+    inter_node_gbps: float = DEFAULT_INTER_NODE_GBPS
+
+    @classmethod
+    def from_run_config(cls, cfg, gpus: list[Gpu], images_per_sample: int = 1) -> "PlanRequest":
+        """The request for a ``workbench.settings.RunConfig`` on ``gpus``."""
+        return cls(model=cfg.model.name_or_path, gpus=list(gpus), dtype=cfg.model.dtype,
+                   lora_rank=cfg.lora.rank, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
+                   batch_size=cfg.training.per_device_train_batch_size, max_length=cfg.data.max_length,
+                   max_pixels=cfg.data.max_pixels, min_pixels=cfg.data.min_pixels,
+                   images_per_sample=images_per_sample,
+                   gradient_checkpointing=cfg.training.gradient_checkpointing,
+                   strategy=cfg.training.strategy, nodes=cfg.training.nodes)
+
+    def check(self) -> None:
+        if not self.gpus:
+            raise UserError("No GPUs to plan for: pass --gpus like 4x40GiB (none were detected on this machine).")
+        if self.dtype not in DTYPE_NAMES:
+            raise UserError(f"dtype '{self.dtype}' is not one of bf16, fp16, fp32.")
+        for name in ("lora_rank", "batch_size", "max_length", "max_pixels", "min_pixels", "nodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"{name.replace('_', '-')} must be a positive whole number, got {value!r}.")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise UserError(f"batch-size {self.batch_size} is not a per-GPU batch (over {MAX_BATCH_SIZE}): use "
+                            "gradient accumulation for a large effective batch.")
+        if self.nodes > MAX_NODES:
+            raise UserError(f"nodes {self.nodes} is more than {MAX_NODES}: check the number.")
+        if isinstance(self.images_per_sample, bool) or not isinstance(self.images_per_sample, int) or self.images_per_sample < 0:
+            raise UserError(f"images-per-sample must be 0 or more, got {self.images_per_sample!r}.")
+        if self.min_pixels > self.max_pixels:
+            raise UserError(f"min-pixels ({self.min_pixels}) is larger than max-pixels ({self.max_pixels}).")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"LoRA dropout {self.lora_dropout} is outside [0, 1).")
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"strategy '{self.strategy}' is unknown: use {', '.join(STRATEGIES)}.")
+        for name in ("intra_node_gbps", "inter_node_gbps"):
+            value = getattr(self, name)
+            if value is None and name == "intra_node_gbps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e5:
+                raise UserError(f"{name.replace('_', '-')} must be a bandwidth in GB/s between 0 and 100000, "
+                                f"got {value!r}.")
+
+    @property
+    def visual_tokens(self) -> int:
+        """Image tokens in one row: images x max_pixels // 784."""
+        return self.images_per_sample * terms.visual_tokens_per_image(self.max_pixels) if self.images_per_sample else 0
+
+
+def request_defaults() -> dict:
+    """The defaults of every optional PlanRequest field: the one set both the CLI and the tab use."""
+    return {f.name: f.default for f in dataclasses.fields(PlanRequest) if f.default is not dataclasses.MISSING}
+
+
+def resolve_targets(targets):
+    """A settings preset name -> its regex; a regex or a list passes through."""
+    from workbench.settings import TARGET_PRESETS
+
+    if isinstance(targets, str) and targets in TARGET_PRESETS:
+        return TARGET_PRESETS[targets]
+    if isinstance(targets, (list, tuple)):
+        return list(targets)
+    return targets
+
+
+def layout_for(request: PlanRequest, quantize_4bit: bool | None = None) -> Layout:
+    from workbench.models import load_model_config
+
+    config = load_model_config(request.model)
+    q4 = request.quantize_4bit if quantize_4bit is None else quantize_4bit
+    return build_layout(config, DTYPE_NAMES[request.dtype], resolve_targets(request.lora_targets), request.lora_rank, q4)
+
+
+def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") -> Step:
+    return Step(batch_size=request.batch_size, max_length=request.max_length,
+                images_per_sample=request.images_per_sample,
+                visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels),
+                gradient_checkpointing=request.gradient_checkpointing, lora_rank=request.lora_rank,
+                lora_dropout=request.lora_dropout > 0, device_kind=device_kind,
+                act_bytes=4 if layout.dtype == "fp32" else 2)
+
+
+def check_against_model(request: PlanRequest, layout: Layout) -> None:
+    """Settings that only make sense for this model: targets that match, a rank and length it can take."""
+    shape = layout.shape
+    if not layout.lora_params:
+        targets = request.lora_targets if isinstance(request.lora_targets, str) else ",".join(request.lora_targets)
+        raise UserError(f"LoRA targets {targets[:80]!r} match no linear layer of {request.model}: use a preset "
+                        "(language-all-linear, language-attention, ...) or names such as q_proj,v_proj.")
+    if request.lora_rank > shape.hidden:
+        raise UserError(f"lora-rank {request.lora_rank} is larger than the model's hidden size {shape.hidden}: "
+                        "LoRA ranks are usually 8 to 64.")
+    if request.max_length > shape.max_positions:
+        raise UserError(f"max-length {request.max_length} is longer than {request.model} can take "
+                        f"(max_position_embeddings {shape.max_positions}): lower max-length.")
+    if request.visual_tokens >= request.max_length:
+        raise UserError(f"{request.images_per_sample} image(s) at max-pixels {request.max_pixels} take "
+                        f"{request.visual_tokens} tokens, not less than max-length {request.max_length}: raise "
+                        "max-length or lower max-pixels.")
