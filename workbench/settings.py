@@ -69,6 +69,9 @@ class DataSettings:
                            "is given (0 to 0.5). Raise it to watch for overfitting.")
     max_length: int = _f(2048, "Longest row in tokens (text + visual). Longer rows are refused by "
                          "validation. Take p95 or max from the Dataset tab; lower it to save memory.")
+    trained_tokens: int = _f(0, "Answer (trained) tokens per row, for the memory planner's loss term: set "
+                             "with max_length by the Dataset tab's 'Use as training data' (p95 or max). 0: not "
+                             "measured, the planner counts every token of a row (the upper bound).")
     min_pixels: int = _f(3136, "Smallest image area in pixels after resizing (multiple of 28x28). "
                          "Rarely changed.")
     max_pixels: int = _f(1003520, "Largest image area in pixels after resizing; every 28x28 block is "
@@ -225,6 +228,9 @@ class RunConfig:
         if d.format not in ("auto", "swift", "sharegpt", "messages"):
             raise UserError(f"data.format '{d.format}' is unknown: use auto, swift, sharegpt or messages.")
         _positive("data.max_length", d.max_length)
+        if d.trained_tokens < 0:
+            raise UserError(f"data.trained_tokens {d.trained_tokens} is negative: use 0 (not measured) or the "
+                            "answer tokens per row from the Dataset tab.")
         _positive("data.min_pixels", d.min_pixels)
         _positive("data.max_pixels", d.max_pixels)
         if d.min_pixels > d.max_pixels:

@@ -13,7 +13,7 @@ from pathlib import Path
 from workbench.data.formats import TOO_LONG, LoadResult, Problem, load_samples
 from workbench.data.images import ImageHeaders
 from workbench.data.sample import Sample
-from workbench.data.stats import IMAGE_SHAPE, TextTokenCounter, summarize, visual_token_count
+from workbench.data.stats import IMAGE_SHAPE, TextTokenCounter, summarize, summarize_trained, visual_token_count
 
 
 @dataclass
@@ -93,6 +93,7 @@ def check_dataset(path: str | Path, format: str = "auto", max_length: int | None
     problems.sort(key=lambda p: p.row)
     totals = [length.total for length in lengths.values()]
     stats = summarize(totals, [sum(length.visual_tokens) for length in lengths.values()])
+    stats.update(summarize_trained(counter.trained(measurable)))
     stats.update({"text_tokens": counter.method, "unique_images": len(headers),
                   "min_pixels": min_pixels, "max_pixels": max_pixels})
     return DatasetReport(str(path), loaded.format, loaded.rows, valid, problems,

@@ -116,6 +116,10 @@ def planned_map(layout: Layout, step: Step, caps: list[int], notes: list[str]) -
     """
     headroom = balanced_headroom(layout, step, caps)
     packed, packed_fits = pack(layout, step, [c - headroom for c in caps])
+    if any(u.dequant_numel for u in layout.units):
+        # accelerate would size the quantised layers as if they were in the model dtype
+        notes.append("quantised base: the planner's own sequential map (accelerate sizes layers in the model dtype).")
+        return packed, "planner"
     budgets = weight_budgets(layout, step, {k: v for k, v in packed.items() if v != "cpu"},
                              [c - headroom for c in caps])
     amap = accelerate_map(layout, budgets)
