@@ -55,9 +55,7 @@ def model_configs(dry_run: bool) -> list[tuple[str, object]]:
         return [("2B", load_model_config("qwen2-vl-2b-instruct")), ("7B", load_model_config("qwen2-vl-7b-instruct"))]
     from benchmarks.planner_accuracy import tiny_config
 
-    small, wide = tiny_config(4096), tiny_config(8192)
-    small.text_config.num_hidden_layers = 2
-    return [("tiny-a", small), ("tiny-b", wide)]
+    return [("tiny-a", tiny_config(4096)), ("tiny-b", tiny_config(8192))]
 
 
 def build_random_model(config, device: str):
@@ -181,7 +179,8 @@ def predicted(folder: str, gpu, length: int, grid, quantization: str, trained: i
     from workbench.planner import PlanRequest, plan_memory
 
     request = PlanRequest(folder, [gpu], max_length=length, max_pixels=max_pixels(grid), strategy="device_map",
-                          quantize_4bit=quantization == "nf4")
+                          quantization=quantization if quantization != "bf16" else "none",
+                          loss_on_trained_tokens_only=trained is not None, trained_tokens=trained or 0)
     row = plan_memory(request).devices[0]
     return {k: v for k, v in row.items() if k.endswith("_bytes")}
 
@@ -196,6 +195,11 @@ def cuda_context_bytes() -> int:
     return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used - torch.cuda.memory_reserved())
 
 
+def allocated_now(cuda: bool) -> int:
+    """Bytes still allocated before a base loads (should be ~0: a leftover would inflate "measured")."""
+    return int(torch.cuda.memory_allocated()) if cuda else 0
+
+
 def check_model(label: str, config, shapes: dict, trained: int, steps: int, workdir: Path, cuda: bool, gpu,
                 context: int) -> list[dict]:
     from workbench.training.loading import load_model
@@ -203,19 +207,22 @@ def check_model(label: str, config, shapes: dict, trained: int, steps: int, work
 
     device = "cuda" if cuda else "cpu"
     folder = workdir / label
+    leftover = allocated_now(cuda)
     model = build_random_model(config, device)
     model.save_pretrained(folder)  # for the nf4 load and for the planner (config.json)
     rows = []
+    length, grid = next(iter(shapes.items()))
     for quantization in ("bf16", "nf4"):
+        settings = run_config(str(workdir / "out"), length, grid, "nf4" if quantization == "nf4" else "none", True,
+                              steps)
         if quantization == "nf4":
             del model
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
-            settings = run_config(str(workdir / "out"), *next(iter(shapes.items())), "nf4", True, steps)
+            leftover = allocated_now(cuda)
             model = load_model(str(folder), settings, device_map={"": 0} if cuda else {"": "cpu"})
-        model = apply_lora(model, run_config(str(workdir / "out"), *next(iter(shapes.items())), "none", True,
-                                             steps).lora, True)
+        model = apply_lora(model, settings.lora, gradient_checkpointing=True)
         for length, grid in shapes.items():
             row_inputs = training_row(config, length, grid, trained)
             for base, trained_loss in VARIANTS:
@@ -230,26 +237,30 @@ def check_model(label: str, config, shapes: dict, trained: int, steps: int, work
                 else:  # no CUDA context or allocator slack on the CPU
                     total, prediction = measured["allocated_bytes"], terms["total_bytes"] - terms["overhead_bytes"]
                 rows.append({"model": label, "max_length": length, "visual_tokens": max_pixels(grid) // 784,
-                             "base": base, "trained_token_loss": trained_loss, "trained_tokens": trained, **measured,
+                             "base": base, "trained_token_loss": trained_loss, "trained_tokens": trained,
+                             "leftover_bytes": leftover, **measured,
                              "context_bytes": context if cuda else None, "measured_bytes": total,
                              "predicted_bytes": prediction, "error": round(prediction / total - 1, 4), "terms": terms})
-                print_row(rows[-1])
+                print_row(rows[-1], "GiB" if cuda else "MiB")
     del model
     shutil.rmtree(folder, ignore_errors=True)
     return rows
 
 
-HEADER = (f"{'model':7s} {'len':>5s} {'base':5s} {'loss':8s} {'allocated':>10s} {'reserved':>10s} "
-          f"{'measured':>10s} {'predicted':>10s} {'error':>7s} {'tokens/s':>9s}")
+def header(unit: str) -> str:
+    return (f"{'model':7s} {'len':>5s} {'base':5s} {'loss':8s} {'allocated':>10s} {'reserved':>10s} "
+            f"{'measured':>10s} {'predicted':>10s} {'error':>7s} {'tokens/s':>9s}   ({unit})")
 
 
-def print_row(row: dict) -> None:
-    def gib(value):
-        return f"{value / GIB:9.2f}G" if value is not None else f"{'-':>10s}"
+def print_row(row: dict, unit: str) -> None:
+    scale = GIB if unit == "GiB" else 1024**2
+
+    def size(value):
+        return f"{value / scale:10.2f}" if value is not None else f"{'-':>10s}"
 
     loss = "trained" if row["trained_token_loss"] else "full"
-    print(f"{row['model']:7s} {row['max_length']:5d} {row['base']:5s} {loss:8s} {gib(row['allocated_bytes'])} "
-          f"{gib(row['reserved_bytes'])} {gib(row['measured_bytes'])} {gib(row['predicted_bytes'])} "
+    print(f"{row['model']:7s} {row['max_length']:5d} {row['base']:5s} {loss:8s} {size(row['allocated_bytes'])} "
+          f"{size(row['reserved_bytes'])} {size(row['measured_bytes'])} {size(row['predicted_bytes'])} "
           f"{100 * row['error']:+6.1f}% {row['tokens_per_s']:9.1f}", flush=True)
 
 
@@ -278,7 +289,7 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-check-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"{name}: random bf16 Qwen2-VL, LoRA r8, gradient checkpointing, one image, {trained} trained tokens")
-    print(HEADER)
+    print(header("GiB" if cuda else "MiB"))
     rows = []
     for label, config in model_configs(args.dry_run):
         rows += check_model(label, config, shapes, trained, args.steps, workdir, cuda, gpu, context)

@@ -102,3 +102,19 @@ def yaml_config(run_dir):
     from workbench.settings import RunConfig
 
     return RunConfig.load(run_dir / "run.yaml")
+
+
+def test_the_lora_form_offers_the_quantisation_and_refuses_unknown_ones(demo_config):
+    from workbench.ui import lora_tab
+
+    assert lora_tab.CHOICES[("model", "quantization")] == ["none", "nf4", "int8"]
+    config = demo_config.to_dict()
+    values = dict(zip(lora_tab.KEYS, lora_tab.form_values(config)))
+    assert values["model.quantization"] == "none"
+    for choice, ok in (("nf4", True), ("int4", False)):
+        values["model.quantization"] = choice
+        shared, message, _, _ = lora_tab.apply_form(config, *[values[k] for k in lora_tab.KEYS])
+        if ok:
+            assert message == "Settings are valid." and shared["model"]["quantization"] == "nf4"
+        else:
+            assert shared is config and "model.quantization 'int4' is not one of none, nf4, int8" in message

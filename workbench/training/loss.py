@@ -54,7 +54,9 @@ def _logits_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 def _hidden_loss_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return _logits_loss_sum(lm_head(hidden), targets)
+    # Under mixed precision accelerate hands back the model's outputs in fp32, and this call
+    # runs outside the forward's autocast: lm_head computes in its weights' dtype, as in the forward.
+    return _logits_loss_sum(lm_head(hidden.to(lm_head.weight.dtype)), targets)
 
 
 def chunked_loss_sum(function, rows: torch.Tensor, targets: torch.Tensor, chunk: int, *leading) -> torch.Tensor:
