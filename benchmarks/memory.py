@@ -17,6 +17,10 @@ Two cases:
 - the demo rows: the embedded demo model, one batch of 8 of its training rows, the demo's
   own settings (``DEMO_TRAINING``: LoRA r16 with the merger, no checkpointing; fp32 on CPU).
 
+Each case also times one forward + backward of both sides, interleaved (--repeats of each,
+median): the cost of the trained-token loss in time, robust to a busy machine where two
+separate training processes are not (benchmarks/train_throughput.py).
+
 Prints one table line per case, then one JSON line with both and the long-row ratio.
 """
 
@@ -80,7 +84,27 @@ def trainers(make_model, rows, collator, config):
     return workbench, plain
 
 
-def compare(name: str, make_model, rows, collator, config, **facts) -> dict:
+def step_seconds(trainers_: tuple, repeats: int) -> list[float]:
+    """Median seconds of one forward + backward (Trainer.training_step) of each trainer on its
+    first batch, the trainers interleaved so a busy machine slows both alike."""
+    import statistics
+    import time
+
+    prepared = []
+    for trainer in trainers_:
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        prepared.append((trainer, batch, trainer._get_num_items_in_batch([batch], trainer.args.device)))
+    times: list[list[float]] = [[] for _ in trainers_]
+    for _ in range(repeats):
+        for i, (trainer, batch, items) in enumerate(prepared):
+            trainer.model.zero_grad(set_to_none=True)
+            started = time.perf_counter()
+            trainer.training_step(trainer.model_wrapped, batch, items)
+            times[i].append(time.perf_counter() - started)
+    return [statistics.median(t) for t in times]
+
+
+def compare(name: str, make_model, rows, collator, config, repeats: int = 0, **facts) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
     workbench, plain = trainers(make_model, rows, collator, config)
@@ -89,12 +113,18 @@ def compare(name: str, make_model, rows, collator, config, **facts) -> dict:
     ours, theirs = step_peak(workbench), step_peak(plain)
     result = {"case": name, **facts, "workbench_peak_bytes": ours, "plain_peak_bytes": theirs,
               "ratio": round(ours / theirs, 4)}
+    speed = ""
+    if repeats:
+        ours_s, theirs_s = step_seconds((workbench, plain), repeats)
+        result.update(workbench_step_ms=round(1000 * ours_s, 2), plain_step_ms=round(1000 * theirs_s, 2),
+                      step_time_ratio=round(ours_s / theirs_s, 4))
+        speed = f"   step {1000 * ours_s:.1f} vs {1000 * theirs_s:.1f} ms"
     print(f"{name:28s} workbench {ours / MIB:9.1f} MiB   plain Trainer+peft {theirs / MIB:9.1f} MiB   "
-          f"ratio {ours / theirs:.3f}", flush=True)
+          f"ratio {ours / theirs:.3f}{speed}", flush=True)
     return result
 
 
-def long_rows(tokens: int, trained: int, vocab: int) -> dict:
+def long_rows(tokens: int, trained: int, vocab: int, repeats: int) -> dict:
     from transformers import Qwen2VLForConditionalGeneration
 
     from workbench.data.collate import IGNORE_INDEX, Collator
@@ -117,11 +147,11 @@ def long_rows(tokens: int, trained: int, vocab: int) -> dict:
     item = {k: (v[0] if k in ("input_ids", "attention_mask", "labels", "mm_token_type_ids") else v) for k, v in row.items()}
     item["pixel_values"] = item["pixel_values"].to(torch.bfloat16)
     config = run_config(tempfile.mkdtemp(prefix="memory-bench-"), 1)
-    return compare(f"{tokens} tokens, {trained} trained", make_model, [item], Collator(0), config,
+    return compare(f"{tokens} tokens, {trained} trained", make_model, [item], Collator(0), config, repeats,
                    tokens=tokens, trained_tokens=trained, vocab=vocab)
 
 
-def demo_rows(count: int = 8) -> dict:
+def demo_rows(repeats: int, count: int = 8) -> dict:
     from workbench.data.collate import Collator, SampleEncoder
     from workbench.data.formats import load_samples
     from workbench.demo import DEMO_TRAINING, ensure_demo
@@ -136,7 +166,7 @@ def demo_rows(count: int = 8) -> dict:
     tokens = sum(int(r["input_ids"].shape[0]) for r in rows)
     trained = sum(int((r["labels"][1:] != -100).sum()) for r in rows)
     return compare(f"demo: {count} rows", lambda: load_model(str(demo.model), config), rows,
-                   Collator(processor.tokenizer.pad_token_id), config, tokens=tokens, trained_tokens=trained,
+                   Collator(processor.tokenizer.pad_token_id), config, repeats, tokens=tokens, trained_tokens=trained,
                    vocab=len(processor.tokenizer))
 
 
@@ -145,10 +175,12 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1024, help="Tokens of the long row (image included).")
     parser.add_argument("--trained", type=int, default=16, help="Trained (answer) tokens at its end.")
     parser.add_argument("--vocab", type=int, default=151936, help="Vocabulary of the tiny model (Qwen2-VL's).")
+    parser.add_argument("--repeats", type=int, default=30,
+                        help="Interleaved timed steps per side (median reported); 0: memory only.")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the same for both sides; tiny models gain nothing from more
-    long = long_rows(args.tokens, args.trained, args.vocab)
-    demo = demo_rows()
+    long = long_rows(args.tokens, args.trained, args.vocab, args.repeats)
+    demo = demo_rows(args.repeats)
     print(json.dumps({"ratio": long["ratio"], "long_rows": long, "demo_rows": demo}))
     return 0
 
