@@ -1,9 +1,9 @@
-def test_app_has_the_five_tabs():
+def test_app_has_the_six_tabs():
     from workbench.ui.app import TABS, build_app
 
     app = build_app()
     labels = [block.label for block in app.blocks.values() if type(block).__name__ == "Tab"]
-    assert labels == list(TABS) == ["Dataset", "Memory planner", "LoRA", "Training", "Inference"]
+    assert labels == list(TABS) == ["Dataset", "Memory planner", "LoRA", "Training", "Inference", "Export"]
 
 
 def test_core_never_imports_gradio():

@@ -135,3 +135,18 @@ def test_walk_the_demo_across_all_tabs(page):
     assert adapter_share, accuracy.inner_text()
     expect(table).to_contain_text("✓" if adapter_share.group(1) != "0" else "✗")
     shoot(page, "6-heldout", page.locator("#heldout-accuracy"))
+
+    # 7. Export: the finished run merged into the base, written with a progress bar; the folder is named.
+    panel = open_tab(page, "Export")
+    expect(page.locator("#export-run input")).to_have_value(re.compile(r"finished"), timeout=30 * SECOND)
+    page.get_by_label(re.compile(r"Merged model")).check()
+    page.get_by_role("button", name="Check size and disk").click()
+    status = page.locator("#export-status")
+    expect(status).to_contain_text("free on that disk", timeout=60 * SECOND)
+    page.locator("#export-button").click()
+    expect(status).to_contain_text("Exported", timeout=120 * SECOND)
+    folder = re.search(r"Exported to (\S+?)\.?\s", status.inner_text() + " ").group(1)
+    assert (Path(folder) / "config.json").is_file() and (Path(folder) / "README.md").is_file()
+    shoot(page, "7-export")
+    page.locator("#export-button").click()  # twice: the folder now holds files, nothing is overwritten
+    expect(status).to_contain_text("already holds files", timeout=60 * SECOND)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import run_cli
 from data_helpers import png, png_claiming, swift, write_jsonl
 from workbench.data.validation import check_dataset
 
@@ -98,3 +99,17 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     result = run_cli("data", "check", tmp_path / "e.jsonl")
     assert result.returncode == 2 and "empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rows_longer_than_the_models_context_are_problems_without_max_length(tmp_path):
+    """Issue 10, item 11: no --max-length used to accept any length; Qwen2-VL reads 32768 positions."""
+    png(tmp_path / "img" / "a.png")
+    path = write_jsonl(tmp_path / "long.jsonl", [swift(), swift(question="<image>" + "word " * 28000)])
+    result = run_cli("data", "check", path, "--model", "qwen2-vl-2b-instruct", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["valid"] == 1 and report["context"] == 32768
+    assert [p["kind"] for p in report["problems"]] == ["too-long"] and report["problems"][0]["row"] == 2
+    assert "more than the 32768 positions model 'qwen2-vl-2b-instruct' can read" in report["problems"][0]["reason"]
+    demo = run_cli("data", "check", path, "--max-length", "100000")  # the demo model reads 4096
+    assert demo.returncode == 1 and "4096 positions model 'demo' can read" in demo.stdout

@@ -46,7 +46,8 @@ def test_show_row_highlights_the_answer(checked, config):
     from workbench.ui.dataset_tab import show_row
 
     images, segments, counts = show_row(checked[0], 3, config)
-    assert len(images) == 1 and images[0].endswith(".png")
+    assert len(images) == 1 and images[0][0].endswith(".png")
+    assert images[0][1] == f"#1: file {checked[0]['report'].parsed[3].images[0]}" and "file " in counts
     answer = checked[0]["report"].parsed[3].answer
     assert [text for text, label in segments if label == "trained"] == [answer + "<|im_end|>"]
     assert "**Row 3**" in counts and "trained" in counts
@@ -88,3 +89,118 @@ def test_tab_builds_inside_the_app():
     app = build_app()
     kinds = {type(b).__name__ for b in app.blocks.values()}
     assert {"HighlightedText", "BarPlot", "Gallery", "Dataframe"} <= kinds
+
+
+# ---------------------------------------------------------------------------- issue 10, items 9 to 11
+def _zip(path, files: dict):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_uploaded_file_alone_needs_its_image_folder_or_a_zip(tmp_path, config):
+    """Gradio copies an upload into its own temporary folder: relative images must still resolve."""
+    import shutil
+
+    from data_helpers import png
+    from workbench.paths import home
+    from workbench.settings import RunConfig
+    from workbench.ui.dataset_tab import check, use_as_training
+
+    dataset = tmp_path / "mine"
+    png(dataset / "img" / "a.png")
+    write_jsonl(dataset / "train.jsonl", [swift(), swift(answer="blue")])
+    upload = tmp_path / "gradio-tmp" / "train.jsonl"  # what Gradio hands the handler
+    upload.parent.mkdir()
+    shutil.copy(dataset / "train.jsonl", upload)
+
+    holder, summary, *_ = check("", str(upload), "auto", config)
+    assert "image-missing 2" in summary and "give the image folder" in summary and "upload a .zip" in summary
+    holder, summary, *_ = check("", str(upload), "auto", config, str(dataset))
+    assert "**2** valid" in summary
+    updated, _ = use_as_training(holder, "max", config)
+    assert RunConfig.from_dict(updated).data.image_folder == str(dataset.resolve())
+    holder, summary, *_ = check("", str(upload), "auto", config, str(tmp_path / "nowhere"))
+    assert holder is None and "Image folder" in summary and "is not a folder" in summary
+
+    archive = _zip(tmp_path / "gradio-tmp" / "mine.zip", {
+        "mine/train.jsonl": (dataset / "train.jsonl").read_text(),
+        "mine/img/a.png": (dataset / "img" / "a.png").read_bytes(), "__MACOSX/mine/._train.jsonl": "x"})
+    holder, summary, *_ = check("", str(archive), "auto", config)
+    assert "**2** valid" in summary and "Unpacked from mine.zip" in summary
+    unpacked = holder["report"].path
+    assert unpacked.startswith(str(home() / "datasets")) and unpacked.endswith("mine/train.jsonl")
+    again, *_ = check("", str(archive), "auto", config)  # the same zip: the same folder, not unpacked twice
+    assert again["report"].path == unpacked
+
+
+def test_unusable_zips_get_a_sentence(tmp_path, config):
+    from workbench.ui.dataset_tab import check
+
+    cases = {
+        "escape.zip": ({"../../evil.jsonl": "{}"}, "outside its own folder"),
+        "two.zip": ({"a.jsonl": "{}", "b/b.jsonl": "{}"}, "holds 2 dataset files (a.jsonl, b/b.jsonl)"),
+        "none.zip": ({"img/a.png": "x"}, "holds no .jsonl or .json dataset file"),
+    }
+    for name, (files, words) in cases.items():
+        holder, summary, *_ = check("", str(_zip(tmp_path / name, files)), "auto", config)
+        assert holder is None and words in summary, (name, summary)
+    (tmp_path / "not.zip").write_text("hello")
+    assert "is not a zip archive" in check("", str(tmp_path / "not.zip"), "auto", config)[1]
+    assert not (tmp_path.parent / "evil.jsonl").exists()
+
+
+def test_problem_rows_show_their_text_and_tags_survive(tmp_path, config):
+    from workbench.ui.dataset_tab import check, show_row
+
+    write_jsonl(tmp_path / "p.jsonl", [
+        swift(question="<image>Which shape?", answer="a circle", images=["img/missing.png"]),
+        swift(question="<image><image>Two tags, one image", answer="square"),
+        {"messages": [{"role": "user", "content": "Where is the <image>?"}]},
+    ])
+    holder, summary, problems, stats, hist, page, pages, table, gallery = check(str(tmp_path / "p.jsonl"), None,
+                                                                                "auto", config)
+    assert list(table["status"]) == ["image-missing", "image-count", "no-assistant"]
+    assert list(table["user"]) == ["<image>Which shape?", "<image><image>Two tags, one image", "Where is the <image>?"]
+    assert list(table["assistant"]) == ["a circle", "square", ""]
+    images, segments, counts = show_row(holder, 2, config)
+    assert "&lt;image&gt;" in counts and "<image>" not in counts  # Markdown would swallow a bare <image>
+    assert "user: <image><image>Two tags, one image\n" in [text for text, _ in segments]
+    images, segments, counts = show_row(holder, 1, config)
+    assert "is missing" in counts and segments[0] == ("user: <image>Which shape?\n", None)
+
+
+def test_histogram_labels_are_the_bars_and_the_row_box_starts_at_one(checked):
+    """Each bar is a category labelled with its own range; the plot sorts labels as text (sort="x")."""
+    from workbench.data.stats import histogram
+    from workbench.ui.app import build_app
+
+    hist = checked[4]
+    labels = list(hist["tokens"])
+    assert labels == sorted(labels) and all("." not in label for label in labels)
+    totals = checked[0]["report"].totals()
+    for label, count in zip(labels, hist["rows"]):
+        low, _, high = label.strip().partition("-")
+        assert count == sum(int(low) <= t <= int(high or low) for t in totals)
+    wide = histogram([7, 95, 96, 950, 1200])
+    assert list(wide["tokens"]) == sorted(wide["tokens"]) and wide["tokens"].iloc[0] == "   0-49"
+    plots = [b for b in build_app().blocks.values() if type(b).__name__ == "BarPlot" and b.title == "Total tokens per row"]
+    assert plots[0].sort == "x" and plots[0].y_lim == [0, None]
+    rows = [b for b in build_app().blocks.values() if type(b).__name__ == "Number" and b.label == "Row"]
+    assert len(rows) == 1 and rows[0].value == 1 and rows[0].minimum == 1
+
+
+def test_rows_longer_than_the_models_context_are_problems(tmp_path, config):
+    from data_helpers import png
+    from workbench.ui.dataset_tab import check
+
+    png(tmp_path / "img" / "a.png")
+    write_jsonl(tmp_path / "long.jsonl", [swift(), swift(question="<image>" + "word " * 5000)])
+    roomy = json.loads(json.dumps(config))
+    roomy["data"]["max_length"] = 1_000_000  # the flag allows it; the demo model reads 4096 positions
+    holder, summary, problems, stats, *_ = check(str(tmp_path / "long.jsonl"), None, "auto", roomy)
+    assert "**1** valid" in summary and list(problems["kind"]) == ["too-long"]
+    assert "4096 positions model 'demo' can read" in problems["reason"][0] and "4096 positions" in stats

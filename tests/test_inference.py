@@ -214,3 +214,53 @@ def test_cli_heldout_json_and_runs(adapter, other_base):
     assert runs.returncode == 0 and isinstance(json.loads(runs.stdout.strip().splitlines()[-1]), list)
     wrong = run_cli("infer", "--adapter", adapter, "--base", other_base, "--prompt", "hi")
     assert wrong.returncode == 2 and "was trained on 'demo'" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+# ---------------------------------------------------------------------------- unreadable images (issue 10, item 8)
+@pytest.fixture
+def broken_heldout(tmp_path, demo):
+    """Two demo rows, then a text file named fake.jpg, then a PNG cut in half (header intact)."""
+    from data_helpers import png, swift, write_jsonl
+
+    (tmp_path / "fake.jpg").write_text("I am text, not a JPEG")
+    whole = png(tmp_path / "half.png", 56, 56).read_bytes()
+    (tmp_path / "half.png").write_bytes(whole[: len(whole) // 2])
+    good = [json.loads(line) for line in demo.heldout.read_text().splitlines()[:2]]
+    for record in good:
+        record["images"] = [str(demo.heldout.parent / p) for p in record["images"]]
+    path = write_jsonl(tmp_path / "heldout.jsonl", good + [swift(images=["fake.jpg"]), swift(images=["half.png"])])
+    return path
+
+
+def test_tab_heldout_with_unreadable_images_answers_with_sentences(adapter, broken_heldout, tmp_path, session):
+    from workbench.ui import inference_tab as tab
+
+    text, frame = tab.check(session, "demo", adapter, str(broken_heldout), 8, 4, 0, 1)
+    assert "2 held-out rows" in text and len(frame) == 2
+    assert "2 row(s) skipped" in text and "Row 3: image" in text and "fake.jpg is not a readable image" in text
+    assert "holds text" in text
+    (tmp_path / "only-fake.jsonl").write_text(broken_heldout.read_text().splitlines()[2] + "\n")
+    text, frame = tab.check(session, "demo", adapter, str(tmp_path / "only-fake.jsonl"), 8, 4, 0, 1)
+    assert text.startswith("⚠️") and "no usable rows" in text and "fake.jpg is not a readable image" in text
+
+
+def test_cli_heldout_with_unreadable_images_names_the_rows(adapter, broken_heldout):
+    result = run_cli("infer", "--adapter", adapter, "--dataset", broken_heldout, "--max-new-tokens", 3)
+    assert result.returncode == 0, result.stderr
+    assert "row 3: skipped: image" in result.stdout and "fake.jpg is not a readable image" in result.stdout
+    assert "row 4: skipped: Image" in result.stdout and "truncated" in result.stdout
+    assert "bug" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_tab_ask_with_a_text_file_named_jpg(adapter, tmp_path, session):
+    """Gradio's Image opens uploads with PIL before any handler runs; the tab's keeps the path instead."""
+    from gradio.data_classes import ImageData
+
+    from workbench.ui import inference_tab as tab
+
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("I am text, not a JPEG")
+    received = tab.tolerant_image(type="filepath").preprocess(ImageData(path=str(fake), orig_name="fake.jpg"))
+    assert received == str(fake)
+    status = tab.ask(session, "demo", adapter, received, "", "What color?", "", 4, 0, 1)[-1]
+    assert status.startswith("⚠️ Image") and "fake.jpg is not a readable image" in status and "holds text" in status

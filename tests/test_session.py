@@ -244,3 +244,17 @@ def test_an_inference_base_not_downloaded_answers_within_seconds(trained_run, mo
                                "", 4, 0, 1)
     assert time.monotonic() - started < 10
     assert "Qwen/Qwen2-VL-7B-Instruct is not in the Hugging Face cache" in answer[-1]
+
+
+def test_an_image_spoilt_mid_run_fails_with_the_way_to_resume(demo, demo_config, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo.train.parent, data)
+    session = Workbench()
+    config = steady(demo_config, tmp_path / "run", max_steps=300, save_steps=2).replace(
+        data={"train_path": str(data / "train.jsonl")})
+    job = session.start_training(config)
+    wait_for(lambda: RunFolder(job.output_dir).newest_complete() is not None or not job.running)
+    for image in (data / "images").iterdir():
+        image.write_bytes(b"not an image any more")
+    assert job.wait(300) == JobState.FAILED
+    assert "--resume" in job.message and "newest complete checkpoint is checkpoint-" in job.message, job.message

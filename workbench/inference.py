@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ class Comparer:
         self.processor.tokenizer.padding_side = "left"
         self.model = load_model(path, self.config)
         self.adapter_dir = None
+        from workbench.data.downloads import Downloads
+
+        self.downloads = Downloads()  # URL images: fetched once; a failure is not retried for every answer
         if adapter_dir:
             self.attach(adapter_dir)
         self.model.eval()
@@ -131,10 +135,14 @@ class Comparer:
         self.adapter_dir = str(adapter_dir)
 
     def _inputs(self, sample: Sample):
-        from workbench.data.collate import load_image
+        from workbench.data.images import load_image
+        from workbench.data.problems import BadImage
 
         text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False, add_generation_prompt=True)
-        images = [load_image(p) for p in sample.images] or None
+        try:
+            images = [load_image(ref, self.downloads) for ref in sample.images] or None
+        except BadImage as exc:
+            raise BadImage(exc.kind, _sentence(str(exc))) from None
         d = self.config.data
         enc = self.processor(text=[text], images=images, return_tensors="pt",
                              size={"shortest_edge": d.min_pixels, "longest_edge": d.max_pixels})
@@ -162,37 +170,46 @@ class Comparer:
         return {"base": self.answer(sample, False, decoding), "adapter": self.answer(sample, True, decoding)}
 
 
-def prompt_sample(prompt: str, image: str | None = None, system: str | None = None) -> Sample:
-    """A one-question Sample (the assistant turn is a placeholder the prompt never includes)."""
+def prompt_sample(prompt: str, image=None, system: str | None = None) -> Sample:
+    """A one-question Sample (the assistant turn is a placeholder the prompt never includes).
+
+    ``image``: a path (relative to the current folder), ``file://`` URI, data URI, http(s) URL,
+    or a PIL image in memory."""
+    from workbench.data.images import read_image_info
+    from workbench.data.refs import FILE, kind_of, normalise
+
     if not prompt or not prompt.strip():
         raise UserError("The prompt is empty: type a question.")
     images = []
-    if image:
-        if Path(image).is_dir():
-            raise UserError(f"{image} is a folder, not an image file: pass one image (.png, .jpg).")
-        if not Path(image).is_file():
-            raise UserError(f"Image {image} does not exist: check the path.")
-        check_image(image)
-        images = [str(image)]
+    if isinstance(image, str):
+        image = image.strip() or None
+    if image is not None:
+        if isinstance(image, str):
+            image = normalise(image, os.getcwd())
+            if kind_of(image) == FILE and Path(image).is_dir():
+                raise UserError(f"{image} is a folder, not an image file: pass one image (.png, .jpg).")
+            if kind_of(image) == FILE and not Path(image).is_file():
+                raise UserError(f"Image {image} does not exist: check the path.")
+        info = read_image_info(image)
+        if info.error:
+            raise UserError(_sentence(info.error))
+        images = [image]
         if IMAGE_TAG not in prompt:
             prompt = IMAGE_TAG + prompt
     turns = ([Turn("system", system)] if system else []) + [Turn("user", prompt), Turn("assistant", "-")]
     return Sample(turns=turns, images=images)
 
 
-def check_image(path: str | Path) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UserError(f"Image {path} is not a readable image ({type(exc).__name__}): use a PNG, JPEG or WebP file.") from None
+def _sentence(text: str) -> str:
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
 
 
-def heldout_samples(path: str | Path | None = None, limit: int = 8) -> list[Sample]:
-    """The first ``limit`` usable rows of a dataset file; the demo's held-out rows when no path is given."""
+def heldout_rows(path: str | Path | None = None, limit: int = 8) -> tuple[list[Sample], list[dict]]:
+    """The first ``limit`` usable rows of a dataset file (the demo's held-out rows when no path is
+    given), and the rows skipped on the way: ``{"row", "reason"}``, images checked as ``data check`` does."""
     from workbench.data.formats import load_samples
+    from workbench.data.images import ImageHeaders
 
     if limit <= 0:
         raise UserError(f"The number of held-out rows must be positive, got {limit}.")
@@ -200,33 +217,75 @@ def heldout_samples(path: str | Path | None = None, limit: int = 8) -> list[Samp
         from workbench.demo import ensure_demo
 
         path = ensure_demo().heldout
-    samples = load_samples(Path(str(path).strip()).expanduser()).samples[:limit]
+    loaded = load_samples(Path(str(path).strip()).expanduser())
+    headers = ImageHeaders()
+    candidates = loaded.samples[:limit * 2]
+    headers.prefetch(ref for sample in candidates for ref in sample.images)
+    problems = {p.row: p.reason for p in loaded.problems}
+    samples = []
+    for sample in loaded.samples:
+        if len(samples) == limit:
+            break
+        error = next((info.error for info in map(headers, sample.images) if info.error), None)
+        if error:
+            problems[sample.row] = error
+        else:
+            samples.append(sample)
+    last = samples[-1].row if len(samples) == limit else float("inf")
+    skipped = [{"row": row, "reason": reason} for row, reason in sorted(problems.items()) if row < last]
     if not samples:
-        raise UserError(f"{path} has no usable rows for a held-out check: open it on the Dataset tab to see why.")
-    return samples
+        first = f" (row {skipped[0]['row']}: {skipped[0]['reason']})" if skipped else ""
+        raise UserError(f"{path} has no usable rows for a held-out check{first}: open it on the Dataset tab to see "
+                        "every problem.")
+    return samples, skipped
+
+
+def heldout_samples(path: str | Path | None = None, limit: int = 8) -> list[Sample]:
+    """The first ``limit`` usable rows of a dataset file; the demo's held-out rows when no path is given."""
+    return heldout_rows(path, limit)[0]
 
 
 def normalise(text: str) -> str:
     return re.sub(r"[^\w\s]", "", text).strip().lower()
 
 
-def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding | None = None) -> dict:
-    """Answer each row with base and adapter; exact and normalised match against the expected answer."""
-    rows = []
+def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding | None = None,
+                  skipped: list[dict] | None = None) -> dict:
+    """Answer each row with base and adapter; exact and normalised match against the expected answer.
+
+    A row whose image cannot be read is skipped with its sentence (``problems``), as are the rows
+    in ``skipped`` (from ``heldout_rows``); accuracy counts the rows answered."""
+    from workbench.data.images import thumbnail
+    from workbench.data.problems import BadImage
+    from workbench.data.refs import short
+    from workbench.paths import home
+
+    rows, problems = [], list(skipped or [])
     for sample in samples:
-        answers = comparer.compare(sample, decoding)
+        try:
+            answers = comparer.compare(sample, decoding)
+        except BadImage as exc:
+            problems.append({"row": sample.row, "reason": str(exc).rstrip(".")})
+            continue
         expected = sample.answer
+        image = sample.images[0] if sample.images else None
         rows.append({
-            "row": sample.row, "image": sample.images[0] if sample.images else None,
+            "row": sample.row, "image": short(image) if image is not None else None,
+            "thumbnail": thumbnail(image, home() / "thumbnails", downloads=comparer.downloads) if image is not None else None,
             "prompt": sample.prompt_messages()[-1]["content"][-1].get("text", "") if sample.prompt_messages() else "",
             "expected": expected, "base": answers["base"]["text"], "adapter": answers["adapter"]["text"],
             "base_match": answers["base"]["text"] == expected, "adapter_match": answers["adapter"]["text"] == expected,
             "base_match_normalised": normalise(answers["base"]["text"]) == normalise(expected),
             "adapter_match_normalised": normalise(answers["adapter"]["text"]) == normalise(expected),
         })
+    problems.sort(key=lambda p: p["row"])
+    if not rows and problems:
+        raise UserError(f"None of the {len(samples)} held-out row(s) could be answered (row {problems[0]['row']}: "
+                        f"{problems[0]['reason']}): fix the images, or pick another file.")
     n = max(len(rows), 1)
     return {
         "rows": rows,
+        "problems": problems,
         "base_accuracy": sum(r["base_match"] for r in rows) / n,
         "adapter_accuracy": sum(r["adapter_match"] for r in rows) / n,
         "base_accuracy_normalised": sum(r["base_match_normalised"] for r in rows) / n,

@@ -35,6 +35,7 @@ class Workbench:
         self._inference = None
         self._inference_key: tuple | None = None
         self._tails: dict[Path, MetricsTail] = {}
+        self._export_lock = threading.Lock()  # a merge reads and writes a model's worth of disk
 
     # ---- training -------------------------------------------------------------------
     @property
@@ -188,6 +189,17 @@ class Workbench:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+    # ---- export -------------------------------------------------------------------
+    @contextmanager
+    def exporting(self):
+        """One export at a time in this process; a second is refused with a sentence."""
+        if not self._export_lock.acquire(blocking=False):
+            raise UserError("An export is already running in this app: wait for it to finish.")
+        try:
+            yield
+        finally:
+            self._export_lock.release()
 
     # ---- runs -----------------------------------------------------------------------
     def runs(self, extra=()):

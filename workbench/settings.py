@@ -63,6 +63,8 @@ class DataSettings:
     train_path: str = _f("", "Training dataset file (ms-swift, sharegpt or HF messages; JSON or "
                          "JSONL). Empty with the demo model: the demo's training rows.")
     eval_path: str = _f("", "Held-out dataset file for eval loss. Empty: none (or eval_split).")
+    image_folder: str = _f("", "Folder that relative image paths start at, for both files. Empty: each "
+                           "dataset file's own folder. Set it when the images live apart from the file.")
     format: str = _f("auto", "Dataset format: auto, swift, sharegpt or messages. Set it when "
                      "auto-detection guesses wrong.")
     eval_split: float = _f(0.0, "Share of training rows held out for eval loss when no eval file "
@@ -212,7 +214,8 @@ class RunConfig:
         """Field-level checks that need no model: each error names the field and the fix."""
         m, d, l, t = self.model, self.data, self.lora, self.training
         for name, value in (("model.name_or_path", m.name_or_path), ("data.train_path", d.train_path),
-                            ("data.eval_path", d.eval_path), ("training.output_dir", t.output_dir)):
+                            ("data.eval_path", d.eval_path), ("data.image_folder", d.image_folder),
+                            ("training.output_dir", t.output_dir)):
             if len(str(value)) > MAX_PATH_CHARS:
                 raise UserError(f"{name} is {len(str(value))} characters long, more than any path or hub id "
                                 f"({MAX_PATH_CHARS}): check the config.")

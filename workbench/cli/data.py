@@ -16,27 +16,36 @@ def register(sub) -> None:
     c = dsub.add_parser("check", help="Validate every row, count tokens per row, print a summary.",
                         description="Parse every row (ms-swift, sharegpt, HF messages), check its images from "
                                     "their headers, count text + visual tokens, and list the problem rows.")
-    c.add_argument("path", help="Dataset file (JSONL or JSON list). A dataset_info.json beside it is used "
+    c.add_argument("path", help="Dataset file (JSONL or JSON list), or a .zip holding it with its images "
+                                "(unpacked once under the workbench home). A dataset_info.json beside it is used "
                                 "for sharegpt column/tag mappings.")
+    c.add_argument("--image-folder", default=None,
+                   help="Folder that relative image paths start at. Default: the dataset file's own folder; set it "
+                        "when the images live elsewhere.")
     c.add_argument("--format", default="auto", choices=["auto", "swift", "sharegpt", "messages"],
                    help="Dataset format (default: auto-detect from the first record). Set it when the guess is wrong.")
     c.add_argument("--max-length", type=int, default=None,
-                   help="Report rows longer than this many tokens (text + visual) as problems. Default: no limit.")
+                   help="Report rows longer than this many tokens (text + visual) as problems. Default: only rows "
+                        "longer than the model's context (max_position_embeddings of --model).")
     c.add_argument("--min-pixels", type=int, default=3136,
                    help="Smallest image area after resizing (default 3136 = 4 visual tokens).")
     c.add_argument("--max-pixels", type=int, default=1003520,
                    help="Largest image area after resizing (default 1003520 = 1280 visual tokens); "
                         "lower it to shorten rows.")
     c.add_argument("--model", default="demo",
-                   help="Whose tokenizer counts the text tokens: 'demo', a local model folder, or a preset/hub "
-                        "id already in the Hugging Face cache. Not loadable locally: a 4-bytes-per-token estimate.")
+                   help="Whose tokenizer counts the text tokens and whose context (max_position_embeddings) bounds "
+                        "a row: 'demo', a local model folder, or a preset/hub id already in the Hugging Face cache. "
+                        "Tokenizer not loadable locally: a 4-bytes-per-token estimate.")
     c.add_argument("--json", action="store_true",
                    help="Print one JSON object as the last line: rows, valid, problems, stats.")
     c.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from workbench.data.stats import load_tokenizer
+    from pathlib import Path
+
+    from workbench.data.archive import unpack_dataset
+    from workbench.data.stats import load_tokenizer, model_context
     from workbench.data.validation import check_dataset
 
     for flag, value in (("--max-length", args.max_length), ("--min-pixels", args.min_pixels),
@@ -46,17 +55,25 @@ def run(args) -> int:
     if args.min_pixels > args.max_pixels:
         raise UserError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}): "
                         "lower one or raise the other.")
-    report = check_dataset(args.path, args.format, args.max_length, args.min_pixels, args.max_pixels,
-                           tokenizer=load_tokenizer(args.model))
+    path = args.path
+    if str(path).lower().endswith(".zip") and Path(path).expanduser().is_file():
+        path = str(unpack_dataset(Path(path).expanduser()))
+        print(f"unpacked to {path}")
+    report = check_dataset(path, args.format, args.max_length, args.min_pixels, args.max_pixels,
+                           tokenizer=load_tokenizer(args.model), image_folder=args.image_folder,
+                           context=model_context(args.model), model=args.model)
     problems = [{"row": p.row, "reason": p.reason, "kind": p.kind} for p in report.problems]
     if args.json:
         print(json.dumps({"rows": report.rows, "valid": report.valid, "format": report.format,
-                          "problems": problems, "problems_by_kind": report.problems_by_kind(),
+                          "context": report.context, "problems": problems, "problems_by_kind": report.problems_by_kind(),
                           "stats": report.stats}))
     else:
         s = report.stats
         print(f"{report.path} ({report.format}): {report.rows} rows, {report.valid} valid, "
               f"{len(problems)} with problems")
+        if report.context:
+            print(f"context of model '{args.model}': {report.context} positions"
+                  + (f", max_length {report.max_length}" if report.max_length else ""))
         if s["rows"]:
             print(f"tokens per row: p50 {s['p50']}, p95 {s['p95']}, max {s['max']}, "
                   f"visual share {s['visual_share']:.0%} (min/max pixels {args.min_pixels}/{args.max_pixels}; "

@@ -57,7 +57,7 @@ def pick_adapter(path: str | None) -> str:
 
 
 def run(args) -> int:
-    from workbench.inference import Decoding, adapter_base, heldout_check, heldout_samples, prompt_sample
+    from workbench.inference import Decoding, adapter_base, heldout_check, heldout_rows, prompt_sample
     from workbench.session import Workbench
 
     if args.runs:
@@ -72,15 +72,17 @@ def run(args) -> int:
     if not base:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
-        samples = heldout_samples(None if args.dataset == "demo" else args.dataset, args.limit)
+        samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit)
         with Workbench().inference(base, adapter, run_config) as comparer:
-            result = heldout_check(comparer, samples, decoding)
+            result = heldout_check(comparer, samples, decoding, skipped)
         result["adapter_dir"] = adapter
         if args.json:
             print(json.dumps(result))
         else:
             for r in result["rows"]:
                 print(f"row {r['row']}: expected {r['expected']!r} | base {r['base']!r} | adapter {r['adapter']!r}")
+            for p in result["problems"]:
+                print(f"row {p['row']}: skipped: {p['reason']}")
             print(f"exact-match accuracy: base {result['base_accuracy']:.3f}, adapter {result['adapter_accuracy']:.3f}; "
                   f"normalised: base {result['base_accuracy_normalised']:.3f}, "
                   f"adapter {result['adapter_accuracy_normalised']:.3f} ({len(result['rows'])} rows)")

@@ -14,14 +14,14 @@ from workbench.paths import log_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workbench.cli import data, infer, plan, train
+    from workbench.cli import data, export, infer, plan, train
 
     parser = argparse.ArgumentParser(
         prog="python -m workbench",
-        description="Qwen2-VL LoRA workbench, headless: check data, plan memory, train, compare.",
+        description="Qwen2-VL LoRA workbench, headless: check data, plan memory, train, compare, export.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,data,train,infer}")
-    for module in (plan, data, train, infer):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,data,train,infer,export}")
+    for module in (plan, data, train, infer, export):
         module.register(sub)
     return parser
 

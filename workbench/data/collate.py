@@ -9,20 +9,16 @@ spans are found instead between each ``<|im_start|>assistant\\n`` header and its
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 import torch
 
+from workbench.data.images import load_image
+from workbench.data.problems import IMAGE_MISSING, BadImage
 from workbench.data.sample import Sample
 
 IGNORE_INDEX = -100
-
-
-def load_image(path: str):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def assistant_mask(input_ids: list[int], header: list[int], end_id: int) -> list[bool]:
@@ -47,7 +43,10 @@ class SampleEncoder:
     """Turns one Sample into input_ids, labels, pixel_values and image_grid_thw."""
 
     def __init__(self, processor, max_length: int, min_pixels: int, max_pixels: int):
+        from workbench.data.downloads import Downloads
+
         self.processor = processor
+        self.downloads = Downloads()  # URL images come from the cache; a failure is not retried per epoch
         self.max_length = max_length
         self.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         tokenizer = processor.tokenizer
@@ -59,8 +58,16 @@ class SampleEncoder:
         return self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def processor_inputs(self, text: str, image_paths: list[str]) -> dict:
-        images = [load_image(p) for p in image_paths] or None
+    def processor_inputs(self, text: str, images: list) -> dict:
+        pixels = []
+        for ref in images:
+            try:
+                pixels.append(load_image(ref, self.downloads))
+            except BadImage as exc:
+                if exc.kind == IMAGE_MISSING:  # checked before the run: it vanished since, and the run can resume
+                    raise FileNotFoundError(errno.ENOENT, str(exc), ref) from None
+                raise
+        images = pixels or None
         return self.processor(text=[text], images=images, return_tensors="pt", size=self.size)
 
     def encode(self, sample: Sample) -> dict:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workbench.data.images import thumbnail
+from workbench.data.downloads import Downloads
+from workbench.data.images import PREVIEW_SIDE, source_label, thumbnail
 from workbench.data.validation import DatasetReport
 from workbench.paths import home
 
@@ -39,8 +40,13 @@ def rows_table(report: DatasetReport):
     for row in rows:
         sample = report.parsed.get(row)
         length = report.lengths.get(row)
-        user.append(_short(sample.first_user_text) if sample else "")
-        assistant.append(_short(next((t.text for t in sample.turns if t.role == "assistant"), "")) if sample else "")
+        if sample:
+            user.append(_short(sample.first_user_text))
+            assistant.append(_short(next((t.text for t in sample.turns if t.role == "assistant"), "")))
+        else:  # a row that did not parse: its text as far as it could be read
+            loose = report.texts.get(row, ("", ""))
+            user.append(_short(loose[0]))
+            assistant.append(_short(loose[1]))
         images.append(len(sample.images) if sample else 0)
         tokens.append(length.total if length else None)
     return pd.DataFrame({
@@ -71,14 +77,23 @@ def preview_page(report: DatasetReport, table, number: int, page_size: int = PAG
     number = min(max(1, int(number)), pages)
     part = table.iloc[(number - 1) * page_size: number * page_size]
     folder = home() / "thumbnails"
+    downloads = Downloads()  # reads the cache only: the check downloaded what it could
     thumbs = []
     for row in part["row"]:
         sample = report.parsed.get(int(row))
         for i, image in enumerate(sample.images if sample else []):
-            small = thumbnail(image, folder)
+            small = thumbnail(image, folder, downloads=downloads)
             if small:
                 thumbs.append((small, f"row {row}" + (f" #{i + 1}" if len(sample.images) > 1 else "")))
     return Page(number, pages, part.reset_index(drop=True), thumbs)
+
+
+def image_sources(sample, downloads=None) -> list[tuple[str | None, str]]:
+    """(preview PNG or None, where it came from) per image of a row, for the row view's gallery."""
+    folder = home() / "previews"
+    downloads = downloads or Downloads()
+    return [(thumbnail(ref, folder, PREVIEW_SIDE, downloads), f"#{i}: {source_label(ref, downloads)}")
+            for i, ref in enumerate(sample.images, start=1)]
 
 
 @dataclass
@@ -99,7 +114,7 @@ def render_row(sample, encoder) -> RowView:
     """
     from workbench.data.collate import assistant_mask
 
-    enc = encoder.processor_inputs(encoder.render(sample), sample.images)
+    enc = encoder.processor_inputs(encoder.render(sample), sample.images)  # BadImage: one sentence
     ids = enc["input_ids"][0].tolist()
     mask = assistant_mask(ids, encoder.header, encoder.end_id)
     tokenizer = encoder.processor.tokenizer

@@ -29,7 +29,6 @@ from workbench.data.sample import IMAGE_TAG, Sample
 IMAGE_FACTOR = 28  # qwen-vl-utils: patch 14 x merge 2
 EXACT_BYTES = 4_000_000
 CALIBRATION_PIECES = 2000
-IMAGE_SHAPE = "image-shape"
 # Qwen2-VL's template without a tokenizer: default system prompt (11), per turn
 # <|im_start|> role \n ... <|im_end|> \n (5), per image start/pad/end (3).
 FALLBACK_SYSTEM, FALLBACK_TURN, FALLBACK_IMAGE, FALLBACK_BYTES_PER_TOKEN = 11, 5, 3, 4.0
@@ -65,6 +64,20 @@ def load_tokenizer(model: str):
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def model_context(model: str) -> int | None:
+    """The model's max_position_embeddings from its config.json (demo, preset, folder or cached hub id), or None."""
+    from workbench.errors import UserError
+    from workbench.models import load_model_config
+
+    try:
+        config = load_model_config(model)
+    except UserError:
+        return None
+    text = getattr(config, "text_config", None) or config
+    value = getattr(text, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _shape(sample: Sample) -> tuple:
@@ -179,11 +192,31 @@ def summarize_trained(trained: list[int]) -> dict:
 
 
 def histogram(totals: list[int], bins: int = 30):
-    """A pandas DataFrame (tokens: bin start, rows: count) for a bar plot of total tokens per row."""
+    """A pandas DataFrame of total tokens per row in about ``bins`` bars of a round width.
+
+    Columns: ``tokens`` (the bar's label, " 40-49": a category, so each label sits under its own
+    bar; padded so that sorting the labels as text keeps them in token order), ``rows`` (count)
+    and ``start`` (first token count of the bar)."""
     import numpy as np
     import pandas as pd
 
     if not totals:
-        return pd.DataFrame({"tokens": [], "rows": []})
-    counts, edges = np.histogram(np.asarray(totals), bins=min(bins, max(1, len(set(totals)))))
-    return pd.DataFrame({"tokens": [int(e) for e in edges[:-1]], "rows": counts.astype(int)})
+        return pd.DataFrame({"tokens": [], "rows": [], "start": []})
+    low, high = min(totals), max(totals)
+    width = _round_width(-(-(high - low + 1) // bins))
+    first = low // width * width
+    counts = np.bincount((np.asarray(totals) - first) // width)
+    starts = [first + i * width for i in range(len(counts))]
+    digits = len(str(starts[-1]))  # right-aligned with spaces: the plot sorts labels as text
+    labels = [f"{s:>{digits}}" if width == 1 else f"{s:>{digits}}-{s + width - 1}" for s in starts]
+    return pd.DataFrame({"tokens": labels, "rows": counts.astype(int), "start": starts})
+
+
+def _round_width(width: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that is at least ``width``."""
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * scale >= width:
+                return step * scale
+        scale *= 10

@@ -6,14 +6,18 @@ raises for a bad row; only an unusable file raises ``UserError`` (from ``load_sa
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.data.formats import TOO_LONG, LoadResult, Problem, load_samples
+from workbench.data.formats import LoadResult, load_samples
 from workbench.data.images import ImageHeaders
+from workbench.data.problems import IMAGE_SHAPE, TOO_LONG, Problem
+from workbench.data.refs import short
 from workbench.data.sample import Sample
-from workbench.data.stats import IMAGE_SHAPE, TextTokenCounter, summarize, summarize_trained, visual_token_count
+from workbench.data.stats import TextTokenCounter, summarize, summarize_trained, visual_token_count
 
 
 @dataclass
@@ -34,12 +38,15 @@ class DatasetReport:
     rows: int  # every record, broken ones included
     samples: list[Sample]  # rows with no problem at all: what training would use
     problems: list[Problem]  # sorted by row
-    parsed: dict[int, Sample] = field(default_factory=dict)  # row -> Sample, too-long rows included
+    parsed: dict[int, Sample] = field(default_factory=dict)  # row -> Sample, problem rows whose text parsed included
+    texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # (user, assistant) of rows that did not parse
     lengths: dict[int, RowLength] = field(default_factory=dict)  # row -> tokens, for rows with readable images
     stats: dict = field(default_factory=dict)
     min_pixels: int = 3136
     max_pixels: int = 1003520
     max_length: int | None = None
+    context: int | None = None  # the model's max_position_embeddings, when known
+    image_folder: str | None = None
 
     @property
     def valid(self) -> int:
@@ -52,12 +59,37 @@ class DatasetReport:
         return [length.total for length in self.lengths.values()]
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Parsing 100k rows makes millions of acyclic objects (JSON values, Samples); the cyclic
+    collector would walk them again and again: about 40% of a check's time (docs/data-scale.md)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def check_dataset(path: str | Path, format: str = "auto", max_length: int | None = None,
                   min_pixels: int = 3136, max_pixels: int = 1003520, tokenizer=None,
-                  headers: ImageHeaders | None = None) -> DatasetReport:
-    """Parse, check images, count tokens; ``tokenizer`` None gives the documented estimate."""
-    loaded: LoadResult = load_samples(path, format)
-    headers = headers or ImageHeaders()
+                  headers: ImageHeaders | None = None, image_folder: str | None = None,
+                  context: int | None = None, model: str = "") -> DatasetReport:
+    """Parse, check images, count tokens; ``tokenizer`` None gives the documented estimate.
+
+    A row longer than ``context`` (the model's max_position_embeddings, named by ``model``) is a
+    problem whatever ``max_length`` says: the model cannot read it."""
+    with _no_cyclic_gc():
+        return _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
+                      model)
+
+
+def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
+           model) -> DatasetReport:
+    loaded: LoadResult = load_samples(path, format, image_folder)
+    headers = ImageHeaders() if headers is None else headers  # an empty one is falsy (__len__)
+    headers.prefetch(loaded.urls)
     problems = list(loaded.problems)
     measurable: list[Sample] = []
     visual: dict[int, list[int]] = {}
@@ -71,8 +103,8 @@ def check_dataset(path: str | Path, format: str = "auto", max_length: int | None
             try:
                 tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels))
             except ValueError:
-                problem = Problem(sample.row, f"image {image} is {info.width}x{info.height}, longer than 200 times "
-                                              "its width or height: crop or pad it", IMAGE_SHAPE)
+                problem = Problem(sample.row, f"image {short(image)} is {info.width}x{info.height}, longer than 200 "
+                                              "times its width or height: crop or pad it", IMAGE_SHAPE)
                 break
         if problem:
             problems.append(problem)
@@ -80,12 +112,18 @@ def check_dataset(path: str | Path, format: str = "auto", max_length: int | None
             measurable.append(sample)
             visual[sample.row] = tokens
     counter = TextTokenCounter(tokenizer)
-    text = counter.count(measurable, near=max_length)
+    limits = [n for n in (max_length, context) if n]
+    text = counter.count(measurable, near=min(limits) if limits else None)
     lengths = {s.row: RowLength(s.row, n - len(visual[s.row]), visual[s.row]) for s, n in zip(measurable, text)}
     valid = []
     for sample in measurable:
         total = lengths[sample.row].total
-        if max_length and total > max_length:
+        if context and total > context:
+            problems.append(Problem(sample.row, f"row has {total} tokens after visual tokens, more than the "
+                                                f"{context} positions model '{model or 'in use'}' can read "
+                                                "(max_position_embeddings in its config.json): shorten or split the "
+                                                "row, or lower max_pixels", TOO_LONG))
+        elif max_length and total > max_length:
             problems.append(Problem(sample.row, f"row has {total} tokens after visual tokens, more than max_length "
                                                 f"{max_length}: raise max_length or lower max_pixels", TOO_LONG))
         else:
@@ -96,5 +134,6 @@ def check_dataset(path: str | Path, format: str = "auto", max_length: int | None
     stats.update(summarize_trained(counter.trained(measurable)))
     stats.update({"text_tokens": counter.method, "unique_images": len(headers),
                   "min_pixels": min_pixels, "max_pixels": max_pixels})
-    return DatasetReport(str(path), loaded.format, loaded.rows, valid, problems,
-                         {s.row: s for s in loaded.samples}, lengths, stats, min_pixels, max_pixels, max_length)
+    parsed = {**loaded.unusable, **{s.row: s for s in loaded.samples}}
+    return DatasetReport(str(path), loaded.format, loaded.rows, valid, problems, parsed, loaded.texts, lengths,
+                         stats, min_pixels, max_pixels, max_length, context, image_folder or None)

@@ -202,7 +202,13 @@ class TrainingJob:
             model, trainer = self._train()
         except UserError as exc:
             self.exit_code = 2
-            self._say(JobState.FAILED, str(exc))
+            message = str(exc)
+            if self.state == JobState.TRAINING:  # bad input met mid-run (an image): the run can continue
+                last = self.folder.newest_complete()
+                kept = f"the newest complete checkpoint is {last.name}" if last else "no complete checkpoint was saved yet"
+                message += (f" ({kept}: fix it, then continue with `python -m workbench train --resume --output-dir "
+                            f"{self.output_dir}` or Resume on the Training tab.)")
+            self._say(JobState.FAILED, message)
         except Exception as exc:  # noqa: BLE001 - the job must end in a state, never crash the app
             self._say(JobState.FAILED, failure_message(exc, self.folder, log))
         finally:

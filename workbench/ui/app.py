@@ -20,7 +20,7 @@ import gradio as gr  # noqa: E402
 from workbench.errors import UserError  # noqa: E402
 from workbench.settings import RunConfig  # noqa: E402
 
-TABS = ("Dataset", "Memory planner", "LoRA", "Training", "Inference")
+TABS = ("Dataset", "Memory planner", "LoRA", "Training", "Inference", "Export")
 log = logging.getLogger("workbench.ui")
 
 
@@ -71,7 +71,7 @@ def answer_with_a_sentence(fn):
 
 def build_app(options: LaunchOptions | None = None, session=None) -> gr.Blocks:
     from workbench.session import Workbench
-    from workbench.ui import dataset_tab, inference_tab, lora_tab, planner_tab, training_tab
+    from workbench.ui import dataset_tab, export_tab, inference_tab, lora_tab, planner_tab, training_tab
 
     options = options or LaunchOptions()
     session = session or Workbench()
@@ -88,6 +88,8 @@ def build_app(options: LaunchOptions | None = None, session=None) -> gr.Blocks:
             training_tab.build(ctx, plan=planner["plan"])
         with gr.Tab("Inference", id="inference"):
             inference_tab.build(ctx)
+        with gr.Tab("Export", id="export"):
+            export_tab.build(ctx)
         # The LoRA form re-renders only when another tab (or a loaded file) replaced the config.
         for replaced in (dataset["used"], planner["applied"], lora.loaded):
             replaced.then(lora_tab.refill, inputs=ctx.config, outputs=lora.outputs, show_progress="hidden")

@@ -8,6 +8,7 @@ preview_page, render_row); they format its answers and decide nothing themselves
 from __future__ import annotations
 
 import functools
+import html
 
 import gradio as gr
 
@@ -22,6 +23,13 @@ def _tokenizer(model: str):
     from workbench.data.stats import load_tokenizer
 
     return load_tokenizer(model)
+
+
+@functools.lru_cache(maxsize=4)
+def _context(model: str):
+    from workbench.data.stats import model_context
+
+    return model_context(model)
 
 
 @functools.lru_cache(maxsize=4)
@@ -54,7 +62,29 @@ def _empty_outputs(message: str):
             gr.skip(), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [])
 
 
-def check(path: str, upload, fmt: str, config: dict):
+def _escape(text: str) -> str:
+    """User text (paths, reasons quoting <image>) shown in Markdown: tags must show, not vanish."""
+    return html.escape(str(text), quote=False)
+
+
+UPLOADED_ALONE = (" An uploaded file arrives without its images: give the image folder, or upload a .zip "
+                  "holding the file and its images.")
+
+
+def dataset_path(path: str, upload) -> tuple[str, str]:
+    """(dataset file, note) from the path box or an upload; a .zip is unpacked under the workbench home."""
+    from pathlib import Path
+
+    from workbench.data.archive import unpack_dataset
+
+    chosen = (upload or path or "").strip()
+    if chosen.lower().endswith(".zip") and Path(chosen).is_file():
+        unpacked = unpack_dataset(chosen, Path(chosen).name)
+        return str(unpacked), f" Unpacked from {Path(chosen).name} into {unpacked.parent}."
+    return chosen, ""
+
+
+def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
     """Check the file; returns (holder, summary, problems, stats, histogram, page, page label, table, gallery)."""
     import pandas as pd
 
@@ -62,25 +92,30 @@ def check(path: str, upload, fmt: str, config: dict):
     from workbench.data.stats import histogram
     from workbench.data.validation import check_dataset
 
-    path = (upload or path or "").strip()
-    if not path:
-        return _empty_outputs("Give a dataset path or upload a .jsonl / .json file.")
-    d = config["data"]
+    if not (upload or path or "").strip():
+        return _empty_outputs("Give a dataset path or upload a .jsonl / .json file (or a .zip with its images).")
+    d, model = config["data"], config["model"]["name_or_path"]
     try:
+        path, note = dataset_path(path, upload)
         report = check_dataset(path, fmt or "auto", d["max_length"], d["min_pixels"], d["max_pixels"],
-                               tokenizer=_tokenizer(config["model"]["name_or_path"]))
+                               tokenizer=_tokenizer(model), image_folder=(image_folder or "").strip() or None,
+                               context=_context(model), model=model)
     except UserError as exc:
         gr.Warning(str(exc))
-        return _empty_outputs(f"**Cannot read this dataset.** {exc}")
+        return _empty_outputs(f"**Cannot read this dataset.** {_escape(exc)}")
     table = rows_table(report)
     holder = {"report": report, "table": table}
     kinds = ", ".join(f"{k} {n}" for k, n in report.problems_by_kind().items()) or "none"
-    summary = (f"**{report.path}** ({report.format}): **{report.rows}** rows, **{report.valid}** valid, "
+    summary = (f"**{_escape(report.path)}** ({report.format}): **{report.rows}** rows, **{report.valid}** valid, "
                f"**{len(report.problems)}** with problems ({kinds}).")
+    if upload and not note and report.problems_by_kind().get("image-missing") and not image_folder:
+        note = UPLOADED_ALONE
+    summary += _escape(note)
     problems = pd.DataFrame([{"row": p.row, "kind": p.kind, "reason": p.reason} for p in report.problems],
                             columns=["row", "kind", "reason"])
     page = preview_page(report, table, 1)
     bars = histogram(report.totals())
+    # a plain frame: Gradio 6.31 drops a value sent together with a list ``sort`` (the labels sort as text)
     return (holder, summary, problems, stats_markdown(report), bars if len(bars) else gr.skip(), page.number,
             f"of {page.pages}", page.table, page.thumbnails)
 
@@ -89,11 +124,12 @@ def stats_markdown(report) -> str:
     s = report.stats
     if not s.get("rows"):
         return "No measurable rows."
+    context = f" Rows longer than the model's context ({report.context} positions) are problems." if report.context else ""
     return (f"Tokens per row (text + visual, images at {s['min_pixels']}..{s['max_pixels']} pixels): "
             f"p50 **{s['p50']}**, p95 **{s['p95']}**, max **{s['max']}**, mean {s['mean']}; "
             f"visual share **{s['visual_share']:.0%}**; {s['unique_images']} unique images. "
             f"Trained (answer) tokens per row: p95 **{s['trained_p95']}**, max **{s['trained_max']}**. "
-            f"Text tokens: {s['text_tokens']}.")
+            f"Text tokens: {s['text_tokens']}.{context}")
 
 
 def turn_page(holder, number):
@@ -107,29 +143,39 @@ def turn_page(holder, number):
 
 
 def show_row(holder, row, config: dict):
-    """(images, highlighted segments, counts markdown) for one row, rendered as training renders it."""
+    """(images with where each came from, highlighted segments, counts markdown) for one row,
+    rendered as training renders it; a problem row shows its reason and its text as written."""
     from workbench.data.collate import SampleEncoder
-    from workbench.data.preview import render_row, row_markdown_summary
+    from workbench.data.preview import image_sources, render_row, row_markdown_summary
 
     if not holder or not row:
         return [], [], "Check a dataset, then pick a row."
-    report = holder["report"]
-    sample = report.parsed.get(int(row))
+    report, row = holder["report"], int(row)
+    sample = report.parsed.get(row)
+    reasons = [p.reason for p in report.problems if p.row == row]
     if sample is None:
-        reasons = [p.reason for p in report.problems if p.row == int(row)]
-        return [], [], (f"Row {int(row)}: {reasons[0]}" if reasons else f"There is no row {int(row)} in this file.")
+        if not reasons:
+            return [], [], f"There is no row {row} in this file."
+        user, assistant = report.texts.get(row, ("", ""))
+        segments = [(f"user: {user}\n", None), (f"assistant: {assistant}", None)] if user or assistant else []
+        return [], segments, f"**Row {row}**: {_escape(reasons[0])}"
+    sources = image_sources(sample)
+    gallery = [(png, caption) for png, caption in sources if png]
+    where = "\n".join(f"- {_escape(caption)}" for _, caption in sources)
+    where = f"\n\nImages:\n{where}" if where else ""
+    if reasons:
+        segments = [(f"{t.role}: {t.text}\n", None) for t in sample.turns]
+        return gallery, segments, f"**Row {row}**: {_escape(reasons[0])}{where}"
     d, model = config["data"], config["model"]["name_or_path"]
     try:
         encoder = SampleEncoder(_processor(model), d["max_length"], d["min_pixels"], d["max_pixels"])
     except (OSError, ValueError, UserError) as exc:
-        return list(sample.images), [], f"The processor of '{model}' is not available locally ({exc}): counts only."
+        return gallery, [], _escape(f"The processor of '{model}' is not available locally ({exc}): counts only.") + where
     try:
         view = render_row(sample, encoder)
-    except (OSError, ValueError) as exc:
-        return list(sample.images), [], f"Row {sample.row} cannot be rendered: {exc}"
-    problems = [p.reason for p in report.problems if p.row == sample.row]
-    note = f"\n\nProblem: {problems[0]}" if problems else ""
-    return view.images, view.segments, row_markdown_summary(view) + note
+    except (OSError, ValueError, UserError) as exc:
+        return gallery, [], _escape(f"Row {sample.row} cannot be rendered: {exc}") + where
+    return gallery, view.segments, row_markdown_summary(view) + where
 
 
 def select_row(holder, evt: gr.SelectData):
@@ -141,7 +187,7 @@ def select_row(holder, evt: gr.SelectData):
 
 
 def use_as_training(holder, which: str, config: dict):
-    """data.train_path / format / max_length (p95 or max) of the checked file into the shared config."""
+    """data.train_path / format / image_folder / max_length (p95 or max) of the checked file into the shared config."""
     from workbench.settings import RunConfig
 
     if not holder:
@@ -156,9 +202,10 @@ def use_as_training(holder, which: str, config: dict):
     trained = int(stats["trained_max" if which == "max" else "trained_p95"])
     updated = RunConfig.from_dict(config).replace(
         data={"train_path": report.path, "format": report.format, "max_length": length,
-              "trained_tokens": trained}).to_dict()
-    return updated, (f"Training data: {report.path} ({report.format}), max_length {length} ({which}), "
-                     f"{trained} trained tokens per row for the memory planner. "
+              "image_folder": report.image_folder or "", "trained_tokens": trained}).to_dict()
+    images = f", images from {report.image_folder}" if report.image_folder else ""
+    return updated, (f"Training data: {_escape(report.path)} ({report.format}{_escape(images)}), max_length {length} "
+                     f"({which}), {trained} trained tokens per row for the memory planner. "
                      f"{'Rows above it are refused at Start.' if which == 'p95' else ''}")
 
 
@@ -168,8 +215,11 @@ def build(state) -> dict:
     holder = gr.State(None)
     with gr.Row():
         path = gr.Textbox(label="Dataset file", value=default_path(state.options), scale=4,
-                          info="A .jsonl or .json on this machine (relative image paths start at its folder).")
-        upload = gr.File(label="or upload", file_types=[".jsonl", ".json"], type="filepath", scale=2)
+                          info="A .jsonl, .json or .zip on this machine (relative image paths start at its folder).")
+        upload = gr.File(label="or upload (.zip: the file with its images)", file_types=[".jsonl", ".json", ".zip"],
+                         type="filepath", scale=2)
+        image_folder = gr.Textbox(label="Image folder (optional)", scale=2,
+                                  info="Where relative image paths start, when not beside the file.")
         fmt = gr.Dropdown(FORMATS, value="auto", label="Format", scale=1,
                           info="auto: detected from the first record.")
         check_button = gr.Button("Check", variant="primary", scale=1)
@@ -179,8 +229,8 @@ def build(state) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             stats = gr.Markdown()
-            plot = gr.BarPlot(x="tokens", y="rows", title="Total tokens per row", x_title="tokens (bin start)",
-                              y_title="rows", height=220)
+            plot = gr.BarPlot(x="tokens", y="rows", title="Total tokens per row", x_title="tokens per row",
+                              y_title="rows", height=220, x_label_angle=-45, sort="x", y_lim=[0, None])
         with gr.Column(scale=1):
             which = gr.Radio(["p95", "max"], value="p95", label="max_length from")
             use = gr.Button("Use as training data")
@@ -192,18 +242,20 @@ def build(state) -> dict:
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, max_height=480)
     gallery = gr.Gallery(label="Images on this page", columns=10, height=140, allow_preview=False)
     with gr.Row():
-        row = gr.Number(label="Row", precision=0, minimum=1, scale=1)
+        row = gr.Number(label="Row", value=1, precision=0, minimum=1, scale=1)
         show = gr.Button("Show row", scale=1)
     with gr.Row():
-        row_images = gr.Gallery(label="Row images", columns=2, height=240, scale=1)
+        row_images = gr.Gallery(label="Row images (caption: where each came from)", columns=2, height=240, scale=1)
         with gr.Column(scale=3):
             counts = gr.Markdown()
             rendered = gr.HighlightedText(label="As the model sees it (trained tokens highlighted)",
                                           color_map={"trained": "green", "image": "blue"}, show_legend=True)
 
     outputs = [holder, summary, problems, stats, plot, page, pages, table, gallery]
-    check_button.click(check, [path, upload, fmt, config], outputs)
-    upload.upload(check, [path, upload, fmt, config], outputs)
+    inputs = [path, upload, fmt, config, image_folder]
+    check_button.click(check, inputs, outputs)
+    upload.upload(check, inputs, outputs)
+    image_folder.submit(check, inputs, outputs)
     page_outputs = [page, pages, table, gallery]
     page.submit(turn_page, [holder, page], page_outputs)
     prev_button.click(lambda h, n: turn_page(h, (n or 1) - 1), [holder, page], page_outputs)
@@ -215,5 +267,5 @@ def build(state) -> dict:
     from gradio.context import Context
 
     if path.value and Context.root_block is not None:
-        Context.root_block.load(check, [path, upload, fmt, config], outputs)
+        Context.root_block.load(check, inputs, outputs)
     return {"used": used_event}

@@ -24,6 +24,28 @@ DEFAULT_PROMPT = "What color is the shape?"
 HELDOUT_COLUMNS = ["image", "prompt", "expected", "base", "adapter", "base match", "adapter match"]
 
 
+def tolerant_image(**kwargs) -> gr.Image:
+    """A ``gr.Image`` whose upload reaches the handler even when Pillow cannot open it.
+
+    Gradio's own preprocess opens the upload with PIL and, for a text file named fake.jpg,
+    fails before any handler runs (a bare "Error"); here the path goes on to ``prompt_sample``,
+    which answers with a sentence. (An instance override, not a subclass: Gradio writes a .pyi
+    file beside the module of every Component subclass.)"""
+    from PIL import UnidentifiedImageError
+
+    image = gr.Image(**kwargs)
+    strict = image.preprocess
+
+    def preprocess(payload):
+        try:
+            return strict(payload)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return str(payload.path) if payload is not None and payload.path else None
+
+    image.preprocess = preprocess
+    return image
+
+
 @contextmanager
 def comparer(session, base: str, adapter: str):
     """The session's base+adapter model for this pair (loaded once, reused while the pair stays)."""
@@ -132,7 +154,7 @@ def thumbnail(path: str | None, side: int = 64) -> str:
 
 def heldout_frame(result: dict) -> pd.DataFrame:
     mark = {True: "✓", False: "✗"}
-    rows = [{"image": thumbnail(r["image"]), "prompt": r["prompt"], "expected": r["expected"],
+    rows = [{"image": thumbnail(r.get("thumbnail")), "prompt": r["prompt"], "expected": r["expected"],
              "base": r["base"], "adapter": r["adapter"],
              "base match": mark[r["base_match"]] + (" (norm. ✓)" if r["base_match_normalised"] and not r["base_match"] else ""),
              "adapter match": mark[r["adapter_match"]] + (" (norm. ✓)" if r["adapter_match_normalised"] and not r["adapter_match"] else "")}
@@ -141,15 +163,23 @@ def heldout_frame(result: dict) -> pd.DataFrame:
 
 
 def accuracy_text(result: dict) -> str:
+    import html
+
     n = len(result["rows"])
-    return (f"**{n} held-out rows.** Exact match: base **{result['base_accuracy']:.0%}**, "
+    text = (f"**{n} held-out rows.** Exact match: base **{result['base_accuracy']:.0%}**, "
             f"adapter **{result['adapter_accuracy']:.0%}**. Normalised (case and punctuation ignored): "
             f"base {result['base_accuracy_normalised']:.0%}, adapter {result['adapter_accuracy_normalised']:.0%}.")
+    skipped = result.get("problems") or []
+    if skipped:
+        first = skipped[0]
+        text += "\n\n" + warning(html.escape(f"{len(skipped)} row(s) skipped, not counted. Row {first['row']}: "
+                                               f"{first['reason']}" + (" (and more)" if len(skipped) > 1 else "")))
+    return text
 
 
 def check(session, base, adapter, dataset, rows, max_new_tokens, temperature, top_p):
     """Score base and adapter on N rows of a dataset. -> (accuracy markdown, table)."""
-    from workbench.inference import Decoding, heldout_check, heldout_samples
+    from workbench.inference import Decoding, heldout_check, heldout_rows
 
     empty = pd.DataFrame(columns=HELDOUT_COLUMNS)
     try:
@@ -159,9 +189,9 @@ def check(session, base, adapter, dataset, rows, max_new_tokens, temperature, to
             raise UserError("Rows must be a whole number, e.g. 8.")
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
-        samples = heldout_samples(dataset, int(rows))
+        samples, skipped = heldout_rows(dataset, int(rows))
         with comparer(session, base, str(adapter).strip()) as loaded:
-            result = heldout_check(loaded, samples, decoding)
+            result = heldout_check(loaded, samples, decoding, skipped)
     except UserError as exc:
         return warning(str(exc)), empty
     return accuracy_text(result), heldout_frame(result)
@@ -206,7 +236,7 @@ def build(ctx) -> None:
     gr.Markdown("### One question")
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
-            image = gr.Image(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
+            image = tolerant_image(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
             image_path = gr.Textbox(label="…or image path", placeholder="/data/images/0001.png", max_lines=1)
         with gr.Column(scale=3):
             with gr.Row():
