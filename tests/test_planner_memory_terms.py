@@ -134,3 +134,10 @@ def test_the_step_counts_trained_rows_per_batch():
     request = PlanRequest("qwen2-vl-7b-instruct", parse_gpu_spec("1x80GiB"), batch_size=4, trained_tokens=50)
     step = step_for(request, layout_for(request))
     assert step.trained_tokens == 50 and step.logits_bytes(152064) == 12 * 200 * 152064
+
+
+def test_no_misleading_auto_comparison_for_a_quantised_base():
+    plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("2x40GiB"), quantization="nf4",
+                                   strategy="device_map"))
+    assert plan.fits and plan.map_source == "planner"
+    assert plan.accelerate_auto["devices"] == [] and "quantised base" in plan.accelerate_auto["summary"]
