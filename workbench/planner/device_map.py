@@ -30,6 +30,8 @@ class Step:
     lora_dropout: bool = True
     device_kind: str = "cuda"
     act_bytes: int = 2
+    trained_tokens: int | None = None  # per row with the trained-token loss; None: the model's own loss
+    lm_head_in_forward: bool = False   # FSDP2: the trained-token loss runs lm_head inside the forward
 
     @property
     def tokens(self) -> int:
@@ -39,6 +41,13 @@ class Step:
     def visual_tokens(self) -> int:
         """Image tokens the language model sees in the whole batch."""
         return self.batch_size * self.images_per_sample * self.visual_tokens_per_image
+
+    def logits_bytes(self, vocab: int) -> int:
+        """The loss's peak on the lm_head device, for the loss this step uses."""
+        if self.trained_tokens is None:
+            return terms.logits_bytes(self.tokens, vocab)
+        trained = self.batch_size * min(self.trained_tokens, self.max_length)
+        return terms.trained_logits_bytes(trained, vocab, self.lm_head_in_forward)
 
     def patches(self, merge_size: int) -> int:
         return terms.vision_patches(self.visual_tokens, merge_size)
@@ -56,11 +65,13 @@ class DeviceLoad:
     vision_blocks: int = 0
     vision_lora_inputs: tuple = ()
     kinds: set = field(default_factory=set)
+    dequant_numel: int = 0       # the largest quantised weight here (elements)
 
     def add(self, unit: Unit, layout: Layout, step: Step) -> None:
         self.weights += unit.weight_bytes
         self.lora_params += unit.lora_params
         self.kinds.add(unit.kind)
+        self.dequant_numel = max(self.dequant_numel, unit.dequant_numel)
         if unit.kind == "layer":
             s = layout.shape
             saved = terms.decoder_layer_saved_bytes(
@@ -76,7 +87,8 @@ class DeviceLoad:
 
     def copy(self) -> "DeviceLoad":
         return DeviceLoad(self.weights, self.lora_params, self.layers, self.layers_saved_sum,
-                          self.layers_saved_max, self.vision_blocks, self.vision_lora_inputs, set(self.kinds))
+                          self.layers_saved_max, self.vision_blocks, self.vision_lora_inputs, set(self.kinds),
+                          self.dequant_numel)
 
     @property
     def used(self) -> bool:
@@ -86,7 +98,7 @@ class DeviceLoad:
         """Bytes per term; ``tied_lm_head`` puts the logits here when lm_head shares the embeddings."""
         s, t = layout.shape, step.tokens
         has_lm_head = "lm_head" in self.kinds or (tied_lm_head and "embed" in self.kinds)
-        logits = terms.logits_bytes(t, s.vocab) if has_lm_head else 0
+        logits = step.logits_bytes(s.vocab) if has_lm_head else 0
         activation = 0
         if self.layers:
             if step.gradient_checkpointing:
@@ -118,10 +130,11 @@ class DeviceLoad:
                                                                  step.act_bytes, s.vision_mlp_activations)
                 activation += max(0, forward - activation - logits)
         lora = terms.lora_state_bytes(self.lora_params)
-        overhead = terms.overhead_bytes(activation + logits) if self.used else 0
+        dequant = terms.dequantization_bytes(self.dequant_numel, step.act_bytes)
+        overhead = terms.overhead_bytes(activation + logits + dequant) if self.used else 0
         return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
-                "logits_bytes": logits, "overhead_bytes": overhead,
-                "total_bytes": self.weights + lora + activation + logits + overhead}
+                "logits_bytes": logits, "dequant_bytes": dequant, "overhead_bytes": overhead,
+                "total_bytes": self.weights + lora + activation + logits + dequant + overhead}
 
 
 def device_of(device_map: dict, name: str):
