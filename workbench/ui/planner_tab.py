@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from workbench.errors import UserError
-from workbench.planner.report import GIB, TERM_LABELS, map_ranges, terms_of, verdict
+from workbench.planner.report import GIB, TERM_LABELS, TERMS, map_ranges, terms_of, verdict
 from workbench.planner.request import STRATEGIES, request_defaults
 from workbench.settings import TARGET_PRESETS
 
@@ -63,11 +63,13 @@ def form_from_config(config: dict) -> tuple:
             t.get("nodes", 1))
 
 
-def _int(name: str, value) -> int:
+def _int(name: str, value, minimum: int = 1) -> int:
     if value is None or value == "":
         raise UserError(f"{name} is empty: enter a whole number.")
     if float(value) != int(value):
         raise UserError(f"{name} must be a whole number, got {value}.")
+    if int(value) < minimum:
+        raise UserError(f"{name} must be at least {minimum}, got {int(value)}.")
     return int(value)
 
 
@@ -88,7 +90,7 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
         model=str(model or "").strip(), gpus=parse_gpu_spec(gpus), dtype=dtype, lora_rank=_int("LoRA rank", rank),
         lora_targets=parse_targets(str(targets or "language-all-linear")), batch_size=_int("Batch size", batch),
         max_length=_int("Max length", max_length), max_pixels=_int("Max pixels", max_pixels),
-        min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images),
+        min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images, 0),
         gradient_checkpointing=bool(checkpointing), strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes),
         intra_node_gbps=_gbps("Intra-node GB/s", intra),
         **({"inter_node_gbps": inter_gbps} if inter_gbps is not None else {}))
@@ -96,12 +98,17 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
 
 
 def bars(devices: list[dict]) -> pd.DataFrame:
-    """Long table for a stacked bar per GPU: one row per (GPU, term), GiB; 'free' tops up to capacity."""
+    """Long table for a stacked bar per GPU: one row per (GPU, term), GiB; 'free' tops up to capacity.
+
+    Every term is a row, 0 where a strategy has none: Gradio's plot keeps the colour domain of the
+    first frame it drew, so a term missing from the first plan (gathered/buckets under device_map)
+    was never drawn for a later fsdp plan. The plot stacks the last row at the bottom: weights
+    there, free on top, and the legend reads in the stack's order."""
     rows = []
     for d in devices:
-        for term in terms_of(devices):
-            rows.append({"GPU": d["device"], "term": TERM_LABELS[term], "GiB": d.get(term, 0) / GIB})
         rows.append({"GPU": d["device"], "term": "free", "GiB": max(0, d["capacity_bytes"] - d["total_bytes"]) / GIB})
+        for term in reversed(TERMS):
+            rows.append({"GPU": d["device"], "term": TERM_LABELS[term], "GiB": d.get(term, 0) / GIB})
     return pd.DataFrame(rows)
 
 
@@ -242,22 +249,24 @@ def build(ctx) -> dict:
     gr.Markdown("How to train on your GPUs: per-GPU memory of one LoRA training step with `device_map` (one "
                 "process, layers spread over the GPUs), DDP (a replica per GPU) and FSDP2 (weights sharded over "
                 "every GPU of every node), the expected speed of each, and the fastest that fits.")
+    # The numbers carry no Gradio minimum: its check runs before on_plan and answers 0 with a bare "Error"
+    # over the old verdict; on_plan's own check names the field.
     with gr.Row():
         model = gr.Textbox(d["model"], label="Model", info="Preset (qwen2-vl-2b/7b/72b-instruct), 'demo' or a local folder.", elem_id="planner-model")
         gpus = gr.Textbox(default_gpu_spec(), label="GPUs per node", info="Detected, sizes (4x40GiB, 2x80GB) or cards (4xA800-40GB, 8xH100, 2x4090).", elem_id="planner-gpus")
-        nodes = gr.Number(d["nodes"], precision=0, minimum=1, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
+        nodes = gr.Number(d["nodes"], precision=0, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
         strategy = gr.Dropdown(list(STRATEGIES), value=d["strategy"], label="Strategy", info="auto: the fastest that fits.", elem_id="planner-strategy")
     with gr.Row():
         dtype = gr.Dropdown(DTYPES, value=d["dtype"], label="Weight dtype")
-        rank = gr.Number(d["rank"], precision=0, minimum=1, label="LoRA rank", elem_id="planner-rank")
+        rank = gr.Number(d["rank"], precision=0, label="LoRA rank", elem_id="planner-rank")
         targets = gr.Dropdown(list(TARGET_PRESETS), value=d["targets"], allow_custom_value=True, label="LoRA targets")
-        batch = gr.Number(d["batch"], precision=0, minimum=1, label="Batch size per GPU", elem_id="planner-batch")
+        batch = gr.Number(d["batch"], precision=0, label="Batch size per GPU", elem_id="planner-batch")
         checkpointing = gr.Checkbox(d["checkpointing"], label="Gradient checkpointing", elem_id="planner-checkpointing")
     with gr.Row():
-        max_length = gr.Number(d["max_length"], precision=0, minimum=1, label="Max length (text + visual tokens)", elem_id="planner-max-length")
-        max_pixels = gr.Number(d["max_pixels"], precision=0, minimum=1, label="Max pixels per image", elem_id="planner-max-pixels")
-        min_pixels = gr.Number(d["min_pixels"], precision=0, minimum=1, label="Min pixels per image")
-        images = gr.Number(d["images"], precision=0, minimum=0, label="Images per sample")
+        max_length = gr.Number(d["max_length"], precision=0, label="Max length (text + visual tokens)", elem_id="planner-max-length")
+        max_pixels = gr.Number(d["max_pixels"], precision=0, label="Max pixels per image", elem_id="planner-max-pixels")
+        min_pixels = gr.Number(d["min_pixels"], precision=0, label="Min pixels per image")
+        images = gr.Number(d["images"], precision=0, label="Images per sample")
     with gr.Accordion("Links (the speed estimate only)", open=False):
         with gr.Row():
             intra = gr.Number(d["intra"], label="Intra-node GB/s", info="Empty: from the card (NVLink or PCIe); 20 for sizes.")
