@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, help="Override the demo's max_steps.")
     parser.add_argument("--output-dir", help="Run folder (default: a new temporary folder).")
+    parser.add_argument("--quantization", default="none", choices=["none", "nf4", "int8"],
+                        help="Quantise the base while training (QLoRA with nf4).")
     args = parser.parse_args(argv)
 
     from workbench.data.formats import load_samples
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
     overrides = {"output_dir": output}
     if args.max_steps:
         overrides["max_steps"] = args.max_steps
-    config = config.replace(training=overrides)
+    config = config.replace(training=overrides, model={"quantization": args.quantization})
 
     job = TrainingJob(config)
     start = time.perf_counter()
@@ -51,8 +53,14 @@ def main(argv=None) -> int:
     result = heldout_check(Comparer("demo", job.output_dir, config), samples)
     for row in result["rows"][:5]:
         print(f"expected {row['expected']!r:10} base {row['base'][:30]!r:34} adapter {row['adapter']!r}", file=sys.stderr)
-    print(json.dumps({"base_accuracy": result["base_accuracy"], "adapter_accuracy": result["adapter_accuracy"],
-                      "train_seconds": round(train_seconds, 1), "steps": job.step}))
+    summary = {"base_accuracy": result["base_accuracy"], "adapter_accuracy": result["adapter_accuracy"],
+               "train_seconds": round(train_seconds, 1), "steps": job.step}
+    if args.quantization != "none":
+        on_trained_base = heldout_check(Comparer("demo", job.output_dir, config, quantization=args.quantization), samples)
+        same = [a["adapter"] == b["adapter"] for a, b in zip(result["rows"], on_trained_base["rows"])]
+        summary.update(quantization=args.quantization, quantized_base_accuracy=on_trained_base["adapter_accuracy"],
+                       same_answers=sum(same) / len(same))
+    print(json.dumps(summary))
     return 0
 
 

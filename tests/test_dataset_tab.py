@@ -76,8 +76,10 @@ def test_use_as_training_data_writes_the_config(checked, config):
     updated, message = use_as_training(checked[0], "max", config)
     data = RunConfig.from_dict(updated).data
     assert (data.train_path, data.format, data.max_length) == (report.path, "swift", report.stats["max"])
+    assert data.trained_tokens == report.stats["trained_max"] > 0 and "trained tokens" in message
     updated, _ = use_as_training(checked[0], "p95", config)
     assert updated["data"]["max_length"] == report.stats["p95"] and config["data"]["max_length"] == 256
+    assert updated["data"]["trained_tokens"] == report.stats["trained_p95"]
     assert use_as_training(None, "p95", config)[0] is config
 
 

@@ -96,7 +96,7 @@ def test_only_model_and_gpus_typed_plans_as_the_cli_does():
 def test_fill_from_current_settings_stays_explicit():
     values = planner_tab.form_from_config(demo_config())
     assert values[0] == "demo" and values[2] == 16 and values[4] == 8 and values[8] is False
-    assert values[9:] == ("device_map", 1)
+    assert values[9:] == ("device_map", 1, "none", 0, True)
 
 
 # ---- issue 10 item 5: say what does not fit; show the suggestions' numbers -----------------------
@@ -162,6 +162,20 @@ def test_use_plan_says_why_not_when_the_config_cannot_hold_the_plan(targets):
     assert new is config and message.startswith("Not applied: lora.target_modules")
 
 
+def test_a_qlora_plan_shows_its_dequantised_weights_and_use_this_plan_sets_nf4():
+    """The planner's 4-bit suggestion is a setting: plan with nf4, then "Use this plan" trains with it."""
+    *_, sugg, full = planner_tab.on_plan(*(ARGS[:1] + ("2x40GiB",) + ARGS[2:]), "device_map")
+    assert not full["fits"] and any("4-bit" in change for change in sugg["change"])
+    text, _, bars, table, *_, state = planner_tab.on_plan(*(ARGS[:1] + ("2x40GiB",) + ARGS[2:]), "device_map", 1,
+                                                           None, None, "nf4", 32, True)
+    assert state["fits"] and "nf4 base" in text and "loss on 32 trained tokens per row" in text
+    assert "dequantised" in set(bars["term"]) and "dequantised" in table.columns
+    new, message = planner_tab.use_plan(state, RunConfig().to_dict())
+    assert new["model"]["quantization"] == "nf4" and new["data"]["trained_tokens"] == 32
+    assert new["training"]["loss_on_trained_tokens_only"] is True and "nf4 base" in message
+    RunConfig.from_dict(new)
+
+
 def test_use_plan_without_a_plan():
     config = RunConfig().to_dict()
     assert planner_tab.use_plan(None, config) == (config, "Make a plan first.")
@@ -180,7 +194,8 @@ def test_every_plan_draws_the_same_terms_in_the_same_order():
     frame it drew, so every frame carries every term; weights stack at the bottom, free on top."""
     one_node = planner_tab.on_plan(*ARGS)[2]
     two_nodes = planner_tab.on_plan(*ARGS, "auto", 2)[2]
-    order = ["free", "CUDA+alloc", "gathered/buckets", "logits/loss", "activations", "LoRA+optim", "weights"]
+    order = ["free", "CUDA+alloc", "gathered/buckets", "dequantised", "logits/loss", "activations", "LoRA+optim",
+             "weights"]
     for frame in (one_node, two_nodes):
         assert list(dict.fromkeys(frame["term"])) == order
     assert two_nodes.loc[two_nodes["term"] == "gathered/buckets", "GiB"].gt(1).all()

@@ -78,6 +78,8 @@ def run(args) -> int:
             print(f"tokens per row: p50 {s['p50']}, p95 {s['p95']}, max {s['max']}, "
                   f"visual share {s['visual_share']:.0%} (min/max pixels {args.min_pixels}/{args.max_pixels}; "
                   f"text tokens {s['text_tokens']})")
+            print(f"trained (answer) tokens per row: p95 {s['trained_p95']}, max {s['trained_max']} "
+                  f"(plan with --trained-tokens {s['trained_p95']})")
         for kind, count in report.problems_by_kind().items():
             print(f"  {kind}: {count}")
         for p in problems[:50]:

@@ -95,6 +95,7 @@ class TextTokenCounter:
         self.tokenizer = tokenizer if tokenizer is not None and getattr(tokenizer, "chat_template", None) else None
         self._templates: dict[tuple, int] = {}
         self.method = "exact" if self.tokenizer is not None else "estimated (no tokenizer: 4 bytes per token)"
+        self._bytes_per_token: float | None = None  # measured by count() when it estimates
 
     def template_tokens(self, sample: Sample) -> int:
         shape = _shape(sample)
@@ -136,6 +137,7 @@ class TextTokenCounter:
         flat = [p for ps in pieces for p in ps]
         calibration = random.Random(0).sample(flat, min(CALIBRATION_PIECES, len(flat)))
         ratio = sum(len(p.encode("utf-8")) for p in calibration) / max(1, sum(self._exact(calibration)))
+        self._bytes_per_token = ratio
         out = [t + round(size / ratio) for t, size in zip(template, sizes)]
         order = sorted(range(len(out)), key=out.__getitem__, reverse=True)
         recount = set(order[: max(1, len(out) // 100)])
@@ -147,6 +149,19 @@ class TextTokenCounter:
         self.method = (f"estimated ({ratio:.2f} bytes per token measured on {len(calibration)} pieces); "
                        f"exact for the longest 1% and rows near max_length ({len(chosen)} rows)")
         return out
+
+
+    def trained(self, samples: list[Sample]) -> list[int]:
+        """Tokens training learns per row: each assistant turn's text and its ``<|im_end|>``
+        (``workbench.data.collate.assistant_mask``). Exact with a tokenizer within EXACT_BYTES,
+        else at the bytes per token ``count`` measured (4 without a tokenizer)."""
+        answers = [[p for t in s.turns if t.role == "assistant" for p in t.text.split(IMAGE_TAG) if p] for s in samples]
+        turns = [sum(1 for t in s.turns if t.role == "assistant") for s in samples]
+        sizes = [sum(len(p.encode("utf-8")) for p in ps) for ps in answers]
+        if self.tokenizer is not None and sum(sizes) <= EXACT_BYTES:
+            return [n + extra for n, extra in zip(self._exact_rows(answers, [0] * len(answers)), turns)]
+        ratio = self._bytes_per_token or FALLBACK_BYTES_PER_TOKEN
+        return [round(size / ratio) + extra for size, extra in zip(sizes, turns)]
 
 
 def summarize(totals: list[int], visual: list[int]) -> dict:
@@ -164,6 +179,16 @@ def summarize(totals: list[int], visual: list[int]) -> dict:
         "mean": round(float(arr.mean()), 1),
         "visual_share": round(float(sum(visual)) / max(1, int(arr.sum())), 4),
     }
+
+
+def summarize_trained(trained: list[int]) -> dict:
+    """p95 and max of the trained (answer) tokens per row: what the planner's loss term needs."""
+    import numpy as np
+
+    if not trained:
+        return {"trained_p95": 0, "trained_max": 0}
+    arr = np.asarray(trained)
+    return {"trained_p95": int(np.percentile(arr, 95, method="inverted_cdf")), "trained_max": int(arr.max())}
 
 
 def histogram(totals: list[int], bins: int = 30):

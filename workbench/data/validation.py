@@ -17,7 +17,7 @@ from workbench.data.images import ImageHeaders
 from workbench.data.problems import IMAGE_SHAPE, TOO_LONG, Problem
 from workbench.data.refs import short
 from workbench.data.sample import Sample
-from workbench.data.stats import TextTokenCounter, summarize, visual_token_count
+from workbench.data.stats import TextTokenCounter, summarize, summarize_trained, visual_token_count
 
 
 @dataclass
@@ -131,6 +131,7 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
     problems.sort(key=lambda p: p.row)
     totals = [length.total for length in lengths.values()]
     stats = summarize(totals, [sum(length.visual_tokens) for length in lengths.values()])
+    stats.update(summarize_trained(counter.trained(measurable)))
     stats.update({"text_tokens": counter.method, "unique_images": len(headers),
                   "min_pixels": min_pixels, "max_pixels": max_pixels})
     parsed = {**loaded.unusable, **{s.row: s for s in loaded.samples}}

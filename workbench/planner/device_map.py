@@ -30,10 +30,19 @@ class Step:
     lora_dropout: bool = True
     device_kind: str = "cuda"
     act_bytes: int = 2
+    trained_tokens: int | None = None  # per row with the trained-token loss; None: the model's own loss
+    lm_head_in_forward: bool = False   # FSDP2: the trained-token loss runs lm_head inside the forward
 
     @property
     def tokens(self) -> int:
         return self.batch_size * self.max_length
+
+    def logits_bytes(self, vocab: int) -> int:
+        """The loss's peak on the lm_head device, for the loss this step uses."""
+        if self.trained_tokens is None:
+            return terms.logits_bytes(self.tokens, vocab)
+        trained = self.batch_size * min(self.trained_tokens, self.max_length)
+        return terms.trained_logits_bytes(trained, vocab, self.lm_head_in_forward)
 
     def patches(self, merge_size: int) -> int:
         visual = self.batch_size * self.images_per_sample * self.visual_tokens_per_image
@@ -52,11 +61,13 @@ class DeviceLoad:
     vision_blocks: int = 0
     vision_lora_inputs: tuple = ()
     kinds: set = field(default_factory=set)
+    dequant_numel: int = 0       # the largest quantised weight here (elements)
 
     def add(self, unit: Unit, layout: Layout, step: Step) -> None:
         self.weights += unit.weight_bytes
         self.lora_params += unit.lora_params
         self.kinds.add(unit.kind)
+        self.dequant_numel = max(self.dequant_numel, unit.dequant_numel)
         if unit.kind == "layer":
             s = layout.shape
             saved = terms.decoder_layer_saved_bytes(
@@ -72,7 +83,8 @@ class DeviceLoad:
 
     def copy(self) -> "DeviceLoad":
         return DeviceLoad(self.weights, self.lora_params, self.layers, self.layers_saved_sum,
-                          self.layers_saved_max, self.vision_blocks, self.vision_lora_inputs, set(self.kinds))
+                          self.layers_saved_max, self.vision_blocks, self.vision_lora_inputs, set(self.kinds),
+                          self.dequant_numel)
 
     @property
     def used(self) -> bool:
@@ -82,7 +94,7 @@ class DeviceLoad:
         """Bytes per term; ``tied_lm_head`` puts the logits here when lm_head shares the embeddings."""
         s, t = layout.shape, step.tokens
         has_lm_head = "lm_head" in self.kinds or (tied_lm_head and "embed" in self.kinds)
-        logits = terms.logits_bytes(t, s.vocab) if has_lm_head else 0
+        logits = step.logits_bytes(s.vocab) if has_lm_head else 0
         activation = 0
         if self.layers:
             if step.gradient_checkpointing:
@@ -112,10 +124,11 @@ class DeviceLoad:
                                                      step.act_bytes)
                 activation += max(0, forward - activation - logits)
         lora = terms.lora_state_bytes(self.lora_params)
-        overhead = terms.overhead_bytes(activation + logits) if self.used else 0
+        dequant = terms.dequantization_bytes(self.dequant_numel, step.act_bytes)
+        overhead = terms.overhead_bytes(activation + logits + dequant) if self.used else 0
         return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
-                "logits_bytes": logits, "overhead_bytes": overhead,
-                "total_bytes": self.weights + lora + activation + logits + overhead}
+                "logits_bytes": logits, "dequant_bytes": dequant, "overhead_bytes": overhead,
+                "total_bytes": self.weights + lora + activation + logits + dequant + overhead}
 
 
 def device_of(device_map: dict, name: str):

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from workbench.errors import UserError
-from workbench.planner.terms import lora_parameters, quantized_4bit_bytes
+from workbench.planner.terms import lora_parameters, quantized_weight_bytes
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -28,6 +28,7 @@ class Unit:
     lora_params: int
     lora_inputs: tuple[int, ...]    # input widths of the LoRA linears inside
     numel: int = 0                  # parameters (elements) of its weights: the FLOPs of a pass are 2 x this per token
+    dequant_numel: int = 0          # its largest quantised weight (elements): dequantised per matmul
 
 
 @dataclass(frozen=True)
@@ -106,14 +107,20 @@ def target_matcher(targets):
     return lambda name: any(name == t or name.endswith("." + t) for t in names)
 
 
-def build_layout(config, dtype: str, targets, rank: int, quantize_4bit: bool = False) -> Layout:
+def is_quantized(name: str) -> bool:
+    """Which weights model.quantization stores in 4 or 8 bits: the decoder layers' linears
+    (workbench.training.loading keeps the vision tower and lm_head in the model dtype)."""
+    return ".language_model.layers." in name and name.endswith("proj.weight")
+
+
+def build_layout(config, dtype: str, targets, rank: int, quantization: str = "none") -> Layout:
     """The units of ``config`` (cached on the config's JSON and the other arguments)."""
     key_targets = targets if isinstance(targets, str) else tuple(targets)
-    return _layout(config.to_json_string(use_diff=False), dtype, key_targets, int(rank), bool(quantize_4bit))
+    return _layout(config.to_json_string(use_diff=False), dtype, key_targets, int(rank), quantization)
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(config_json: str, dtype: str, targets, rank: int, quantize_4bit: bool) -> Layout:
+def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str) -> Layout:
     import torch
     from transformers import Qwen2VLConfig
 
@@ -124,10 +131,13 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantize_4bit: boo
     elem = DTYPE_BYTES[dtype]
     matches = target_matcher(targets)
 
-    param_bytes, param_numel = [], {}
+    param_bytes, param_numel, dequant = [], {}, {}
     for name, p in model.named_parameters():
-        quantized = quantize_4bit and ".layers." in name and name.endswith("proj.weight")
-        param_bytes.append((name, quantized_4bit_bytes(p.numel()) if quantized else p.numel() * elem))
+        if quantization != "none" and is_quantized(name):
+            param_bytes.append((name, quantized_weight_bytes(quantization, p.numel(), p.shape[0])))
+            dequant[name] = p.numel()
+        else:
+            param_bytes.append((name, p.numel() * elem))
         param_numel[name] = p.numel()
 
     lora_by_module = {}
@@ -145,18 +155,20 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantize_4bit: boo
 
     by_unit: dict[str, int] = {}
     numel_by_unit: dict[str, int] = {}
+    dequant_by_unit: dict[str, int] = {}
     prefixes = {name for name, _ in unit_specs}
     for name, nbytes in param_bytes:
         owner = _owner(name, prefixes)
         by_unit[owner] = by_unit.get(owner, 0) + nbytes
         numel_by_unit[owner] = numel_by_unit.get(owner, 0) + param_numel[name]
+        dequant_by_unit[owner] = max(dequant_by_unit.get(owner, 0), dequant.get(name, 0))
     lora_units: dict[str, list] = {}
     for name, (params, d_in) in lora_by_module.items():
         lora_units.setdefault(_owner(name, prefixes), []).append((params, d_in))
 
     units = tuple(
         Unit(name, kind, by_unit.get(name, 0), sum(p for p, _ in lora_units.get(name, [])),
-             tuple(d for _, d in lora_units.get(name, [])), numel_by_unit.get(name, 0))
+             tuple(d for _, d in lora_units.get(name, [])), numel_by_unit.get(name, 0), dequant_by_unit.get(name, 0))
         for name, kind in unit_specs
     )
     return Layout(units=units, shape=shape_of(config), tied=bool(config.tie_word_embeddings),

@@ -116,6 +116,10 @@ def planned_map(layout: Layout, step: Step, caps: list[int], notes: list[str]) -
     """
     headroom = balanced_headroom(layout, step, caps)
     packed, packed_fits = pack(layout, step, [c - headroom for c in caps])
+    if any(u.dequant_numel for u in layout.units):
+        # accelerate would size the quantised layers as if they were in the model dtype
+        notes.append("quantised base: the planner's own sequential map (accelerate sizes layers in the model dtype).")
+        return packed, "planner"
     budgets = weight_budgets(layout, step, {k: v for k, v in packed.items() if v != "cpu"},
                              [c - headroom for c in caps])
     amap = accelerate_map(layout, budgets)
@@ -142,6 +146,10 @@ def _fits(rows: list[dict], offloaded: list[str], caps: list[int]) -> bool:
 
 def accelerate_auto(layout: Layout, step: Step, caps: list[int]) -> dict:
     """``device_map="auto"`` for the same GPUs, judged by the same memory model."""
+    if any(u.dequant_numel for u in layout.units):
+        return {"fits": False, "out_of_memory": [], "offloaded": [], "devices": [], "device_map": {},
+                "summary": "not compared for a quantised base: transformers sizes its layers through bitsandbytes, "
+                           "which this comparison (layers sized in the model dtype) does not model."}
     amap = accelerate_auto_map(layout, caps)
     rows, offloaded = evaluate(layout, amap, step, len(caps))
     devices = device_rows(rows, caps)

@@ -29,7 +29,9 @@ class PlanRequest:
 
     ``gpus`` describes one node; ``nodes`` such nodes take part in ddp/fsdp (device_map
     always runs in one process on one node). Link bandwidths are in GB/s; None takes the
-    intra-node figure from the GPUs' card (PCIe for unnamed sizes).
+    intra-node figure from the GPUs' card (PCIe for unnamed sizes). ``trained_tokens``: the
+    answer tokens of a row, as the dataset's statistics measured them (p95 or max); 0 when
+    unknown, and then every token of a row counts as trained (the upper bound).
     """
 
     model: str
@@ -44,7 +46,9 @@ class PlanRequest:
     min_pixels: int = 3136
     images_per_sample: int = 1
     gradient_checkpointing: bool = True
-    quantize_4bit: bool = False
+    quantization: str = "none"
+    loss_on_trained_tokens_only: bool = True
+    trained_tokens: int = 0
     strategy: str = "auto"
     nodes: int = 1
     intra_node_gbps: float | None = None
@@ -59,7 +63,9 @@ class PlanRequest:
                    max_pixels=cfg.data.max_pixels, min_pixels=cfg.data.min_pixels,
                    images_per_sample=images_per_sample,
                    gradient_checkpointing=cfg.training.gradient_checkpointing,
-                   strategy=cfg.training.strategy, nodes=cfg.training.nodes)
+                   quantization=cfg.model.quantization,
+                   loss_on_trained_tokens_only=cfg.training.loss_on_trained_tokens_only,
+                   trained_tokens=cfg.data.trained_tokens, strategy=cfg.training.strategy, nodes=cfg.training.nodes)
 
     def check(self) -> None:
         if not self.gpus:
@@ -79,6 +85,11 @@ class PlanRequest:
             raise UserError(f"images-per-sample must be 0 or more, got {self.images_per_sample!r}.")
         if self.min_pixels > self.max_pixels:
             raise UserError(f"min-pixels ({self.min_pixels}) is larger than max-pixels ({self.max_pixels}).")
+        if self.quantization not in terms.QUANTIZATIONS:
+            raise UserError(f"quantization '{self.quantization}' is not one of {', '.join(terms.QUANTIZATIONS)}.")
+        if isinstance(self.trained_tokens, bool) or not isinstance(self.trained_tokens, int) or self.trained_tokens < 0:
+            raise UserError(f"trained-tokens must be 0 (unknown: every token) or a positive whole number, got "
+                            f"{self.trained_tokens!r}.")
         if not 0 <= self.lora_dropout < 1:
             raise UserError(f"LoRA dropout {self.lora_dropout} is outside [0, 1).")
         if self.strategy not in STRATEGIES:
@@ -113,12 +124,21 @@ def resolve_targets(targets):
     return targets
 
 
-def layout_for(request: PlanRequest, quantize_4bit: bool | None = None) -> Layout:
+def layout_for(request: PlanRequest, quantization: str | None = None) -> Layout:
     from workbench.models import load_model_config
 
     config = load_model_config(request.model)
-    q4 = request.quantize_4bit if quantize_4bit is None else quantize_4bit
-    return build_layout(config, DTYPE_NAMES[request.dtype], resolve_targets(request.lora_targets), request.lora_rank, q4)
+    kind = request.quantization if quantization is None else quantization
+    return build_layout(config, DTYPE_NAMES[request.dtype], resolve_targets(request.lora_targets), request.lora_rank,
+                        kind)
+
+
+def trained_tokens_per_row(request: PlanRequest) -> int | None:
+    """Tokens per row whose logits the loss computes: None for the model's own loss (every
+    position), else the measured answer tokens, or the whole row when not measured."""
+    if not request.loss_on_trained_tokens_only:
+        return None
+    return min(request.trained_tokens or request.max_length, request.max_length)
 
 
 def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") -> Step:
@@ -127,7 +147,7 @@ def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") ->
                 visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels),
                 gradient_checkpointing=request.gradient_checkpointing, lora_rank=request.lora_rank,
                 lora_dropout=request.lora_dropout > 0, device_kind=device_kind,
-                act_bytes=4 if layout.dtype == "fp32" else 2)
+                act_bytes=4 if layout.dtype == "fp32" else 2, trained_tokens=trained_tokens_per_row(request))
 
 
 def check_against_model(request: PlanRequest, layout: Layout) -> None:

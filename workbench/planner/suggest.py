@@ -98,10 +98,16 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
             add(f"use {len(caps)} GPU(s) of {gib} GiB each", {"gpus": f"{len(caps)}x{gib}GiB"}, layout, step,
                 [gib * GIB] * len(caps))
             break
-    quantized = layout_for(request, quantize_4bit=True)
-    if fits(step, quantized):
-        add("load the base weights in 4-bit (QLoRA with bitsandbytes NF4)", {"quantization": "4bit"},
-            quantized, step, caps)
+    if step.trained_tokens is None:
+        st = replace(step, trained_tokens=request.trained_tokens or request.max_length)
+        if fits(st):
+            add("compute the loss on trained tokens only", {"training.loss_on_trained_tokens_only": True},
+                layout, st, caps)
+    if request.quantization == "none":
+        quantized = layout_for(request, quantization="nf4")
+        if fits(step, quantized):
+            add("load the base weights in 4-bit (QLoRA: bitsandbytes NF4)", {"model.quantization": "nf4"},
+                quantized, step, caps)
     found.sort(key=lambda s: (not s["fits"], -s["saves_bytes"]))
     return found
 

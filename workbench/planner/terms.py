@@ -103,12 +103,36 @@ def input_embedding_grad_bytes(tokens: int, hidden: int) -> int:
 
 
 def logits_bytes(tokens: int, vocab: int) -> int:
-    """Peak of the loss on the lm_head device: T x V x 12 (see LOGITS_BYTES_PER_ELEMENT).
+    """Peak of the model's own loss on the lm_head device: T x V x 12 (see LOGITS_BYTES_PER_ELEMENT).
 
     The bf16 logits (T x V x 2) are freed before backward when the trainer drops the
     model outputs, so they do not add to the backward peak.
     """
     return tokens * vocab * LOGITS_BYTES_PER_ELEMENT
+
+
+# workbench.training.loss puts at most this many logits (tokens x vocab) through the
+# cross-entropy at once: 441 tokens of Qwen2-VL's vocabulary of 152064, 768 MiB at 12 bytes.
+LOSS_CHUNK_ELEMENTS = 1 << 26
+
+
+def loss_chunk_tokens(vocab: int) -> int:
+    """Trained tokens per chunk of the trained-token loss: LOSS_CHUNK_ELEMENTS // V."""
+    return max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab))
+
+
+def trained_logits_bytes(trained_tokens: int, vocab: int, lm_head_in_forward: bool = False) -> int:
+    """Peak of the loss on trained tokens only (N of them in the batch): 12 x min(N, chunk) x V.
+
+    Only the trained positions reach lm_head, a chunk at a time (recomputed in backward).
+    Under FSDP2 lm_head runs inside the forward on all N positions at once; when they span
+    more than one chunk their bf16 logits and, in backward, their bf16 gradient add 4 x N x V.
+    """
+    chunk = loss_chunk_tokens(vocab)
+    peak = LOGITS_BYTES_PER_ELEMENT * min(trained_tokens, chunk) * vocab
+    if lm_head_in_forward and trained_tokens > chunk:
+        peak += 4 * trained_tokens * vocab
+    return peak
 
 
 def vision_forward_bytes(patches: int, embed_dim: int, mlp_dim: int, patch_values: int,
@@ -141,9 +165,37 @@ def overhead_bytes(dynamic_bytes: int) -> int:
     return CUDA_CONTEXT_BYTES + int(ALLOCATOR_RESERVE_FRACTION * dynamic_bytes)
 
 
+QUANTIZATIONS = ("none", "nf4", "int8")
+
+
 def quantized_4bit_bytes(numel: int) -> int:
-    """NF4 weights with double-quantised absmax (bitsandbytes): about 0.516 bytes per weight."""
-    return numel // 2 + numel // 64
+    """NF4 with double quantisation (bitsandbytes, blocks of 64): 4 bits per weight, one 8-bit
+    absmax per block, one fp32 constant per 256 blocks, and the two code tables (16 + 256 fp32):
+    W/2 + W/64 + 4 W/16384 + 1088 (rounded up), 0.516 bytes per weight (bitsandbytes 0.50, the
+    tests compare it with what bitsandbytes holds, to the byte)."""
+    blocks = -(-numel // 64)
+    return -(-numel // 2) + blocks + 4 * -(-blocks // 256) + 1088
+
+
+def quantized_int8_bytes(numel: int, rows: int) -> int:
+    """LLM.int8 (bitsandbytes Linear8bitLt): one byte per weight plus an fp32 scale per output row."""
+    return numel + 4 * rows
+
+
+def quantized_weight_bytes(quantization: str, numel: int, rows: int) -> int:
+    """Bytes of one quantised linear weight (``rows`` output features) under ``quantization``."""
+    if quantization == "nf4":
+        return quantized_4bit_bytes(numel)
+    if quantization == "int8":
+        return quantized_int8_bytes(numel, rows)
+    raise ValueError(f"not a quantisation: {quantization!r}")
+
+
+def dequantization_bytes(largest_numel: int, act_bytes: int = 2) -> int:
+    """The dequantisation working set: bitsandbytes turns a quantised weight back into the compute
+    dtype for each matmul (forward, and again for the input gradient in backward), one linear at a
+    time, so the largest quantised weight on a device in the compute dtype: W_max x a."""
+    return largest_numel * act_bytes
 
 
 # ---- per strategy: DDP and FSDP2 (device_map uses the terms above, placed by layer) ----------

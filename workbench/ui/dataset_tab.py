@@ -135,6 +135,7 @@ def stats_markdown(report) -> str:
     return (f"Tokens per row (text + visual, images at {s['min_pixels']}..{s['max_pixels']} pixels): "
             f"p50 **{s['p50']}**, p95 **{s['p95']}**, max **{s['max']}**, mean {s['mean']}; "
             f"visual share **{s['visual_share']:.0%}**; {s['unique_images']} unique images. "
+            f"Trained (answer) tokens per row: p95 **{s['trained_p95']}**, max **{s['trained_max']}**. "
             f"Text tokens: {s['text_tokens']}.{context}")
 
 
@@ -208,11 +209,13 @@ def use_as_training(holder, which: str, config: dict):
         gr.Warning("No measurable rows: fix the problems first.")
         return config, "No measurable rows: fix the problems first."
     length = int(stats["max" if which == "max" else "p95"])
+    trained = int(stats["trained_max" if which == "max" else "trained_p95"])
     updated = RunConfig.from_dict(config).replace(
         data={"train_path": report.path, "format": report.format, "max_length": length,
-              "image_folder": report.image_folder or ""}).to_dict()
+              "image_folder": report.image_folder or "", "trained_tokens": trained}).to_dict()
     images = f", images from {report.image_folder}" if report.image_folder else ""
-    return updated, (f"Training data: {_escape(report.path)} ({report.format}{_escape(images)}), max_length {length} ({which}). "
+    return updated, (f"Training data: {_escape(report.path)} ({report.format}{_escape(images)}), max_length {length} "
+                     f"({which}), {trained} trained tokens per row for the memory planner. "
                      f"{'Rows above it are refused at Start.' if which == 'p95' else ''}")
 
 

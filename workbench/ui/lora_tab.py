@@ -23,11 +23,12 @@ import gradio as gr
 
 from workbench.cli.train import headless_command
 from workbench.errors import UserError
-from workbench.settings import DTYPES, SCHEDULERS, STRATEGIES, TARGET_PRESETS, RunConfig
+from workbench.settings import DTYPES, QUANTIZATIONS, SCHEDULERS, STRATEGIES, TARGET_PRESETS, RunConfig
 from workbench.training.checks import check_run_config, config_from_raw
 
 CUSTOM = "custom list"
-CHOICES = {("model", "dtype"): list(DTYPES), ("training", "lr_scheduler_type"): list(SCHEDULERS),
+CHOICES = {("model", "dtype"): list(DTYPES), ("model", "quantization"): list(QUANTIZATIONS),
+           ("training", "lr_scheduler_type"): list(SCHEDULERS),
            ("training", "strategy"): list(STRATEGIES),
            ("data", "format"): ["auto", "swift", "sharegpt", "messages"],
            ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM]}

@@ -24,13 +24,16 @@ FALLBACK_GPUS = "4x40GiB"
 STRATEGY_COLUMNS = ["strategy", "fits", "peak GPU GiB", "free GiB", "speed", "why"]
 # Fixed colours per term, so switching strategies (whose terms differ) keeps each term's colour.
 TERM_COLORS = {"weights": "#4c78a8", "LoRA+optim": "#f58518", "activations": "#e45756", "logits/loss": "#72b7b2",
-               "gathered/buckets": "#b279a2", "CUDA+alloc": "#54a24b", "free": "#eeca3b"}
+               "dequantised": "#9d755d", "gathered/buckets": "#b279a2", "CUDA+alloc": "#54a24b", "free": "#eeca3b"}
+QUANTIZATIONS = ["none", "nf4", "int8"]
 # The run config fields a plan sets, and where in the plan they come from.
 APPLIED = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("lora", "rank", "lora_rank"),
            ("lora", "target_modules", "lora_targets"), ("lora", "dropout", "lora_dropout"),
            ("training", "per_device_train_batch_size", "batch_size"), ("data", "max_length", "max_length"),
            ("data", "max_pixels", "max_pixels"), ("data", "min_pixels", "min_pixels"),
-           ("training", "gradient_checkpointing", "gradient_checkpointing"))
+           ("training", "gradient_checkpointing", "gradient_checkpointing"), ("model", "quantization", "quantization"),
+           ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
+           ("data", "trained_tokens", "trained_tokens"))
 
 
 def default_gpu_spec() -> str:
@@ -49,18 +52,21 @@ def form_defaults(model: str) -> dict:
             "batch": d["batch_size"], "max_length": d["max_length"], "max_pixels": d["max_pixels"],
             "min_pixels": d["min_pixels"], "images": d["images_per_sample"],
             "checkpointing": d["gradient_checkpointing"], "strategy": d["strategy"], "nodes": d["nodes"],
-            "intra": d["intra_node_gbps"], "inter": d["inter_node_gbps"]}
+            "intra": d["intra_node_gbps"], "inter": d["inter_node_gbps"], "quantization": d["quantization"],
+            "trained_tokens": d["trained_tokens"], "trained_only": d["loss_on_trained_tokens_only"]}
 
 
 def form_from_config(config: dict) -> tuple:
-    """(model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes)
-    from a RunConfig dict: the "Fill from current settings" button."""
+    """(model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
+    quantization, trained tokens, loss on trained tokens only) from a RunConfig dict: the "Fill from current
+    settings" button."""
     m, d, l, t = config["model"], config["data"], config["lora"], config["training"]
     targets = l["target_modules"] if isinstance(l["target_modules"], str) else ",".join(l["target_modules"])
     dtype = m["dtype"] if m["dtype"] in DTYPES else "bf16"
     return (m["name_or_path"], dtype, l["rank"], targets, t["per_device_train_batch_size"], d["max_length"],
             d["max_pixels"], d["min_pixels"], t["gradient_checkpointing"], t.get("strategy", "device_map"),
-            t.get("nodes", 1))
+            t.get("nodes", 1), m.get("quantization", "none"), d.get("trained_tokens", 0),
+            t.get("loss_on_trained_tokens_only", True))
 
 
 def _int(name: str, value, minimum: int = 1) -> int:
@@ -80,7 +86,8 @@ def _gbps(name: str, value) -> float | None:
 
 
 def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
-              strategy="auto", nodes=1, intra=None, inter=None):
+              strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
+              trained_only=True):
     from workbench.cli.plan import parse_targets
     from workbench.hardware import parse_gpu_spec
     from workbench.planner import PlanRequest, plan_memory
@@ -91,7 +98,9 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
         lora_targets=parse_targets(str(targets or "language-all-linear")), batch_size=_int("Batch size", batch),
         max_length=_int("Max length", max_length), max_pixels=_int("Max pixels", max_pixels),
         min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images, 0),
-        gradient_checkpointing=bool(checkpointing), strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes),
+        gradient_checkpointing=bool(checkpointing), quantization=str(quantization or "none"),
+        trained_tokens=_int("Trained tokens per row", trained_tokens or 0, 0), loss_on_trained_tokens_only=bool(trained_only),
+        strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes),
         intra_node_gbps=_gbps("Intra-node GB/s", intra),
         **({"inter_node_gbps": inter_gbps} if inter_gbps is not None else {}))
     return plan_memory(request)
@@ -154,7 +163,9 @@ def plan_state(plan) -> dict:
                          "lora_targets": r.lora_targets, "lora_dropout": r.lora_dropout, "batch_size": r.batch_size,
                          "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
                          "gradient_checkpointing": r.gradient_checkpointing, "nodes": r.nodes,
-                         "gpus_per_node": len(r.gpus)},
+                         "gpus_per_node": len(r.gpus), "quantization": r.quantization,
+                         "loss_on_trained_tokens_only": r.loss_on_trained_tokens_only,
+                         "trained_tokens": r.trained_tokens},
              "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
              "gradient_checkpointing": r.gradient_checkpointing}
     return select(state, plan.strategy)
@@ -169,12 +180,13 @@ def select(state: dict, name: str) -> dict:
 
 
 def on_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
-            strategy="auto", nodes=1, intra=None, inter=None):
+            strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
+            trained_only=True):
     """The Plan button: (verdict, strategy table, bars, per-GPU table, map table, auto comparison,
     suggestions, plan state)."""
     try:
         plan = make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images,
-                         checkpointing, strategy, nodes, intra, inter)
+                         checkpointing, strategy, nodes, intra, inter, quantization, trained_tokens, trained_only)
     except UserError as exc:
         empty = pd.DataFrame()
         # no empty frame for the chart: Gradio 6.31 would keep its axes categorical for good
@@ -231,7 +243,8 @@ def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
         return config, f"Not applied: {exc}"
     where = (f"device_map over {len(set(map(str, plan_state['device_map'].values())))} GPU(s)" if name == "device_map"
              else f"{name} over {r['nodes']} node(s) x {r['gpus_per_node']} GPU(s)")
-    return new, (f"Applied: {r['model']}, {where}, LoRA r{r['lora_rank']}, batch {r['batch_size']}, max_length "
+    base = f", {r['quantization']} base" if r["quantization"] != "none" else ""
+    return new, (f"Applied: {r['model']}{base}, {where}, LoRA r{r['lora_rank']}, batch {r['batch_size']}, max_length "
                  f"{r['max_length']}, max_pixels {r['max_pixels']}, gradient checkpointing "
                  f"{'on' if r['gradient_checkpointing'] else 'off'}.")
 
@@ -262,11 +275,18 @@ def build(ctx) -> dict:
         targets = gr.Dropdown(list(TARGET_PRESETS), value=d["targets"], allow_custom_value=True, label="LoRA targets")
         batch = gr.Number(d["batch"], precision=0, label="Batch size per GPU", elem_id="planner-batch")
         checkpointing = gr.Checkbox(d["checkpointing"], label="Gradient checkpointing", elem_id="planner-checkpointing")
+        quantization = gr.Dropdown(QUANTIZATIONS, value=d["quantization"], label="Base quantisation",
+                                   info="nf4: QLoRA, a 4-bit base.", elem_id="planner-quantization")
     with gr.Row():
         max_length = gr.Number(d["max_length"], precision=0, label="Max length (text + visual tokens)", elem_id="planner-max-length")
         max_pixels = gr.Number(d["max_pixels"], precision=0, label="Max pixels per image", elem_id="planner-max-pixels")
         min_pixels = gr.Number(d["min_pixels"], precision=0, label="Min pixels per image")
         images = gr.Number(d["images"], precision=0, label="Images per sample")
+        trained_tokens = gr.Number(d["trained_tokens"], precision=0, label="Trained tokens per row",
+                                   info="Answer tokens (Dataset tab: p95 or max). 0: not measured, every token.",
+                                   elem_id="planner-trained-tokens")
+        trained_only = gr.Checkbox(d["trained_only"], label="Loss on trained tokens only",
+                                   info="Off: the model's own loss over every token.")
     with gr.Accordion("Links (the speed estimate only)", open=False):
         with gr.Row():
             intra = gr.Number(d["intra"], label="Intra-node GB/s", info="Empty: from the card (NVLink or PCIe); 20 for sizes.")
@@ -293,12 +313,14 @@ def build(ctx) -> dict:
 
     inputs = {"model": model, "gpus": gpus, "dtype": dtype, "rank": rank, "targets": targets, "batch": batch,
               "max_length": max_length, "max_pixels": max_pixels, "min_pixels": min_pixels, "images": images,
-              "checkpointing": checkpointing, "strategy": strategy, "nodes": nodes, "intra": intra, "inter": inter}
+              "checkpointing": checkpointing, "strategy": strategy, "nodes": nodes, "intra": intra, "inter": inter,
+              "quantization": quantization, "trained_tokens": trained_tokens, "trained_only": trained_only}
     plan_button.click(on_plan, list(inputs.values()),
                       [verdict_md, strategies, chart, table, device_map, auto_md, suggestions, plan])
     strategies.select(_on_select_event, [plan], [strategies, chart, table, device_map, selected_md, plan])
     fill.click(form_from_config, [ctx.config],
-               [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes])
+               [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
+                quantization, trained_tokens, trained_only])
     applied = use.click(use_plan, [plan, ctx.config], [ctx.config, use_status])
     return {"plan": plan, "applied": applied, "inputs": inputs, "strategies": strategies, "chart": chart,
             "suggestions": suggestions}
