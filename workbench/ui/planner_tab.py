@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from workbench.errors import UserError
-from workbench.planner.report import GIB, TERM_LABELS, map_ranges, terms_of, verdict
+from workbench.planner.report import GIB, TERM_LABELS, TERMS, map_ranges, terms_of, verdict
 from workbench.planner.request import STRATEGIES, request_defaults
 from workbench.settings import TARGET_PRESETS
 
@@ -69,11 +69,13 @@ def form_from_config(config: dict) -> tuple:
             t.get("loss_on_trained_tokens_only", True))
 
 
-def _int(name: str, value) -> int:
+def _int(name: str, value, minimum: int = 1) -> int:
     if value is None or value == "":
         raise UserError(f"{name} is empty: enter a whole number.")
     if float(value) != int(value):
         raise UserError(f"{name} must be a whole number, got {value}.")
+    if int(value) < minimum:
+        raise UserError(f"{name} must be at least {minimum}, got {int(value)}.")
     return int(value)
 
 
@@ -95,9 +97,9 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
         model=str(model or "").strip(), gpus=parse_gpu_spec(gpus), dtype=dtype, lora_rank=_int("LoRA rank", rank),
         lora_targets=parse_targets(str(targets or "language-all-linear")), batch_size=_int("Batch size", batch),
         max_length=_int("Max length", max_length), max_pixels=_int("Max pixels", max_pixels),
-        min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images),
+        min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images, 0),
         gradient_checkpointing=bool(checkpointing), quantization=str(quantization or "none"),
-        trained_tokens=_int("Trained tokens per row", trained_tokens or 0), loss_on_trained_tokens_only=bool(trained_only),
+        trained_tokens=_int("Trained tokens per row", trained_tokens or 0, 0), loss_on_trained_tokens_only=bool(trained_only),
         strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes),
         intra_node_gbps=_gbps("Intra-node GB/s", intra),
         **({"inter_node_gbps": inter_gbps} if inter_gbps is not None else {}))
@@ -105,12 +107,17 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
 
 
 def bars(devices: list[dict]) -> pd.DataFrame:
-    """Long table for a stacked bar per GPU: one row per (GPU, term), GiB; 'free' tops up to capacity."""
+    """Long table for a stacked bar per GPU: one row per (GPU, term), GiB; 'free' tops up to capacity.
+
+    Every term is a row, 0 where a strategy has none: Gradio's plot keeps the colour domain of the
+    first frame it drew, so a term missing from the first plan (gathered/buckets under device_map)
+    was never drawn for a later fsdp plan. The plot stacks the last row at the bottom: weights
+    there, free on top, and the legend reads in the stack's order."""
     rows = []
     for d in devices:
-        for term in terms_of(devices):
-            rows.append({"GPU": d["device"], "term": TERM_LABELS[term], "GiB": d.get(term, 0) / GIB})
         rows.append({"GPU": d["device"], "term": "free", "GiB": max(0, d["capacity_bytes"] - d["total_bytes"]) / GIB})
+        for term in reversed(TERMS):
+            rows.append({"GPU": d["device"], "term": TERM_LABELS[term], "GiB": d.get(term, 0) / GIB})
     return pd.DataFrame(rows)
 
 
@@ -255,25 +262,27 @@ def build(ctx) -> dict:
     gr.Markdown("How to train on your GPUs: per-GPU memory of one LoRA training step with `device_map` (one "
                 "process, layers spread over the GPUs), DDP (a replica per GPU) and FSDP2 (weights sharded over "
                 "every GPU of every node), the expected speed of each, and the fastest that fits.")
+    # The numbers carry no Gradio minimum: its check runs before on_plan and answers 0 with a bare "Error"
+    # over the old verdict; on_plan's own check names the field.
     with gr.Row():
         model = gr.Textbox(d["model"], label="Model", info="Preset (qwen2-vl-7b-instruct, qwen2.5-vl-72b-instruct, qwen3-vl-8b-instruct, ...), a demo or a local folder.", elem_id="planner-model")
         gpus = gr.Textbox(default_gpu_spec(), label="GPUs per node", info="Detected, sizes (4x40GiB, 2x80GB) or cards (4xA800-40GB, 8xH100, 2x4090).", elem_id="planner-gpus")
-        nodes = gr.Number(d["nodes"], precision=0, minimum=1, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
+        nodes = gr.Number(d["nodes"], precision=0, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
         strategy = gr.Dropdown(list(STRATEGIES), value=d["strategy"], label="Strategy", info="auto: the fastest that fits.", elem_id="planner-strategy")
     with gr.Row():
         dtype = gr.Dropdown(DTYPES, value=d["dtype"], label="Weight dtype")
-        rank = gr.Number(d["rank"], precision=0, minimum=1, label="LoRA rank", elem_id="planner-rank")
+        rank = gr.Number(d["rank"], precision=0, label="LoRA rank", elem_id="planner-rank")
         targets = gr.Dropdown(list(TARGET_PRESETS), value=d["targets"], allow_custom_value=True, label="LoRA targets")
-        batch = gr.Number(d["batch"], precision=0, minimum=1, label="Batch size per GPU", elem_id="planner-batch")
+        batch = gr.Number(d["batch"], precision=0, label="Batch size per GPU", elem_id="planner-batch")
         checkpointing = gr.Checkbox(d["checkpointing"], label="Gradient checkpointing", elem_id="planner-checkpointing")
         quantization = gr.Dropdown(QUANTIZATIONS, value=d["quantization"], label="Base quantisation",
                                    info="nf4: QLoRA, a 4-bit base.", elem_id="planner-quantization")
     with gr.Row():
-        max_length = gr.Number(d["max_length"], precision=0, minimum=1, label="Max length (text + visual tokens)", elem_id="planner-max-length")
-        max_pixels = gr.Number(d["max_pixels"], precision=0, minimum=1, label="Max pixels per image", elem_id="planner-max-pixels")
-        min_pixels = gr.Number(d["min_pixels"], precision=0, minimum=1, label="Min pixels per image")
-        images = gr.Number(d["images"], precision=0, minimum=0, label="Images per sample")
-        trained_tokens = gr.Number(d["trained_tokens"], precision=0, minimum=0, label="Trained tokens per row",
+        max_length = gr.Number(d["max_length"], precision=0, label="Max length (text + visual tokens)", elem_id="planner-max-length")
+        max_pixels = gr.Number(d["max_pixels"], precision=0, label="Max pixels per image", elem_id="planner-max-pixels")
+        min_pixels = gr.Number(d["min_pixels"], precision=0, label="Min pixels per image")
+        images = gr.Number(d["images"], precision=0, label="Images per sample")
+        trained_tokens = gr.Number(d["trained_tokens"], precision=0, label="Trained tokens per row",
                                    info="Answer tokens (Dataset tab: p95 or max). 0: not measured, every token.",
                                    elem_id="planner-trained-tokens")
         trained_only = gr.Checkbox(d["trained_only"], label="Loss on trained tokens only",
