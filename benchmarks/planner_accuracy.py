@@ -127,8 +127,10 @@ def predicted(folder: str, length: int, visual_tokens: int, checkpointing: bool,
     from workbench.planner.device_map import evaluate
     from workbench.planner.plan import layout_for, step_for
 
+    # the measured step computes the model's own loss over every token
     request = PlanRequest(folder, [Gpu(0, "bench", gpu_bytes)], max_length=length,
-                          max_pixels=visual_tokens * 784, gradient_checkpointing=checkpointing)
+                          max_pixels=visual_tokens * 784, gradient_checkpointing=checkpointing,
+                          loss_on_trained_tokens_only=False)
     layout = layout_for(request)
     step = replace(step_for(request, layout, device_kind=device_kind))
     rows, _ = evaluate(layout, {"": 0}, step, 1)
@@ -205,7 +207,7 @@ def cuda_check(presets=("qwen2-vl-2b-instruct", "qwen2-vl-7b-instruct"), lengths
                 optimizer.zero_grad(set_to_none=True)
             measured = torch.cuda.max_memory_reserved() + context
             plan = plan_memory(PlanRequest(preset, [Gpu(0, name, capacity)], max_length=length, max_pixels=1003520,
-                                            strategy="device_map"))
+                                            strategy="device_map", loss_on_trained_tokens_only=False))
             pred = plan.devices[0]["total_bytes"]
             results.append({"gpu": name, "model": preset, "max_length": length, "measured_bytes": measured,
                             "predicted_bytes": pred, "error": pred / measured - 1, "vocab": vocab})

@@ -92,8 +92,10 @@ def predict(run: dict, length: int) -> float:
 
     p = run["plan"]
     images = 0 if p.get("text_only") else 1
+    # ms-swift's runs compute the model's own loss over every token
     request = PlanRequest(p["model"], parse_gpu_spec(p.get("gpus", "1x80GiB")), max_length=length,
-                          max_pixels=p.get("max_pixels", 1003520), images_per_sample=images)
+                          max_pixels=p.get("max_pixels", 1003520), images_per_sample=images,
+                          loss_on_trained_tokens_only=False)
     if run["strategy"] == "device_map_auto":
         plan = plan_memory(dataclasses.replace(request, strategy="device_map"))
         return max(d["total_bytes"] for d in plan.accelerate_auto["devices"]) / GIB

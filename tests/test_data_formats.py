@@ -110,6 +110,16 @@ def test_unusable_files_raise_one_clear_error(tmp_path, content, words):
         load_samples(path)
 
 
+def test_a_zip_given_where_a_dataset_file_goes_says_how_to_unpack_it(tmp_path):
+    """Seen as a new user: `train --dataset data.zip` (which `data check` accepts) said "binary, not JSON text"."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "shapes.zip", "w") as archive:
+        archive.writestr("shapes/data.jsonl", "{}\n")
+    with pytest.raises(UserError, match=r"is a \.zip archive: unpack it with `python -m workbench data check .*shapes\.zip`"):
+        load_samples(tmp_path / "shapes.zip")
+
+
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_samples(tmp_path / "nope.jsonl")

@@ -69,6 +69,22 @@ def test_row_lengths_equal_the_processor_input_ids(mixed, encoder, demo):
                 assert length.visual_tokens == [int(g.prod()) // 4 for g in item["image_grid_thw"]]
 
 
+def test_trained_tokens_per_row_equal_the_labels_training_uses(mixed, encoder, demo, monkeypatch):
+    from workbench.data import stats
+    from workbench.data.formats import load_samples
+    from workbench.data.validation import check_dataset
+
+    samples = load_samples(mixed).samples + load_samples(demo.train).samples[:12]
+    counted = stats.TextTokenCounter(encoder.processor.tokenizer).trained(samples)
+    labels = [int((encoder.encode(s)["labels"] != -100).sum()) for s in samples]
+    assert counted == labels and max(labels) > 2
+    report = check_dataset(demo.train, tokenizer=encoder.processor.tokenizer, **DEMO_PIXELS)
+    assert 2 <= report.stats["trained_p95"] <= report.stats["trained_max"] < report.stats["p50"]
+    monkeypatch.setattr(stats, "EXACT_BYTES", 0)  # estimated at the measured bytes per token
+    estimated = check_dataset(demo.train, tokenizer=encoder.processor.tokenizer, **DEMO_PIXELS)
+    assert abs(estimated.stats["trained_max"] - report.stats["trained_max"]) <= 2
+
+
 def test_estimate_keeps_max_and_too_long_exact(demo, encoder, monkeypatch):
     from workbench.data import stats
     from workbench.data.validation import check_dataset

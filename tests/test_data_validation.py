@@ -102,9 +102,11 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
 
 
 def test_rows_longer_than_the_models_context_are_problems_without_max_length(tmp_path):
-    """Issue 10, item 11: no --max-length used to accept any length; Qwen2-VL reads 32768 positions."""
+    """Issue 10, item 11: no --max-length used to accept any length; Qwen2-VL reads 32768 positions.
+    (The preset is not downloaded: the real Qwen vocabulary counts " word" as one token, so the row
+    needs more than 32768 of them.)"""
     png(tmp_path / "img" / "a.png")
-    path = write_jsonl(tmp_path / "long.jsonl", [swift(), swift(question="<image>" + "word " * 28000)])
+    path = write_jsonl(tmp_path / "long.jsonl", [swift(), swift(question="<image>" + "word " * 40000)])
     result = run_cli("data", "check", path, "--model", "qwen2-vl-2b-instruct", "--json")
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -31,7 +31,7 @@ def test_default_path_is_the_demo_train_file(demo):
 def test_check_summarises_and_pages(checked, demo):
     holder, summary, problems, stats, hist, page, pages, table, gallery = checked
     assert "**320** rows, **320** valid, **0** with problems" in summary
-    assert problems.empty and int(hist["rows"].sum()) == 320
+    assert problems.empty and hist["visible"] is True and int(hist["value"]["rows"].sum()) == 320
     assert "p95" in stats and "visual share" in stats
     assert (page, pages) == (1, "of 16") and list(table["row"][:3]) == [1, 2, 3] and len(gallery) == 20
 
@@ -76,8 +76,10 @@ def test_use_as_training_data_writes_the_config(checked, config):
     updated, message = use_as_training(checked[0], "max", config)
     data = RunConfig.from_dict(updated).data
     assert (data.train_path, data.format, data.max_length) == (report.path, "swift", report.stats["max"])
+    assert data.trained_tokens == report.stats["trained_max"] > 0 and "trained tokens" in message
     updated, _ = use_as_training(checked[0], "p95", config)
     assert updated["data"]["max_length"] == report.stats["p95"] and config["data"]["max_length"] == 256
+    assert updated["data"]["trained_tokens"] == report.stats["trained_p95"]
     assert use_as_training(None, "p95", config)[0] is config
 
 
@@ -176,7 +178,7 @@ def test_histogram_labels_are_the_bars_and_the_row_box_starts_at_one(checked):
     from workbench.data.stats import histogram
     from workbench.ui.app import build_app
 
-    hist = checked[4]
+    hist = checked[4]["value"]
     labels = list(hist["tokens"])
     assert labels == sorted(labels) and all("." not in label for label in labels)
     totals = checked[0]["report"].totals()
@@ -188,7 +190,31 @@ def test_histogram_labels_are_the_bars_and_the_row_box_starts_at_one(checked):
     plots = [b for b in build_app().blocks.values() if type(b).__name__ == "BarPlot" and b.title == "Total tokens per row"]
     assert plots[0].sort == "x" and plots[0].y_lim == [0, None]
     rows = [b for b in build_app().blocks.values() if type(b).__name__ == "Number" and b.label == "Row"]
-    assert len(rows) == 1 and rows[0].value == 1 and rows[0].minimum == 1
+    assert len(rows) == 1 and rows[0].value == 1
+
+
+def test_page_and_row_zero_answer_with_a_sentence_not_an_error_badge(checked, config):
+    """Seen in the browser: 0 typed in Page or Row put Gradio's bare "Error" over the table, the
+    gallery and the box itself (its minimum=1 check runs before any handler)."""
+    from workbench.ui.app import build_app
+    from workbench.ui.dataset_tab import show_row, turn_page
+
+    boxes = {b.label: b for b in build_app().blocks.values() if type(b).__name__ == "Number" and b.label in ("Page", "Row")}
+    assert boxes["Page"].preprocess(0) == 0 and boxes["Row"].preprocess(-3) == -3
+    assert turn_page(checked[0], 0)[0] == 1 and turn_page(checked[0], -3)[0] == 1
+    assert show_row(checked[0], 0, config)[2] == "Rows start at 1: type a row number, or click a row of the table."
+
+
+def test_a_file_without_bars_hides_the_last_files_histogram(checked, tmp_path, config):
+    """Seen in the browser: an empty or unreadable file left the previous file's bars on screen."""
+    from workbench.ui.dataset_tab import check
+
+    (tmp_path / "empty.jsonl").write_text("")
+    write_jsonl(tmp_path / "gone.jsonl", [swift(images=["nope.png"])])
+    for name in ("empty.jsonl", "gone.jsonl"):
+        hist = check(str(tmp_path / name), None, "auto", config)[4]
+        assert hist == {"__type__": "update", "visible": False}, name
+    assert checked[4]["visible"] is True and len(checked[4]["value"])
 
 
 def test_rows_longer_than_the_models_context_are_problems(tmp_path, config):

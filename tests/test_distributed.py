@@ -82,6 +82,26 @@ def test_fsdp_config_shards_every_layer_and_block_and_loads_on_rank_zero(demo_co
     assert ddp["distributed_type"] == "MULTI_GPU" and "fsdp_config" not in ddp
 
 
+@pytest.mark.parametrize("model, classes", [
+    ("demo-qwen2.5-vl", "Qwen2_5_VLDecoderLayer,Qwen2_5_VLVisionBlock"),
+    ("demo-qwen3-vl", "Qwen3VLTextDecoderLayer,Qwen3VLVisionBlock"),
+    ("qwen2.5-vl-72b-instruct", "Qwen2_5_VLDecoderLayer,Qwen2_5_VLVisionBlock"),  # a preset: its bundled config
+    ("someone/Qwen3-VL-8B-finetuned", "Qwen3VLTextDecoderLayer,Qwen3VLVisionBlock"),  # not here: by its name
+])
+def test_fsdp_wraps_the_layers_of_the_models_own_family(demo_config, model, classes):
+    config = demo_config.replace(model={"name_or_path": model}, training={"strategy": "fsdp"})
+    assert dist_plan.accelerate_config(config, 1, 2)["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == classes
+
+
+def test_fsdp_refuses_what_it_cannot_shard(demo_config):
+    config = demo_config.replace(model={"name_or_path": "my-org/some-vl-model"}, training={"strategy": "fsdp"})
+    with pytest.raises(UserError, match="wrap classes are unknown"):
+        dist_plan.accelerate_config(config, 1, 2)
+    with pytest.raises(UserError, match="model.quantization is nf4"):
+        dist_plan.check_strategy(demo_config.replace(model={"quantization": "nf4"}, training={"strategy": "fsdp"}))
+    dist_plan.check_strategy(demo_config.replace(model={"quantization": "nf4"}, training={"strategy": "ddp"}))
+
+
 def test_a_launch_refuses_device_map_and_several_nodes_from_one_machine(demo_config):
     with pytest.raises(UserError, match="runs in one process"):
         dist_plan.check_strategy(demo_config)
@@ -149,14 +169,17 @@ def test_launch_writes_the_files_for_two_nodes_and_refuses_what_it_cannot_do(dem
     assert not (tmp_path / "x").exists()
 
 
-def test_text_only_batches_run_the_vision_tower_with_zero_effect(demo, demo_config):
-    """The dummy image changes neither the loss nor any gradient, but gives the tower a graph."""
+@pytest.mark.parametrize("name", ["demo", "demo-qwen2.5-vl", "demo-qwen3-vl"])
+def test_text_only_batches_run_the_vision_tower_with_zero_effect(name, demo_config):
+    """The dummy image changes neither the loss nor any gradient, but gives the tower a graph (every family)."""
     from workbench.data.collate import Collator, SampleEncoder
+    from workbench.demo import ensure_demo
     from workbench.data.sample import Sample, Turn
     from workbench.training.loading import load_model, load_processor
     from workbench.training.lora import apply_lora
     from workbench.training.vision_sync import keep_vision_tower_in_step
 
+    demo = ensure_demo(name=name)
     processor = load_processor(str(demo.model))
     encoder = SampleEncoder(processor, 256, 3136, 112 * 112)
     text_only = Sample(turns=[Turn("user", "Say hello."), Turn("assistant", "hello")], row=1)

@@ -233,6 +233,30 @@ def test_qwen2_5_vl_merges_by_the_same_name_patterns(tmp_path):
                               load_plain(base).model.visual.merger.mlp[0].weight, atol=1e-3)
 
 
+def test_qwen3_vl_merges_with_its_deepstack_mergers(tmp_path):
+    """Qwen3-VL: checkpoints already carry the module names; LoRA on the merger and the deepstack
+    mergers (the family's language-and-merger preset) folds in like any other linear."""
+    from workbench.demo_model import build_tokenizer, demo_model_config
+    from workbench.models.families import QWEN3_VL
+
+    torch.manual_seed(0)
+    config = demo_model_config(build_tokenizer(QWEN3_VL.template_text), QWEN3_VL)
+    base = tmp_path / "qwen3-vl"
+    QWEN3_VL.transformers_class("model_class")(config).save_pretrained(str(base))
+    adapter = random_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8,
+                             target_modules=QWEN3_VL.target_presets()["language-and-merger"])
+    ids = [{"input_ids": torch.randint(20, 500, (1, 24), generator=torch.Generator().manual_seed(1))}]
+    expected = logits(load_with_adapter(base, adapter), ids)
+    merged = load_plain(merge(adapter, tmp_path / "merged"))
+    assert type(merged).__name__ == "Qwen3VLForConditionalGeneration"
+    assert close(logits(merged, ids), expected) and far(logits(load_plain(base), ids), expected)
+    reference = load_with_adapter(base, adapter).merge_and_unload()
+    deepstack = merged.model.visual.deepstack_merger_list[0].linear_fc1.weight
+    assert torch.allclose(deepstack, reference.model.visual.deepstack_merger_list[0].linear_fc1.weight, atol=1e-6)
+    assert not torch.allclose(deepstack, load_plain(base).model.visual.deepstack_merger_list[0].linear_fc1.weight,
+                              atol=1e-3)
+
+
 def test_adapter_trained_on_a_4bit_base_merges_into_the_full_precision_base(demo, inputs, tmp_path):
     """QLoRA: peft saves the same pieces over bitsandbytes' Linear4bit, so the merge folds them into
     the unquantised base the run names, and equals that base + the adapter."""

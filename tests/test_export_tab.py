@@ -50,8 +50,13 @@ def test_check_shows_size_and_disk_and_export_writes_the_folder(runs, tmp_path):
     assert result.startswith("**Exported** to") and "AutoModelForImageTextToText" in result
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert seen[0] == 0 and seen[-1] == 1.0 and seen == sorted(seen)
+    # Export pressed again: the folder is there, nothing is overwritten, and the message says so
+    # (seen in the browser: a double press turned the "Exported" line into a bare refusal)
     again = tab.export_now(Workbench(), str(done), "merged", "bf16", "", str(out), progress=lambda *a, **k: None)
-    assert again.startswith("⚠️") and "already holds files" in again
+    assert again.startswith(f"**Already exported** to `{out}`") and "already holds files" in again
+    assert "nothing was overwritten" in again and f'from_pretrained("{out}")' in again
+    as_adapter = tab.export_now(Workbench(), str(done), "adapter", "auto", "", str(out), progress=lambda *a, **k: None)
+    assert as_adapter.startswith("⚠️") and "already holds files" in as_adapter  # a merged folder is not this adapter export
 
 
 def test_refusals_are_warnings_not_tracebacks(runs, tmp_path):

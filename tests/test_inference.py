@@ -264,3 +264,37 @@ def test_tab_ask_with_a_text_file_named_jpg(adapter, tmp_path, session):
     assert received == str(fake)
     status = tab.ask(session, "demo", adapter, received, "", "What color?", "", 4, 0, 1)[-1]
     assert status.startswith("⚠️ Image") and "fake.jpg is not a readable image" in status and "holds text" in status
+
+
+def test_tab_a_typed_image_path_wins_over_the_image_box(adapter, demo, tmp_path, session):
+    """Seen in the browser: the image box starts with the demo's image, and a path typed beside it
+    was ignored (the answer was about the box's image, with no word about the path)."""
+    from workbench.ui import inference_tab as tab
+
+    image, _ = tab.default_inputs("demo")
+    status = tab.ask(session, "demo", adapter, image, str(tmp_path / "nope.png"), "What color?", "", 4, 0, 1)[-1]
+    assert status.startswith("⚠️ Image") and "nope.png does not exist" in status
+    assert tab.ask(session, "demo", adapter, image, "  ", "What color?", "", 4, 0, 1)[-1].startswith("Greedy")
+
+
+def test_tab_heldout_rows_zero_and_a_zip(adapter, demo, tmp_path, session):
+    """Seen in the browser: Rows 0 got Gradio's bare "Error" over the results (its minimum check runs
+    before any handler), and a .zip, which the Dataset tab accepts, was 'binary, not JSON text'."""
+    import zipfile
+
+    from workbench.ui import inference_tab as tab
+    from workbench.ui.app import build_app
+
+    rows = [b for b in build_app().blocks.values() if getattr(b, "elem_id", None) == "heldout-rows"]
+    assert rows[0].preprocess(0) == 0
+    text, frame = tab.check(session, "demo", adapter, str(demo.heldout), 0, 8, 0, 1)
+    assert text.startswith("⚠️") and "must be positive, got 0" in text and frame.empty
+
+    lines = Path(demo.heldout).read_text().splitlines()[:2]
+    with zipfile.ZipFile(tmp_path / "held.zip", "w") as archive:
+        archive.writestr("held/heldout.jsonl", "\n".join(lines) + "\n")
+        for line in lines:
+            name = json.loads(line)["images"][0]
+            archive.write(Path(demo.heldout).parent / name, f"held/{name}")
+    text, frame = tab.check(session, "demo", adapter, str(tmp_path / "held.zip"), 5, 8, 0, 1)
+    assert "2 held-out rows" in text and len(frame) == 2

@@ -10,7 +10,7 @@ from workbench.planner import PlanRequest, map_ranges, plan_memory, terms
 from workbench.planner.device_map import device_of, evaluate, pack
 from workbench.planner.plan import layout_for, step_for
 
-DEVICE_KEYS = {"device", "capacity_bytes", "weights_bytes", "lora_bytes", "activation_bytes", "logits_bytes",
+DEVICE_KEYS = {"device", "capacity_bytes", "weights_bytes", "lora_bytes", "activation_bytes", "logits_bytes", "dequant_bytes",
                "overhead_bytes", "total_bytes"}
 
 
@@ -84,7 +84,8 @@ def test_72b_on_4x40gib_fits_with_logits_on_the_lm_head_gpu(headline):
     assert again.device_map == headline.device_map
     last = device_of(headline.device_map, "lm_head")
     assert last == 3
-    assert headline.devices[3]["logits_bytes"] == terms.logits_bytes(2048, 152064)
+    # the trained-token loss, answers not measured: every token may be trained, one chunk at a time
+    assert headline.devices[3]["logits_bytes"] == terms.trained_logits_bytes(2048, 152064) == 12 * 441 * 152064
     assert all(d["logits_bytes"] == 0 for d in headline.devices[:3])
     assert all(d["total_bytes"] <= d["capacity_bytes"] for d in headline.devices)
     # Balanced: every GPU keeps some free memory (no GPU filled to the brim while another idles).
@@ -134,16 +135,18 @@ def test_json_contract(headline):
 
 # ---- maps ----------------------------------------------------------------------------
 def test_2b_keeps_tied_lm_head_with_embeddings():
-    plan = plan_memory(PlanRequest("qwen2-vl-2b-instruct", parse_gpu_spec("2x3GiB"), max_length=1536,
-                                   max_pixels=200704))
-    embed = device_of(plan.device_map, "model.language_model.embed_tokens")
-    assert device_of(plan.device_map, "lm_head") == embed
-    assert plan.devices[embed]["logits_bytes"] == terms.logits_bytes(1536, 151936)
-    assert len({device_of(plan.device_map, f"model.language_model.layers.{i}") for i in range(28)}) == 2
+    for full, logits in ((True, terms.logits_bytes(1536, 151936)), (False, terms.trained_logits_bytes(1536, 151936))):
+        plan = plan_memory(PlanRequest("qwen2-vl-2b-instruct", parse_gpu_spec("2x4GiB"), max_length=1536,
+                                       max_pixels=200704, loss_on_trained_tokens_only=not full))
+        embed = device_of(plan.device_map, "model.language_model.embed_tokens")
+        assert device_of(plan.device_map, "lm_head") == embed
+        assert plan.devices[embed]["logits_bytes"] == logits
+        assert len({device_of(plan.device_map, f"model.language_model.layers.{i}") for i in range(28)}) == 2
 
 
 def test_accelerate_auto_runs_out_where_the_plan_fits():
-    plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("2x80GiB"), max_length=4096))
+    plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("2x80GiB"), max_length=4096,
+                                   loss_on_trained_tokens_only=False))
     assert plan.fits
     auto = plan.accelerate_auto
     assert not auto["fits"] and auto["out_of_memory"] == ["cuda:1"]
@@ -159,11 +162,15 @@ def test_map_ranges_fold_layers():
 
 # ---- when it does not fit --------------------------------------------------------------
 def test_suggestions_when_it_does_not_fit():
-    plan = plan_memory(PlanRequest("qwen2-vl-7b-instruct", parse_gpu_spec("1x24GiB"), max_length=8192))
+    plan = plan_memory(PlanRequest("qwen2-vl-7b-instruct", parse_gpu_spec("1x24GiB"), max_length=8192,
+                                   loss_on_trained_tokens_only=False))
     assert not plan.fits
     assert plan.max_length_that_fits and plan.max_length_that_fits < 8192
     changes = [s["change"] for s in plan.suggestions]
     assert any("max_length" in c for c in changes) and any("4-bit" in c for c in changes)
+    settings = {k: v for s in plan.suggestions for k, v in s["settings"].items()}
+    # each suggestion is a setting "Use this plan" or the LoRA form can carry out
+    assert settings["model.quantization"] == "nf4" and settings["training.loss_on_trained_tokens_only"] is True
     fitting = [s for s in plan.suggestions if s["fits"]]
     assert fitting and [s["saves_bytes"] for s in fitting] == sorted((s["saves_bytes"] for s in fitting), reverse=True)
 
@@ -175,8 +182,8 @@ def test_gradient_checkpointing_off_costs_more():
 
 
 def test_activations_and_logits_scale_linearly_with_length():
-    layout = layout_for(PlanRequest("qwen2-vl-7b-instruct", parse_gpu_spec("1x80GiB")))
-    req = PlanRequest("qwen2-vl-7b-instruct", parse_gpu_spec("1x80GiB"))
+    req = PlanRequest("qwen2-vl-7b-instruct", parse_gpu_spec("1x80GiB"), loss_on_trained_tokens_only=False)
+    layout = layout_for(req)
     from dataclasses import replace
 
     step = step_for(req, layout)

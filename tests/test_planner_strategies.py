@@ -98,8 +98,10 @@ def test_step_flops_by_hand(tiny):
     # (2 layers x 46336 + lm_head 1000 x 64) x 64 tokens x 2 FLOPs x 3 passes with checkpointing
     assert step_flops(tiny, step()) == 2 * 156672 * 64 * 3
     assert step_flops(tiny, step(checkpointing=False)) == 2 * 156672 * 64 * 2
-    # one image of 16 tokens = 64 patches through the frozen tower (forward only): 2 x 79552 x 64 more
-    assert step_flops(tiny, step(images=1)) == 2 * 156672 * 64 * 3 + 2 * (37632 + 2 * 8544 + 24832) * 64
+    # one image of 16 tokens = 64 patches through the frozen tower (forward only): 2 x 79552 x 64 more,
+    # plus its attention: 4 x 64 patches x width 32 x (2 blocks x 64 patches of context)
+    assert step_flops(tiny, step(images=1)) == (2 * 156672 * 64 * 3 + 2 * (37632 + 2 * 8544 + 24832) * 64
+                                                + 4 * 64 * 32 * (2 * 64))
 
 
 def test_comm_bytes_by_hand(tiny):

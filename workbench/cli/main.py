@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m workbench",
-        description="Qwen2-VL LoRA workbench, headless: check data, plan memory, train, compare, export.",
+        description="Qwen-VL LoRA workbench (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), headless: check data, plan memory, "
+                    "train, compare, export.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,data,train,launch,infer,export}")
     for module in (plan, data, train, launch, infer, export):

@@ -17,13 +17,14 @@ def register(subparsers) -> None:
     d = request_defaults()
     p = subparsers.add_parser(
         "plan", help="Per-GPU memory of a LoRA training step under device_map, DDP and FSDP2, and the fastest that fits.",
-        description="Plan the memory of one LoRA training step of a Qwen2-VL model on your GPUs and nodes with "
+        description="Plan the memory of one LoRA training step of a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model on your GPUs and nodes with "
                     "device_map (one process, layers spread over the GPUs), DDP (a replica per GPU) and FSDP2 "
                     "(weights sharded over every GPU): weights, LoRA + optimizer, activations, logits, gathered "
                     "layers, CUDA overhead per GPU, expected speed of each, and the fastest one that fits.")
     p.add_argument("--model", required=True,
-                   help="Preset (qwen2-vl-2b-instruct, qwen2-vl-7b-instruct, qwen2-vl-72b-instruct), 'demo', a "
-                        "local folder with config.json, or a hub id already in the local cache. Nothing is downloaded.")
+                   help="Preset (qwen2-vl-2b/7b/72b-instruct, qwen2.5-vl-3b/7b/32b/72b-instruct, "
+                        "qwen3-vl-2b/4b/8b/32b-instruct), a demo, a local folder with config.json, or a hub id "
+                        "already in the local cache. Nothing is downloaded.")
     p.add_argument("--gpus", default=None,
                    help="The GPUs of one node: sizes ('4x40GiB', '2x80GB', '40GiB,40GiB,24GiB') or cards "
                         "('4xA800-40GB', '8xH100', '2x4090': the memory the driver reports for them, e.g. 39.59 GiB "
@@ -59,6 +60,15 @@ def register(subparsers) -> None:
                    help="Images in one row (0 for text-only); sizes the vision tower's activations.")
     p.add_argument("--no-gradient-checkpointing", action="store_true",
                    help="Plan without gradient checkpointing (every layer keeps all intermediates: much more memory).")
+    p.add_argument("--quantization", default=d["quantization"], choices=["none", "nf4", "int8"],
+                   help="Store the base's language-model linears in 4 bits (nf4: QLoRA, 0.52 bytes per weight) or "
+                        "8 bits (int8), as model.quantization trains. Use nf4 when the bf16 base does not fit.")
+    p.add_argument("--trained-tokens", type=int, default=d["trained_tokens"],
+                   help="Answer (trained) tokens per row, e.g. p95 or max from `python -m workbench data check`: "
+                        "only they reach lm_head and the loss. Default 0: not measured, every token of a row counts.")
+    p.add_argument("--full-loss", action="store_true",
+                   help="Plan the model's own loss over every position (training.loss_on_trained_tokens_only off): "
+                        "logits of 12 bytes x tokens x vocab on the lm_head GPU.")
     p.add_argument("--json", action="store_true",
                    help="Print the plan as one JSON object on the last line (for scripts).")
     p.set_defaults(func=run)
@@ -84,7 +94,9 @@ def run(args) -> int:
         lora_targets=parse_targets(args.lora_targets), lora_dropout=args.lora_dropout,
         batch_size=args.batch_size, max_length=args.max_length, max_pixels=args.max_pixels,
         min_pixels=args.min_pixels, images_per_sample=args.images_per_sample,
-        gradient_checkpointing=not args.no_gradient_checkpointing, strategy=args.strategy, nodes=args.nodes,
+        gradient_checkpointing=not args.no_gradient_checkpointing, quantization=args.quantization,
+        loss_on_trained_tokens_only=not args.full_loss, trained_tokens=args.trained_tokens,
+        strategy=args.strategy, nodes=args.nodes,
         intra_node_gbps=args.intra_node_gbps, inter_node_gbps=args.inter_node_gbps)
     plan = plan_memory(request)
     if args.json:

@@ -54,6 +54,9 @@ def read_records(path: str | Path):
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a dataset file: pass the .jsonl or .json file inside it.")
     raw = path.read_bytes()
+    if raw[:4] == b"PK\x03\x04":  # what zipfile.is_zipfile finds first, without reading the archive again
+        raise UserError(f"Dataset file {path} is a .zip archive: unpack it with `python -m workbench data check "
+                        f"{path}` (it prints the dataset file it unpacked) and give that file.")
     if b"\x00" in raw[:8192]:
         raise UserError(f"Dataset file {path} is binary, not JSON text: pass a .jsonl or .json file.")
     try:

@@ -8,8 +8,9 @@ A row's length is ``template + content + visual``:
 - content: the turns' text pieces, tokenized on their own. The template puts a special
   token or a newline on both sides of every piece, so the sum equals tokenizing the
   rendered row (the tests pin this against the processor's real ``input_ids``);
-- visual: per image, ``(H/28)*(W/28)`` after qwen-vl-utils' ``smart_resize`` at the
-  current min/max pixels, minus the one ``<|image_pad|>`` already counted.
+- visual: per image, ``(H/f)*(W/f)`` after qwen-vl-utils' ``smart_resize`` at the
+  current min/max pixels, minus the one ``<|image_pad|>`` already counted; f is the model
+  family's pixels per token (28 for Qwen2-VL and Qwen2.5-VL, 32 for Qwen3-VL).
 
 Tokenizing is the slow part (about 1 MB of text per second on this project's 2-core
 runner). Up to ``EXACT_BYTES`` of content is tokenized exactly; above it a random sample
@@ -25,8 +26,9 @@ import functools
 import random
 
 from workbench.data.sample import IMAGE_TAG, Sample
+from workbench.errors import UserError
 
-IMAGE_FACTOR = 28  # qwen-vl-utils: patch 14 x merge 2
+IMAGE_FACTOR = 28  # qwen-vl-utils: patch 14 x merge 2 (Qwen2-VL, Qwen2.5-VL); Qwen3-VL: 16 x 2 = 32
 EXACT_BYTES = 4_000_000
 CALIBRATION_PIECES = 2000
 # Qwen2-VL's template without a tokenizer: default system prompt (11), per turn
@@ -35,35 +37,52 @@ FALLBACK_SYSTEM, FALLBACK_TURN, FALLBACK_IMAGE, FALLBACK_BYTES_PER_TOKEN = 11, 5
 
 
 @functools.lru_cache(maxsize=65536)
-def visual_token_count(height: int, width: int, min_pixels: int, max_pixels: int) -> int:
-    """Tokens the LLM sees for one image: (H/28)*(W/28) after smart_resize. ValueError if too thin."""
+def visual_token_count(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = IMAGE_FACTOR) -> int:
+    """Tokens the LLM sees for one image: (H/f)*(W/f) after smart_resize. ValueError if too thin."""
     from qwen_vl_utils import smart_resize
 
-    h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
-    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (h // factor) * (w // factor)
+
+
+def pixels_per_token(model: str) -> int:
+    """The side of the pixel square one visual token covers, from the model's family (28 when unknown)."""
+    from workbench.models import family_of_model
+
+    family = family_of_model(model)
+    return family.pixels_per_token if family else IMAGE_FACTOR
 
 
 def load_tokenizer(model: str):
-    """The model's tokenizer from local files only (demo, a folder, or the HF cache), or None."""
-    from workbench.demo import ensure_demo, is_demo
-    from workbench.models import preset_name
-
+    """The model's tokenizer from local files only (a demo, a folder, or the HF cache); for a model
+    whose family is known but whose files are not here (a preset not downloaded), the real Qwen
+    vocabulary with the family's chat template (``workbench.models.vocabulary``); else None."""
     from pathlib import Path
 
+    from workbench.demo import ensure_demo, is_demo
+    from workbench.models import family_of_model, locate_model
+    from workbench.models.vocabulary import qwen_tokenizer
+
+    source = None
     if is_demo(model):
-        source = str(ensure_demo().model)
-    elif Path(model).expanduser().is_dir():
+        source = str(ensure_demo(name=model).model)
+    elif Path(str(model)).expanduser().is_dir():
         source = str(Path(model).expanduser())
     else:
-        preset = preset_name(model)
-        source = {"qwen2-vl-2b-instruct": "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-7b-instruct":
-                  "Qwen/Qwen2-VL-7B-Instruct", "qwen2-vl-72b-instruct": "Qwen/Qwen2-VL-72B-Instruct"}.get(preset, model)
-    try:
-        from transformers import AutoTokenizer
+        try:
+            found = locate_model(model)
+            source = str(found.local_path) if found.local_path else None
+        except UserError:
+            source = None
+    if source:
+        try:
+            from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError, KeyError):
-        return None
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError, KeyError):
+            pass
+    family = family_of_model(model)
+    return qwen_tokenizer(family.model_type) if family else None
 
 
 def model_context(model: str) -> int | None:
@@ -95,6 +114,7 @@ class TextTokenCounter:
         self.tokenizer = tokenizer if tokenizer is not None and getattr(tokenizer, "chat_template", None) else None
         self._templates: dict[tuple, int] = {}
         self.method = "exact" if self.tokenizer is not None else "estimated (no tokenizer: 4 bytes per token)"
+        self._bytes_per_token: float | None = None  # measured by count() when it estimates
 
     def template_tokens(self, sample: Sample) -> int:
         shape = _shape(sample)
@@ -136,6 +156,7 @@ class TextTokenCounter:
         flat = [p for ps in pieces for p in ps]
         calibration = random.Random(0).sample(flat, min(CALIBRATION_PIECES, len(flat)))
         ratio = sum(len(p.encode("utf-8")) for p in calibration) / max(1, sum(self._exact(calibration)))
+        self._bytes_per_token = ratio
         out = [t + round(size / ratio) for t, size in zip(template, sizes)]
         order = sorted(range(len(out)), key=out.__getitem__, reverse=True)
         recount = set(order[: max(1, len(out) // 100)])
@@ -147,6 +168,19 @@ class TextTokenCounter:
         self.method = (f"estimated ({ratio:.2f} bytes per token measured on {len(calibration)} pieces); "
                        f"exact for the longest 1% and rows near max_length ({len(chosen)} rows)")
         return out
+
+
+    def trained(self, samples: list[Sample]) -> list[int]:
+        """Tokens training learns per row: each assistant turn's text and its ``<|im_end|>``
+        (``workbench.data.collate.assistant_mask``). Exact with a tokenizer within EXACT_BYTES,
+        else at the bytes per token ``count`` measured (4 without a tokenizer)."""
+        answers = [[p for t in s.turns if t.role == "assistant" for p in t.text.split(IMAGE_TAG) if p] for s in samples]
+        turns = [sum(1 for t in s.turns if t.role == "assistant") for s in samples]
+        sizes = [sum(len(p.encode("utf-8")) for p in ps) for ps in answers]
+        if self.tokenizer is not None and sum(sizes) <= EXACT_BYTES:
+            return [n + extra for n, extra in zip(self._exact_rows(answers, [0] * len(answers)), turns)]
+        ratio = self._bytes_per_token or FALLBACK_BYTES_PER_TOKEN
+        return [round(size / ratio) + extra for size, extra in zip(sizes, turns)]
 
 
 def summarize(totals: list[int], visual: list[int]) -> dict:
@@ -164,6 +198,16 @@ def summarize(totals: list[int], visual: list[int]) -> dict:
         "mean": round(float(arr.mean()), 1),
         "visual_share": round(float(sum(visual)) / max(1, int(arr.sum())), 4),
     }
+
+
+def summarize_trained(trained: list[int]) -> dict:
+    """p95 and max of the trained (answer) tokens per row: what the planner's loss term needs."""
+    import numpy as np
+
+    if not trained:
+        return {"trained_p95": 0, "trained_max": 0}
+    arr = np.asarray(trained)
+    return {"trained_p95": int(np.percentile(arr, 95, method="inverted_cdf")), "trained_max": int(arr.max())}
 
 
 def histogram(totals: list[int], bins: int = 30):

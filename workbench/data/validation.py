@@ -17,7 +17,8 @@ from workbench.data.images import ImageHeaders
 from workbench.data.problems import IMAGE_SHAPE, TOO_LONG, Problem
 from workbench.data.refs import short
 from workbench.data.sample import Sample
-from workbench.data.stats import TextTokenCounter, summarize, visual_token_count
+from workbench.data.stats import (IMAGE_FACTOR, TextTokenCounter, pixels_per_token, summarize, summarize_trained,
+                                  visual_token_count)
 
 
 @dataclass
@@ -75,18 +76,21 @@ def _no_cyclic_gc():
 def check_dataset(path: str | Path, format: str = "auto", max_length: int | None = None,
                   min_pixels: int = 3136, max_pixels: int = 1003520, tokenizer=None,
                   headers: ImageHeaders | None = None, image_folder: str | None = None,
-                  context: int | None = None, model: str = "") -> DatasetReport:
+                  context: int | None = None, model: str = "", factor: int | None = None) -> DatasetReport:
     """Parse, check images, count tokens; ``tokenizer`` None gives the documented estimate.
 
     A row longer than ``context`` (the model's max_position_embeddings, named by ``model``) is a
-    problem whatever ``max_length`` says: the model cannot read it."""
+    problem whatever ``max_length`` says: the model cannot read it. Visual tokens use the pixels
+    per token of ``model``'s family (``factor`` overrides it; 28 when neither says)."""
+    if factor is None:
+        factor = pixels_per_token(model) if model else IMAGE_FACTOR
     with _no_cyclic_gc():
         return _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
-                      model)
+                      model, factor)
 
 
 def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
-           model) -> DatasetReport:
+           model, factor) -> DatasetReport:
     loaded: LoadResult = load_samples(path, format, image_folder)
     headers = ImageHeaders() if headers is None else headers  # an empty one is falsy (__len__)
     headers.prefetch(loaded.urls)
@@ -101,7 +105,7 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
                 problem = Problem(sample.row, info.error, info.kind)
                 break
             try:
-                tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels))
+                tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels, factor))
             except ValueError:
                 problem = Problem(sample.row, f"image {short(image)} is {info.width}x{info.height}, longer than 200 "
                                               "times its width or height: crop or pad it", IMAGE_SHAPE)
@@ -131,6 +135,7 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
     problems.sort(key=lambda p: p.row)
     totals = [length.total for length in lengths.values()]
     stats = summarize(totals, [sum(length.visual_tokens) for length in lengths.values()])
+    stats.update(summarize_trained(counter.trained(measurable)))
     stats.update({"text_tokens": counter.method, "unique_images": len(headers),
                   "min_pixels": min_pixels, "max_pixels": max_pixels})
     parsed = {**loaded.unusable, **{s.row: s for s in loaded.samples}}

@@ -39,8 +39,10 @@ _QWEN_VL = Family(
     input_embedding="model.language_model.embed_tokens.weight",
     output_embedding="lm_head.weight",
 )
-# Qwen2.5-VL checkpoints use Qwen2-VL's layout (transformers maps both with one pattern list).
-FAMILIES = {"qwen2_vl": _QWEN_VL, "qwen2_5_vl": _QWEN_VL}
+# Qwen2.5-VL checkpoints use Qwen2-VL's layout (transformers maps both with one pattern list);
+# Qwen3-VL checkpoints already use the module names (transformers maps nothing), which these
+# renames leave unchanged.
+FAMILIES = {"qwen2_vl": _QWEN_VL, "qwen2_5_vl": _QWEN_VL, "qwen3_vl": _QWEN_VL}
 
 
 def family_of(config: dict, where: Path) -> Family:

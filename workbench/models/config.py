@@ -1,10 +1,11 @@
-"""Model configs and a Qwen2-VL built on the meta device (no weights, no downloads).
+"""Model configs and models built on the meta device (no weights, no downloads).
 
-The presets' configs are the published ``config.json`` of Qwen2-VL-{2B,7B,72B}-Instruct,
-written in transformers 5's nested layout (``text_config`` / ``vision_config``) under
-``assets/models/``. ``load_model_config`` accepts a preset name or its hub id, ``demo``, a
-local folder holding a ``config.json``, or a hub id already in the Hugging Face cache; it
-never downloads.
+The presets' configs are the published ``config.json`` of the Qwen2-VL, Qwen2.5-VL and
+Qwen3-VL Instruct checkpoints, written in transformers 5's nested layout (``text_config`` /
+``vision_config``) under ``assets/models/``. ``load_model_config`` accepts a preset name or
+its hub id, a demo name, a local folder holding a ``config.json``, or a hub id already in
+the Hugging Face cache; it never downloads. The family (``workbench.models.families``) comes
+from the config's ``model_type``.
 """
 
 from __future__ import annotations
@@ -15,35 +16,36 @@ from pathlib import Path
 
 from workbench.errors import UserError
 
-from workbench.models.presets import PRESETS, preset_for
+from workbench.models.families import Family, family_for
+from workbench.models.presets import PRESETS, check_supported, preset_for
+
 
 def load_model_config(name_or_path: str):
-    """A ``transformers.Qwen2VLConfig`` for a preset, ``demo``, a local folder or a cached hub id.
+    """The transformers config (its family's class) for a preset, a demo, a local folder or a cached hub id.
 
-    Raises ``UserError`` (one sentence) for unknown names, folders without ``config.json``
-    and configs of another architecture. Never downloads.
+    Raises ``UserError`` (one sentence) for unknown names, folders without ``config.json``,
+    configs of another architecture and known models not supported yet (MoE). Never downloads.
     """
-    from transformers import Qwen2VLConfig
+    from workbench.demo import ensure_demo, is_demo
 
     text = str(name_or_path or "").strip()
     if not text:
         raise UserError("The model is empty: give a preset (" + ", ".join(PRESETS) + "), 'demo' or a local model folder.")
+    check_supported(text)
     preset = preset_for(text)
     if preset:
         return _from_json_file(preset.config_file)
-    if text.lower() == "demo":
-        from workbench.demo import ensure_demo
-
-        return _from_json_file(ensure_demo().model / "config.json")
+    if is_demo(text):
+        return _from_json_file(ensure_demo(name=text).model / "config.json")
     path = Path(text).expanduser()
     if path.is_file() and path.name.endswith(".json"):
         return _from_json_file(path)
     if path.is_file():
-        raise UserError(f"{path} is a file, not a model: point --model at the Qwen2-VL model folder (the one "
+        raise UserError(f"{path} is a file, not a model: point --model at the model folder (the one "
                         "holding config.json), or at that config.json.")
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"The folder {path} has no config.json: point --model at a Qwen2-VL model folder (the one holding config.json).")
+            raise UserError(f"The folder {path} has no config.json: point --model at a Qwen-VL model folder (the one holding config.json).")
         return _from_json_file(path / "config.json")
     cached = _cached_hub_config(text)
     if cached:
@@ -52,6 +54,15 @@ def load_model_config(name_or_path: str):
         f"Unknown model '{text}': use a preset ({', '.join(PRESETS)}), 'demo', a local folder with a "
         "config.json, or a hub id already downloaded to the Hugging Face cache."
     )
+
+
+def family_of_model(name_or_path: str) -> Family | None:
+    """The family of a model from its config on this machine (bundled for presets), never from its
+    name; None when no config is found or the model is not supported."""
+    try:
+        return family_for(load_model_config(name_or_path).model_type)
+    except UserError:
+        return None
 
 
 def _cached_hub_config(repo_id: str) -> Path | None:
@@ -65,36 +76,38 @@ def _cached_hub_config(repo_id: str) -> Path | None:
 
 
 def _from_json_file(path: Path):
-    from transformers import Qwen2VLConfig
-
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not a readable JSON config ({exc}): fix or replace the file.") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} is not a model config (a JSON object is expected).")
-    model_type = raw.get("model_type")
-    if model_type != "qwen2_vl":
-        raise UserError(f"{path} describes a '{model_type}' model; the workbench handles Qwen2-VL (model_type qwen2_vl) only.")
+    family = family_for(raw.get("model_type"), where=str(path))
     try:
-        config = Qwen2VLConfig.from_dict(raw)
+        config = family.transformers_class("config_class").from_dict(raw)
     except Exception as exc:  # transformers' own validation of the values
-        raise UserError(f"{path} is not a valid Qwen2-VL config ({str(exc)[:200]}): fix or replace the file.") from None
-    _check_sizes(config, path)
+        raise UserError(f"{path} is not a valid {family.name} config ({str(exc)[:200]}): fix or replace the file.") from None
+    _check_sizes(config, family, path)
     return config
 
 
-# Sizes a Qwen2-VL config must give as positive whole numbers (transformers checks none of them).
+def config_from_json(config_json: str):
+    """A config back from ``to_json_string`` (the cache key of meta builds and layouts)."""
+    raw = json.loads(config_json)
+    return family_for(raw.get("model_type")).transformers_class("config_class").from_dict(raw)
+
+
+# Sizes a config must give as positive whole numbers (transformers checks none of them); the
+# vision tower's width key is the family's.
 _TEXT_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "vocab_size", "max_position_embeddings")
-_VISION_SIZES = ("depth", "embed_dim", "num_heads", "patch_size", "spatial_merge_size", "temporal_patch_size",
-                 "in_channels")
+_VISION_SIZES = ("depth", "num_heads", "patch_size", "spatial_merge_size", "temporal_patch_size", "in_channels")
 # Larger than any published model by far: such a value is a typo (and would make the meta model huge).
 _MAX_SIZE = 10**7
 
 
-def _check_sizes(config, path) -> None:
-    for section, names in (("text_config", _TEXT_SIZES), ("vision_config", _VISION_SIZES)):
+def _check_sizes(config, family: Family, path) -> None:
+    for section, names in (("text_config", _TEXT_SIZES), ("vision_config", _VISION_SIZES + (family.vision_width_key,))):
         sub = getattr(config, section)
         for name in names:
             value = getattr(sub, name, None)
@@ -121,7 +134,7 @@ def _dtype(dtype):
 
 
 def build_meta_model(config, dtype="bf16"):
-    """``Qwen2VLForConditionalGeneration`` on the meta device, weights tied, in ``dtype``.
+    """The family's model class (``Qwen2VLForConditionalGeneration``, ...) on the meta device, weights tied, in ``dtype``.
 
     Built under ``torch.device("meta")`` (no memory, no download, nothing process-global
     touched). Cached per (config, dtype): repeated plans are free. Treat the returned model
@@ -134,14 +147,14 @@ def build_meta_model(config, dtype="bf16"):
 @functools.lru_cache(maxsize=8)
 def _build_cached(config_json: str, dtype_name: str):
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    config = Qwen2VLConfig.from_dict(json.loads(config_json))
+    config = config_from_json(config_json)
+    model_class = family_for(config.model_type).transformers_class("model_class")
     # torch.device("meta") is a thread-local mode: unlike accelerate's init_empty_weights (which
     # patches nn.Module for every thread) or torch.set_default_dtype (process-wide), it cannot
     # leak into a training job or a model load running in another thread of the app.
     with torch.device("meta"):
-        model = Qwen2VLForConditionalGeneration(config)
+        model = model_class(config)
     model.to(getattr(torch, dtype_name))
     model.tie_weights()
     model.requires_grad_(False)

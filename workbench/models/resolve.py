@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.models.presets import preset_for
+from workbench.models.presets import check_supported, preset_for
 
 log = logging.getLogger("workbench.models")
 
@@ -76,7 +76,8 @@ def locate_model(name_or_path: str) -> ModelSource:
         raise UserError("The model is empty: give 'demo', a preset such as qwen2-vl-7b-instruct, a local model "
                         "folder or a hub id.")
     if is_demo(text):
-        return ModelSource(text, "demo", None, ensure_demo().model)
+        return ModelSource(text, "demo", None, ensure_demo(name=text).model)
+    check_supported(text)
     preset = preset_for(text)
     if preset:
         return ModelSource(text, "preset", preset.hub_id, cached_snapshot(preset.hub_id))
@@ -90,10 +91,11 @@ def locate_model(name_or_path: str) -> ModelSource:
         return ModelSource(text, "folder", None, path)
     if looks_like_path(text):
         raise UserError(f"Model folder {path} does not exist: check the path, or give 'demo', a preset "
-                        "(qwen2-vl-2b-instruct, -7b-, -72b-) or a hub id like Qwen/Qwen2-VL-7B-Instruct.")
+                        "(qwen2-vl-7b-instruct, qwen2.5-vl-7b-instruct, qwen3-vl-8b-instruct, ...) or a hub id like "
+                        "Qwen/Qwen2.5-VL-7B-Instruct.")
     if text.count("/") != 1:
-        raise UserError(f"Unknown model '{text}': it is not a local folder, 'demo', a preset (qwen2-vl-2b-instruct, "
-                        "-7b-, -72b-) or a hub id like Qwen/Qwen2-VL-7B-Instruct.")
+        raise UserError(f"Unknown model '{text}': it is not a local folder, 'demo', a preset (qwen2-vl-7b-instruct, "
+                        "qwen2.5-vl-7b-instruct, qwen3-vl-8b-instruct, ...) or a hub id like Qwen/Qwen2.5-VL-7B-Instruct.")
     return ModelSource(text, "hub", text, cached_snapshot(text))
 
 

@@ -30,14 +30,27 @@ class Step:
     lora_dropout: bool = True
     device_kind: str = "cuda"
     act_bytes: int = 2
+    trained_tokens: int | None = None  # per row with the trained-token loss; None: the model's own loss
+    lm_head_in_forward: bool = False   # FSDP2: the trained-token loss runs lm_head inside the forward
 
     @property
     def tokens(self) -> int:
         return self.batch_size * self.max_length
 
+    @property
+    def visual_tokens(self) -> int:
+        """Image tokens the language model sees in the whole batch."""
+        return self.batch_size * self.images_per_sample * self.visual_tokens_per_image
+
+    def logits_bytes(self, vocab: int) -> int:
+        """The loss's peak on the lm_head device, for the loss this step uses."""
+        if self.trained_tokens is None:
+            return terms.logits_bytes(self.tokens, vocab)
+        trained = self.batch_size * min(self.trained_tokens, self.max_length)
+        return terms.trained_logits_bytes(trained, vocab, self.lm_head_in_forward)
+
     def patches(self, merge_size: int) -> int:
-        visual = self.batch_size * self.images_per_sample * self.visual_tokens_per_image
-        return terms.vision_patches(visual, merge_size)
+        return terms.vision_patches(self.visual_tokens, merge_size)
 
 
 @dataclass
@@ -52,16 +65,18 @@ class DeviceLoad:
     vision_blocks: int = 0
     vision_lora_inputs: tuple = ()
     kinds: set = field(default_factory=set)
+    dequant_numel: int = 0       # the largest quantised weight here (elements)
 
     def add(self, unit: Unit, layout: Layout, step: Step) -> None:
         self.weights += unit.weight_bytes
         self.lora_params += unit.lora_params
         self.kinds.add(unit.kind)
+        self.dequant_numel = max(self.dequant_numel, unit.dequant_numel)
         if unit.kind == "layer":
             s = layout.shape
             saved = terms.decoder_layer_saved_bytes(
                 step.tokens, s.hidden, s.intermediate, s.q_dim, s.kv_dim, s.heads, list(unit.lora_inputs),
-                step.lora_rank, step.lora_dropout, step.device_kind, step.act_bytes)
+                step.lora_rank, step.lora_dropout, step.device_kind, step.act_bytes, s.qk_norm, s.kv_heads)
             self.layers += 1
             self.layers_saved_sum += saved
             self.layers_saved_max = max(self.layers_saved_max, saved)
@@ -72,7 +87,8 @@ class DeviceLoad:
 
     def copy(self) -> "DeviceLoad":
         return DeviceLoad(self.weights, self.lora_params, self.layers, self.layers_saved_sum,
-                          self.layers_saved_max, self.vision_blocks, self.vision_lora_inputs, set(self.kinds))
+                          self.layers_saved_max, self.vision_blocks, self.vision_lora_inputs, set(self.kinds),
+                          self.dequant_numel)
 
     @property
     def used(self) -> bool:
@@ -82,7 +98,7 @@ class DeviceLoad:
         """Bytes per term; ``tied_lm_head`` puts the logits here when lm_head shares the embeddings."""
         s, t = layout.shape, step.tokens
         has_lm_head = "lm_head" in self.kinds or (tied_lm_head and "embed" in self.kinds)
-        logits = terms.logits_bytes(t, s.vocab) if has_lm_head else 0
+        logits = step.logits_bytes(s.vocab) if has_lm_head else 0
         activation = 0
         if self.layers:
             if step.gradient_checkpointing:
@@ -101,21 +117,24 @@ class DeviceLoad:
             activation += terms.input_embedding_grad_bytes(t, s.hidden)
         if "vision_in" in self.kinds and step.images_per_sample:
             patches = step.patches(s.merge_size)
+            deepstack = terms.deepstack_bytes(step.visual_tokens, s.hidden, s.deepstack_levels, step.act_bytes)
             if layout.vision_trained:
-                activation += terms.vision_trained_bytes(
+                activation += deepstack + terms.vision_trained_bytes(
                     patches, s.vision_embed, s.vision_mlp, s.vision_depth, list(self.vision_lora_inputs),
-                    step.lora_rank, step.gradient_checkpointing, step.device_kind, step.lora_dropout, step.act_bytes)
+                    step.lora_rank, step.gradient_checkpointing, step.device_kind, step.lora_dropout, step.act_bytes,
+                    s.vision_mlp_saved)
             else:
                 # A frozen tower runs before anything else of the step is alive: it only
                 # raises this device's peak where its working set exceeds the rest.
-                forward = terms.vision_forward_bytes(patches, s.vision_embed, s.vision_mlp, s.patch_values,
-                                                     step.act_bytes)
+                forward = deepstack + terms.vision_forward_bytes(patches, s.vision_embed, s.vision_mlp, s.patch_values,
+                                                                 step.act_bytes, s.vision_mlp_activations)
                 activation += max(0, forward - activation - logits)
         lora = terms.lora_state_bytes(self.lora_params)
-        overhead = terms.overhead_bytes(activation + logits) if self.used else 0
+        dequant = terms.dequantization_bytes(self.dequant_numel, step.act_bytes)
+        overhead = terms.overhead_bytes(activation + logits + dequant) if self.used else 0
         return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
-                "logits_bytes": logits, "overhead_bytes": overhead,
-                "total_bytes": self.weights + lora + activation + logits + overhead}
+                "logits_bytes": logits, "dequant_bytes": dequant, "overhead_bytes": overhead,
+                "total_bytes": self.weights + lora + activation + logits + dequant + overhead}
 
 
 def device_of(device_map: dict, name: str):
@@ -167,7 +186,7 @@ def pack(layout: Layout, step: Step, capacities: list[int]) -> tuple[dict, bool]
         else:
             device_map[unit.name] = "cpu"
             fits = False
-    return compress(device_map), fits
+    return compress(device_map, layout.visual), fits
 
 
 def _placeable(unit: Unit) -> bool:
@@ -179,14 +198,14 @@ def _embed(layout: Layout) -> str:
     return next(u.name for u in layout.units if u.kind == "embed")
 
 
-def compress(device_map: dict) -> dict:
-    """Merge 'model.visual.*' entries into 'model.visual' when they share one device."""
-    visual = {k: v for k, v in device_map.items() if k.startswith("model.visual.")}
+def compress(device_map: dict, tower: str = "model.visual") -> dict:
+    """Merge the vision tower's entries ('model.visual.*') into one when they share one device."""
+    visual = {k: v for k, v in device_map.items() if k.startswith(tower + ".")}
     if visual and len(set(map(str, visual.values()))) == 1:
         merged = {}
         for key, value in device_map.items():
-            if key.startswith("model.visual."):
-                merged.setdefault("model.visual", value)
+            if key.startswith(tower + "."):
+                merged.setdefault(tower, value)
             else:
                 merged[key] = value
         return merged
@@ -238,13 +257,9 @@ def accelerate_auto_map(layout: Layout, capacities: list[int]) -> dict:
 
 
 def _meta_model(layout: Layout):
-    import json
+    from workbench.models import build_meta_model, config_from_json
 
-    from transformers import Qwen2VLConfig
-
-    from workbench.models import build_meta_model
-
-    return build_meta_model(Qwen2VLConfig.from_dict(json.loads(layout.config_json)), layout.dtype)
+    return build_meta_model(config_from_json(layout.config_json), layout.dtype)
 
 
 def _torch_dtype(layout: Layout):

@@ -80,7 +80,7 @@ def plan_memory(request: PlanRequest) -> Plan:
     if chosen == "device_map" and offloaded:
         notes.append(f"{len(offloaded)} module(s) do not fit on the GPUs (first: {offloaded[0]}).")
     max_len = largest_fitting(lambda n: model.fits(layout, replace(step, max_length=n), caps),
-                              request.visual_tokens + 1, layout.shape.max_positions)
+                              request.visual_tokens(layout) + 1, layout.shape.max_positions)
     max_batch = largest_fitting(lambda b: model.fits(layout, replace(step, batch_size=b), caps), 1, 256)
     suggested = []
     if not picked["fits"]:
@@ -99,7 +99,7 @@ def plan_memory(request: PlanRequest) -> Plan:
 def import_backends() -> None:
     import accelerate.utils  # noqa: F401
     import transformers.integrations.accelerate  # noqa: F401
-    from transformers import Qwen2VLForConditionalGeneration  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
 
 
 def planned_map(layout: Layout, step: Step, caps: list[int], notes: list[str]) -> tuple[dict, str]:
@@ -116,6 +116,10 @@ def planned_map(layout: Layout, step: Step, caps: list[int], notes: list[str]) -
     """
     headroom = balanced_headroom(layout, step, caps)
     packed, packed_fits = pack(layout, step, [c - headroom for c in caps])
+    if any(u.dequant_numel for u in layout.units):
+        # accelerate would size the quantised layers as if they were in the model dtype
+        notes.append("quantised base: the planner's own sequential map (accelerate sizes layers in the model dtype).")
+        return packed, "planner"
     budgets = weight_budgets(layout, step, {k: v for k, v in packed.items() if v != "cpu"},
                              [c - headroom for c in caps])
     amap = accelerate_map(layout, budgets)
@@ -142,6 +146,10 @@ def _fits(rows: list[dict], offloaded: list[str], caps: list[int]) -> bool:
 
 def accelerate_auto(layout: Layout, step: Step, caps: list[int]) -> dict:
     """``device_map="auto"`` for the same GPUs, judged by the same memory model."""
+    if any(u.dequant_numel for u in layout.units):
+        return {"fits": False, "out_of_memory": [], "offloaded": [], "devices": [], "device_map": {},
+                "summary": "not compared for a quantised base: transformers sizes its layers through bitsandbytes, "
+                           "which this comparison (layers sized in the model dtype) does not model."}
     amap = accelerate_auto_map(layout, caps)
     rows, offloaded = evaluate(layout, amap, step, len(caps))
     devices = device_rows(rows, caps)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 
 GIB = 1024**3
-TERMS = ("weights_bytes", "lora_bytes", "activation_bytes", "logits_bytes", "comm_bytes", "overhead_bytes")
+TERMS = ("weights_bytes", "lora_bytes", "activation_bytes", "logits_bytes", "dequant_bytes", "comm_bytes",
+         "overhead_bytes")
 TERM_LABELS = {"weights_bytes": "weights", "lora_bytes": "LoRA+optim", "activation_bytes": "activations",
-               "logits_bytes": "logits/loss", "comm_bytes": "gathered/buckets", "overhead_bytes": "CUDA+alloc"}
+               "logits_bytes": "logits/loss", "dequant_bytes": "dequantised", "comm_bytes": "gathered/buckets",
+               "overhead_bytes": "CUDA+alloc"}
+# Shown only where a device has them: dequantised weights (a quantised base), gathered units or buckets (ddp, fsdp).
+OPTIONAL_TERMS = ("dequant_bytes", "comm_bytes")
 
 
 def gib(n: int | float) -> str:
@@ -50,7 +54,9 @@ def verdict(plan) -> str:
     worst = max(plan.devices, key=lambda d: d["total_bytes"] / d["capacity_bytes"])
     r = plan.request
     settings = (f"batch {r.batch_size}, max_length {r.max_length}, max_pixels {r.max_pixels}, gradient "
-                f"checkpointing {'on' if r.gradient_checkpointing else 'off'}")
+                f"checkpointing {'on' if r.gradient_checkpointing else 'off'}, {loss_basis(r)}")
+    if r.quantization != "none":
+        settings += f", {r.quantization} base"
     amount = f"{gib(worst['total_bytes'])} GiB of {gib(worst['capacity_bytes'])} GiB"
     same = len({d["total_bytes"] for d in plan.devices}) == 1 and len(plan.devices) > 1
     where = "every GPU" if same else worst["device"]
@@ -71,9 +77,18 @@ def verdict(plan) -> str:
     return head
 
 
+def loss_basis(request) -> str:
+    """Which positions the plan's loss term counts, in a few words."""
+    if not request.loss_on_trained_tokens_only:
+        return "loss on every token"
+    if request.trained_tokens:
+        return f"loss on {request.trained_tokens} trained tokens per row"
+    return "loss on trained tokens (not measured: every token counted)"
+
+
 def terms_of(devices: list[dict]) -> tuple[str, ...]:
-    """The terms to show: gathered/buckets only where a strategy has them (ddp, fsdp)."""
-    return tuple(t for t in TERMS if t != "comm_bytes" or any(d.get(t) for d in devices))
+    """The terms to show: dequantised and gathered/buckets only where some device has them."""
+    return tuple(t for t in TERMS if t not in OPTIONAL_TERMS or any(d.get(t) for d in devices))
 
 
 def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = ()) -> str:

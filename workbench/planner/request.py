@@ -29,7 +29,9 @@ class PlanRequest:
 
     ``gpus`` describes one node; ``nodes`` such nodes take part in ddp/fsdp (device_map
     always runs in one process on one node). Link bandwidths are in GB/s; None takes the
-    intra-node figure from the GPUs' card (PCIe for unnamed sizes).
+    intra-node figure from the GPUs' card (PCIe for unnamed sizes). ``trained_tokens``: the
+    answer tokens of a row, as the dataset's statistics measured them (p95 or max); 0 when
+    unknown, and then every token of a row counts as trained (the upper bound).
     """
 
     model: str
@@ -44,7 +46,9 @@ class PlanRequest:
     min_pixels: int = 3136
     images_per_sample: int = 1
     gradient_checkpointing: bool = True
-    quantize_4bit: bool = False
+    quantization: str = "none"
+    loss_on_trained_tokens_only: bool = True
+    trained_tokens: int = 0
     strategy: str = "auto"
     nodes: int = 1
     intra_node_gbps: float | None = None
@@ -59,7 +63,9 @@ class PlanRequest:
                    max_pixels=cfg.data.max_pixels, min_pixels=cfg.data.min_pixels,
                    images_per_sample=images_per_sample,
                    gradient_checkpointing=cfg.training.gradient_checkpointing,
-                   strategy=cfg.training.strategy, nodes=cfg.training.nodes)
+                   quantization=cfg.model.quantization,
+                   loss_on_trained_tokens_only=cfg.training.loss_on_trained_tokens_only,
+                   trained_tokens=cfg.data.trained_tokens, strategy=cfg.training.strategy, nodes=cfg.training.nodes)
 
     def check(self) -> None:
         if not self.gpus:
@@ -79,6 +85,11 @@ class PlanRequest:
             raise UserError(f"images-per-sample must be 0 or more, got {self.images_per_sample!r}.")
         if self.min_pixels > self.max_pixels:
             raise UserError(f"min-pixels ({self.min_pixels}) is larger than max-pixels ({self.max_pixels}).")
+        if self.quantization not in terms.QUANTIZATIONS:
+            raise UserError(f"quantization '{self.quantization}' is not one of {', '.join(terms.QUANTIZATIONS)}.")
+        if isinstance(self.trained_tokens, bool) or not isinstance(self.trained_tokens, int) or self.trained_tokens < 0:
+            raise UserError(f"trained-tokens must be 0 (unknown: every token) or a positive whole number, got "
+                            f"{self.trained_tokens!r}.")
         if not 0 <= self.lora_dropout < 1:
             raise UserError(f"LoRA dropout {self.lora_dropout} is outside [0, 1).")
         if self.strategy not in STRATEGIES:
@@ -91,10 +102,10 @@ class PlanRequest:
                 raise UserError(f"{name.replace('_', '-')} must be a bandwidth in GB/s between 0 and 100000, "
                                 f"got {value!r}.")
 
-    @property
-    def visual_tokens(self) -> int:
-        """Image tokens in one row: images x max_pixels // 784."""
-        return self.images_per_sample * terms.visual_tokens_per_image(self.max_pixels) if self.images_per_sample else 0
+    def visual_tokens(self, layout: Layout) -> int:
+        """Image tokens in one row: images x max_pixels // (pixels per token)^2 (784 for Qwen2-VL, 1024 Qwen3-VL)."""
+        per_image = terms.visual_tokens_per_image(self.max_pixels, layout.shape.pixels_per_token)
+        return self.images_per_sample * per_image if self.images_per_sample else 0
 
 
 def request_defaults() -> dict:
@@ -102,32 +113,37 @@ def request_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(PlanRequest) if f.default is not dataclasses.MISSING}
 
 
-def resolve_targets(targets):
-    """A settings preset name -> its regex; a regex or a list passes through."""
-    from workbench.settings import TARGET_PRESETS
+def resolve_targets(targets, family=None):
+    """A settings preset name -> ``family``'s regex (Qwen2-VL's when None); a regex or a list passes through."""
+    from workbench.settings import target_modules_for
 
-    if isinstance(targets, str) and targets in TARGET_PRESETS:
-        return TARGET_PRESETS[targets]
-    if isinstance(targets, (list, tuple)):
-        return list(targets)
-    return targets
+    return target_modules_for(targets, family)
 
 
-def layout_for(request: PlanRequest, quantize_4bit: bool | None = None) -> Layout:
-    from workbench.models import load_model_config
+def layout_for(request: PlanRequest, quantization: str | None = None) -> Layout:
+    from workbench.models import family_of, load_model_config
 
     config = load_model_config(request.model)
-    q4 = request.quantize_4bit if quantize_4bit is None else quantize_4bit
-    return build_layout(config, DTYPE_NAMES[request.dtype], resolve_targets(request.lora_targets), request.lora_rank, q4)
+    kind = request.quantization if quantization is None else quantization
+    targets = resolve_targets(request.lora_targets, family_of(config))
+    return build_layout(config, DTYPE_NAMES[request.dtype], targets, request.lora_rank, kind)
+
+
+def trained_tokens_per_row(request: PlanRequest) -> int | None:
+    """Tokens per row whose logits the loss computes: None for the model's own loss (every
+    position), else the measured answer tokens, or the whole row when not measured."""
+    if not request.loss_on_trained_tokens_only:
+        return None
+    return min(request.trained_tokens or request.max_length, request.max_length)
 
 
 def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") -> Step:
     return Step(batch_size=request.batch_size, max_length=request.max_length,
                 images_per_sample=request.images_per_sample,
-                visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels),
+                visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels, layout.shape.pixels_per_token),
                 gradient_checkpointing=request.gradient_checkpointing, lora_rank=request.lora_rank,
                 lora_dropout=request.lora_dropout > 0, device_kind=device_kind,
-                act_bytes=4 if layout.dtype == "fp32" else 2)
+                act_bytes=4 if layout.dtype == "fp32" else 2, trained_tokens=trained_tokens_per_row(request))
 
 
 def check_against_model(request: PlanRequest, layout: Layout) -> None:
@@ -143,7 +159,8 @@ def check_against_model(request: PlanRequest, layout: Layout) -> None:
     if request.max_length > shape.max_positions:
         raise UserError(f"max-length {request.max_length} is longer than {request.model} can take "
                         f"(max_position_embeddings {shape.max_positions}): lower max-length.")
-    if request.visual_tokens >= request.max_length:
+    visual = request.visual_tokens(layout)
+    if visual >= request.max_length:
         raise UserError(f"{request.images_per_sample} image(s) at max-pixels {request.max_pixels} take "
-                        f"{request.visual_tokens} tokens, not less than max-length {request.max_length}: raise "
+                        f"{visual} tokens, not less than max-length {request.max_length}: raise "
                         "max-length or lower max-pixels.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workbench.hardware import LINK_GBPS, Gpu, find_card
+from workbench.planner import terms
 from workbench.planner.device_map import Step
 from workbench.planner.layout import Layout
 
@@ -77,8 +78,10 @@ def step_flops(layout: Layout, step: Step) -> float:
     Language model: 2 x (decoder layer parameters + lm_head's V x H) per token and pass;
     passes = forward, backward for the inputs (frozen weights need no weight gradient),
     and with gradient checkpointing the recomputed forward: 3 (2 without checkpointing).
-    Vision tower: 2 x its parameters per patch, forward only when frozen (3 passes with LoRA).
-    Attention scores (2 x T x q per layer and token) are left out: under 5% at 2048 tokens.
+    Vision tower: 2 x its parameters per patch, plus its attention (``terms.vision_attention_flops``:
+    the whole image in full-attention blocks, a window in Qwen2.5-VL's windowed ones), forward
+    only when frozen (3 passes with LoRA). The language model's attention scores (2 x T x q per
+    layer and token) are left out: under 5% at 2048 tokens.
     """
     s = layout.shape
     language = sum(u.numel for u in layout.units if u.kind == "layer") + s.vocab * s.hidden
@@ -86,7 +89,10 @@ def step_flops(layout: Layout, step: Step) -> float:
     passes = 3 if step.gradient_checkpointing else 2
     vision_passes = passes if layout.vision_trained else 1
     patches = step.patches(s.merge_size) if step.images_per_sample else 0
-    return 2.0 * language * step.tokens * passes + 2.0 * vision * patches * vision_passes
+    per_image = step.visual_tokens_per_image * s.merge_size**2
+    attention = terms.vision_attention_flops(patches, per_image, s.vision_embed, s.vision_depth,
+                                             s.full_attention_blocks, s.window_patches) if patches else 0
+    return 2.0 * language * step.tokens * passes + (2.0 * vision * patches + attention) * vision_passes
 
 
 def comm_bytes(name: str, layout: Layout, world_size: int) -> float:

@@ -15,14 +15,14 @@ on any of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from workbench.planner import terms
 from workbench.planner.device_map import DeviceLoad, Step
 from workbench.planner.layout import Layout
 from workbench.planner.search import need_bytes, packs
 
-ROOT_KINDS = ("vision_in", "merger", "rotary")  # what accelerate leaves to FSDP's root unit
+ROOT_KINDS = ("vision_in", "vision_pos", "merger", "rotary")  # what accelerate leaves to FSDP's root unit
 
 
 def whole_model(layout: Layout, step: Step) -> dict:
@@ -40,7 +40,8 @@ def ddp_row(layout: Layout, step: Step, world_size: int) -> dict:
 
 
 def fsdp_row(layout: Layout, step: Step, world_size: int) -> dict:
-    row = whole_model(layout, step)
+    # the trained-token loss runs lm_head inside the forward under FSDP2 (workbench.training.loss)
+    row = whole_model(layout, replace(step, lm_head_in_forward=True))
     row["weights_bytes"] = terms.fsdp_shard_bytes(layout.weight_bytes, world_size)
     row["lora_bytes"] = terms.fsdp_shard_bytes(terms.lora_state_bytes(layout.lora_params), world_size)
     comm = terms.fsdp_gathered_bytes(**gathered_parts(layout)) if world_size > 1 else 0
@@ -63,11 +64,11 @@ def gathered_parts(layout: Layout) -> dict:
 
 
 def _with_comm(row: dict, comm: int, world_size: int) -> dict:
-    dynamic = row["activation_bytes"] + row["logits_bytes"] + comm
+    dynamic = row["activation_bytes"] + row["logits_bytes"] + row["dequant_bytes"] + comm
     row = dict(row, comm_bytes=comm,
                overhead_bytes=terms.overhead_bytes(dynamic) + terms.nccl_bytes(world_size))
     row["total_bytes"] = sum(row[k] for k in ("weights_bytes", "lora_bytes", "activation_bytes", "logits_bytes",
-                                              "comm_bytes", "overhead_bytes"))
+                                              "dequant_bytes", "comm_bytes", "overhead_bytes"))
     return row
 
 

@@ -38,7 +38,7 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
     def fits(st: Step, lay: Layout = layout, gpu_caps=caps) -> bool:
         return model.fits(lay, st, gpu_caps)
 
-    visual = request.visual_tokens
+    visual = request.visual_tokens(layout)
     # Shorter rows.
     best_len = largest_fitting(lambda n: fits(replace(step, max_length=n)), visual + 1, step.max_length - 1)
     if best_len:
@@ -47,7 +47,8 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
     # Fewer image tokens: the same text in a row that is shorter by the saved image tokens.
     if request.images_per_sample:
         per_image = step.visual_tokens_per_image
-        floor = terms.visual_tokens_per_image(request.min_pixels)
+        factor = layout.shape.pixels_per_token
+        floor = terms.visual_tokens_per_image(request.min_pixels, factor)
 
         def with_tokens(k: int) -> Step:
             return replace(step, visual_tokens_per_image=k,
@@ -55,7 +56,7 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
 
         best_k = largest_fitting(lambda k: fits(with_tokens(k)), floor, per_image - 1)
         if best_k:
-            pixels = best_k * terms.IMAGE_FACTOR**2
+            pixels = best_k * factor**2
             st = with_tokens(best_k)
             add(f"lower max_pixels {request.max_pixels} -> {pixels} ({per_image} -> {best_k} tokens per image; "
                 f"max_length {step.max_length} -> {st.max_length} for the same text)",
@@ -98,10 +99,16 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
             add(f"use {len(caps)} GPU(s) of {gib} GiB each", {"gpus": f"{len(caps)}x{gib}GiB"}, layout, step,
                 [gib * GIB] * len(caps))
             break
-    quantized = layout_for(request, quantize_4bit=True)
-    if fits(step, quantized):
-        add("load the base weights in 4-bit (QLoRA with bitsandbytes NF4)", {"quantization": "4bit"},
-            quantized, step, caps)
+    if step.trained_tokens is None:
+        st = replace(step, trained_tokens=request.trained_tokens or request.max_length)
+        if fits(st):
+            add("compute the loss on trained tokens only", {"training.loss_on_trained_tokens_only": True},
+                layout, st, caps)
+    if request.quantization == "none":
+        quantized = layout_for(request, quantization="nf4")
+        if fits(step, quantized):
+            add("load the base weights in 4-bit (QLoRA: bitsandbytes NF4)", {"model.quantization": "nf4"},
+                quantized, step, caps)
     found.sort(key=lambda s: (not s["fits"], -s["saves_bytes"]))
     return found
 

@@ -29,15 +29,15 @@ DROPOUT_MASK_BYTES = {"cuda": 1, "cpu": 4}
 # Loss on fp32-upcast logits: log_softmax output (4) saved, then in backward the NLL
 # gradient (4) and the log_softmax gradient (4) are alive together.
 LOGITS_BYTES_PER_ELEMENT = 12
-IMAGE_FACTOR = 28  # one visual token per 28 x 28 pixels (patch 14, merge 2)
+IMAGE_FACTOR = 28  # Qwen2-VL and Qwen2.5-VL: one visual token per 28 x 28 pixels (patch 14, merge 2); Qwen3-VL: 32
 
 
-def visual_tokens_per_image(max_pixels: int) -> int:
-    """Tokens the LLM sees for one image: at most max_pixels // (28 x 28).
+def visual_tokens_per_image(max_pixels: int, factor: int = IMAGE_FACTOR) -> int:
+    """Tokens the LLM sees for one image: at most max_pixels // factor^2 (the family's pixels per token).
 
-    smart_resize keeps the area at or below max_pixels in whole 28 x 28 blocks.
+    smart_resize keeps the area at or below max_pixels in whole factor x factor blocks.
     """
-    return max(1, int(max_pixels) // (IMAGE_FACTOR * IMAGE_FACTOR))
+    return max(1, int(max_pixels) // (factor * factor))
 
 
 def vision_patches(visual_tokens: int, merge_size: int = 2) -> int:
@@ -57,19 +57,23 @@ def lora_state_bytes(lora_params: int) -> int:
 
 def decoder_layer_saved_bytes(tokens: int, hidden: int, intermediate: int, q_dim: int, kv_dim: int,
                               heads: int, lora_inputs: list[int], rank: int, dropout: bool,
-                              device_kind: str = "cuda", act_bytes: int = 2) -> int:
+                              device_kind: str = "cuda", act_bytes: int = 2, qk_norm: bool = False,
+                              kv_heads: int = 0) -> int:
     """Bytes autograd keeps for one decoder layer's backward, for T tokens.
 
     T x [ 2 x (4H + 4)                      two RMSNorms: fp32 input + rsqrt
         + a(2q + 2kv) + 4 n_h               SDPA: rotated q, k, v, output; fp32 logsumexp
         + 3 a I                             SwiGLU: gate out, silu out, up out
-        + sum over LoRA linears of (4 d_in + m d_in + 4 r) ]
+        + sum over LoRA linears of (4 d_in + m d_in + 4 r)
+        + [4(q + kv) + 4(n_h + n_kv)] ]     Qwen3's QK-norm: fp32 q and k + an rsqrt per head
     where d_in is the linear's input width (H, or I for down_proj), 4 d_in the fp32 copy
     the LoRA A matmul saves, m the dropout mask bytes (0 without dropout).
     """
     mask = DROPOUT_MASK_BYTES[device_kind] if dropout else 0
     per_token = 2 * (4 * hidden + 4) + act_bytes * (2 * q_dim + 2 * kv_dim) + 4 * heads + 3 * act_bytes * intermediate
     per_token += sum((4 + mask) * d_in + 4 * rank for d_in in lora_inputs)
+    if qk_norm:
+        per_token += 4 * (q_dim + kv_dim) + 4 * (heads + kv_heads)
     return tokens * per_token
 
 
@@ -103,7 +107,7 @@ def input_embedding_grad_bytes(tokens: int, hidden: int) -> int:
 
 
 def logits_bytes(tokens: int, vocab: int) -> int:
-    """Peak of the loss on the lm_head device: T x V x 12 (see LOGITS_BYTES_PER_ELEMENT).
+    """Peak of the model's own loss on the lm_head device: T x V x 12 (see LOGITS_BYTES_PER_ELEMENT).
 
     The bf16 logits (T x V x 2) are freed before backward when the trainer drops the
     model outputs, so they do not add to the backward peak.
@@ -111,29 +115,73 @@ def logits_bytes(tokens: int, vocab: int) -> int:
     return tokens * vocab * LOGITS_BYTES_PER_ELEMENT
 
 
+# workbench.training.loss puts at most this many logits (tokens x vocab) through the
+# cross-entropy at once: 441 tokens of Qwen2-VL's vocabulary of 152064, 768 MiB at 12 bytes.
+LOSS_CHUNK_ELEMENTS = 1 << 26
+
+
+def loss_chunk_tokens(vocab: int) -> int:
+    """Trained tokens per chunk of the trained-token loss: LOSS_CHUNK_ELEMENTS // V."""
+    return max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab))
+
+
+def trained_logits_bytes(trained_tokens: int, vocab: int, lm_head_in_forward: bool = False) -> int:
+    """Peak of the loss on trained tokens only (N of them in the batch): 12 x min(N, chunk) x V.
+
+    Only the trained positions reach lm_head, a chunk at a time (recomputed in backward).
+    Under FSDP2 lm_head runs inside the forward on all N positions at once; when they span
+    more than one chunk their bf16 logits and, in backward, their bf16 gradient add 4 x N x V.
+    """
+    chunk = loss_chunk_tokens(vocab)
+    peak = LOGITS_BYTES_PER_ELEMENT * min(trained_tokens, chunk) * vocab
+    if lm_head_in_forward and trained_tokens > chunk:
+        peak += 4 * trained_tokens * vocab
+    return peak
+
+
 def vision_forward_bytes(patches: int, embed_dim: int, mlp_dim: int, patch_values: int,
-                         act_bytes: int = 2) -> int:
+                         act_bytes: int = 2, mlp_activations: int = 2) -> int:
     """A frozen vision tower keeps nothing for backward; its forward peak is one block's:
 
     P x (6 x patch_values           fp32 pixel values + their cast copy
          + a x 5E                   residual, q/k/v
-         + a x 2 x mlp)             fc1 output and its activation
+         + a x m x mlp)             the MLP's wide tensors: fc1 output and its activation (m = 2),
+                                    or SwiGLU's gate, up and product (m = 3, Qwen2.5-VL)
     """
-    return patches * (6 * patch_values + act_bytes * 5 * embed_dim + act_bytes * 2 * mlp_dim)
+    return patches * (6 * patch_values + act_bytes * 5 * embed_dim + act_bytes * mlp_activations * mlp_dim)
 
 
 def vision_trained_bytes(patches: int, embed_dim: int, mlp_dim: int, depth: int, lora_inputs: list[int],
                          rank: int, gradient_checkpointing: bool, device_kind: str = "cuda",
-                         dropout: bool = True, act_bytes: int = 2) -> int:
-    """Vision tower with LoRA: saved activations per block, P x (a(6E + 3 mlp) + LoRA copies);
+                         dropout: bool = True, act_bytes: int = 2, mlp_saved: int = 3) -> int:
+    """Vision tower with LoRA: saved activations per block, P x (a(6E + s mlp) + LoRA copies), s the
+    MLP-wide tensors autograd keeps (3 for a GELU MLP, 4 for SwiGLU);
 
     with checkpointing depth x P x E x a boundaries plus one block's saved set.
     """
     mask = DROPOUT_MASK_BYTES[device_kind] if dropout else 0
-    block = patches * (act_bytes * (6 * embed_dim + 3 * mlp_dim) + sum((4 + mask) * d + 4 * rank for d in lora_inputs))
+    block = patches * (act_bytes * (6 * embed_dim + mlp_saved * mlp_dim)
+                       + sum((4 + mask) * d + 4 * rank for d in lora_inputs))
     if gradient_checkpointing:
         return depth * patches * embed_dim * act_bytes + block
     return depth * block
+
+
+def deepstack_bytes(visual_tokens: int, hidden: int, levels: int, act_bytes: int = 2) -> int:
+    """Qwen3-VL's deepstack: the features of ``levels`` vision blocks, each merged to one hidden-wide
+    vector per visual token, are kept from the tower's forward until decoder layers 0..levels-1
+    add them in: levels x visual tokens x H x a, on the tower's device."""
+    return levels * visual_tokens * hidden * act_bytes
+
+
+def vision_attention_flops(patches: int, patches_per_image: int, embed_dim: int, depth: int,
+                           full_blocks: int, window_patches: int = 0) -> float:
+    """Attention matmuls of one tower pass (scores and their product with V): 4 x P x context x E
+    per block, where the context is the image's patches in a full-attention block and a window's
+    in a windowed one (Qwen2.5-VL: 64 patches, all but its 4 full blocks)."""
+    windowed = depth - full_blocks if window_patches else 0
+    context_sum = (depth - windowed) * patches_per_image + windowed * min(window_patches, patches_per_image)
+    return 4.0 * patches * embed_dim * context_sum
 
 
 def overhead_bytes(dynamic_bytes: int) -> int:
@@ -141,9 +189,37 @@ def overhead_bytes(dynamic_bytes: int) -> int:
     return CUDA_CONTEXT_BYTES + int(ALLOCATOR_RESERVE_FRACTION * dynamic_bytes)
 
 
+QUANTIZATIONS = ("none", "nf4", "int8")
+
+
 def quantized_4bit_bytes(numel: int) -> int:
-    """NF4 weights with double-quantised absmax (bitsandbytes): about 0.516 bytes per weight."""
-    return numel // 2 + numel // 64
+    """NF4 with double quantisation (bitsandbytes, blocks of 64): 4 bits per weight, one 8-bit
+    absmax per block, one fp32 constant per 256 blocks, and the two code tables (16 + 256 fp32):
+    W/2 + W/64 + 4 W/16384 + 1088 (rounded up), 0.516 bytes per weight (bitsandbytes 0.50, the
+    tests compare it with what bitsandbytes holds, to the byte)."""
+    blocks = -(-numel // 64)
+    return -(-numel // 2) + blocks + 4 * -(-blocks // 256) + 1088
+
+
+def quantized_int8_bytes(numel: int, rows: int) -> int:
+    """LLM.int8 (bitsandbytes Linear8bitLt): one byte per weight plus an fp32 scale per output row."""
+    return numel + 4 * rows
+
+
+def quantized_weight_bytes(quantization: str, numel: int, rows: int) -> int:
+    """Bytes of one quantised linear weight (``rows`` output features) under ``quantization``."""
+    if quantization == "nf4":
+        return quantized_4bit_bytes(numel)
+    if quantization == "int8":
+        return quantized_int8_bytes(numel, rows)
+    raise ValueError(f"not a quantisation: {quantization!r}")
+
+
+def dequantization_bytes(largest_numel: int, act_bytes: int = 2) -> int:
+    """The dequantisation working set: bitsandbytes turns a quantised weight back into the compute
+    dtype for each matmul (forward, and again for the input gradient in backward), one linear at a
+    time, so the largest quantised weight on a device in the compute dtype: W_max x a."""
+    return largest_numel * act_bytes
 
 
 # ---- per strategy: DDP and FSDP2 (device_map uses the terms above, placed by layer) ----------

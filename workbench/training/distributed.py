@@ -35,9 +35,6 @@ RANKS_DIR = ".ranks"  # rank-N.json: how a rank ended when it failed
 LAUNCH_DIR = "launch"  # accelerate config and launch scripts inside a run folder
 LAUNCH_LOG = "launch.log"  # accelerate launch's own output (torchrun's failure summary)
 ACCELERATE_CONFIG = "accelerate.yaml"
-# The classes FSDP2 shards one by one: every decoder layer and every vision block is a unit,
-# so at most a layer or two is gathered at once (plus embeddings and lm_head).
-FSDP_WRAP = ("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock")
 DEFAULT_PORT = 29500
 CPU_PROCESSES = 2  # processes per node when a machine has no GPU and nproc_per_node is 0
 # A collective that waits longer than this ends the run: a rank that hangs (or a node that
@@ -144,6 +141,10 @@ def check_strategy(config, nodes_allowed: bool = False) -> None:
         raise UserError(f"training.nodes is {t.nodes}: a run over several machines starts on every node. Write "
                         "its files with `python -m workbench launch CONFIG --nodes N ...` and run each node's "
                         "script there (with --resume to continue it), or set training.nodes to 1.")
+    if t.strategy == "fsdp" and config.model.quantization != "none":
+        raise UserError(f"model.quantization is {config.model.quantization}, which the workbench does not shard with "
+                        "fsdp yet (every rank would have to quantise its own copy of the base): use strategy ddp or "
+                        "device_map for a quantised base, or set model.quantization to none for fsdp.")
     if config.model.device_map:
         raise UserError("model.device_map is set, but ddp and fsdp place the whole model themselves (device_map is "
                         "off under a distributed launch): clear model.device_map or use strategy device_map.")
@@ -180,7 +181,7 @@ def accelerate_config(config, nodes: int, nproc: int, machine_rank: int = 0, mai
         raw["fsdp_config"] = {
             "fsdp_version": 2,
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": ",".join(FSDP_WRAP),
+            "fsdp_transformer_layer_cls_to_wrap": ",".join(fsdp_wrap_classes(config.model.name_or_path)),
             "fsdp_reshard_after_forward": True,
             # only rank 0 reads the weights; the others get their shards by broadcast
             "fsdp_cpu_ram_efficient_loading": True,
@@ -195,6 +196,25 @@ def accelerate_config(config, nodes: int, nproc: int, machine_rank: int = 0, mai
             "fsdp_offload_params": False,
         }
     return raw
+
+
+def fsdp_wrap_classes(name_or_path: str) -> tuple[str, ...]:
+    """The classes FSDP2 shards one by one, from the model's family (its config on this machine):
+    every decoder layer and every vision block is a unit, so at most a layer or two is gathered
+    at once (plus embeddings and lm_head). A model whose config is not here yet (a hub id
+    downloaded on the nodes) is taken as Qwen2-VL only if its name says so; otherwise it is refused."""
+    from workbench.models.config import family_of_model
+    from workbench.models.families import FAMILIES
+
+    family = family_of_model(name_or_path)
+    if family is None:
+        by_name = [f for f in FAMILIES.values() if f.name.lower().replace(" ", "") in name_or_path.lower()]
+        family = by_name[0] if len(by_name) == 1 else None
+    if family is None:
+        raise UserError(f"model.name_or_path {name_or_path}: its config.json is not on this machine, so the FSDP "
+                        "wrap classes are unknown. Download the model here first (python -m workbench infer or the "
+                        "Model box fetches it) or use a preset name.")
+    return family.no_split_modules
 
 
 def write_yaml(path: Path, raw: dict) -> Path:

@@ -73,8 +73,21 @@ def trainer_class():
     import torch
     from transformers import Trainer
 
+    from workbench.training.loss import TrainedTokenLoss
+
     class WorkbenchTrainer(Trainer):
-        """Trainer that stops on a non-finite raw loss (the logged loss filters NaN away)."""
+        """Trainer that stops on a non-finite raw loss (the logged loss filters NaN away) and, unless
+        told otherwise, computes the loss on trained tokens only (``workbench.training.loss``)."""
+
+        def __init__(self, *args, loss_on_trained_tokens_only: bool = True, **kwargs):
+            if loss_on_trained_tokens_only:
+                kwargs["compute_loss_func"] = TrainedTokenLoss(kwargs["model"] if "model" in kwargs else args[0])
+            super().__init__(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if isinstance(self.compute_loss_func, TrainedTokenLoss) and "labels" in inputs:
+                inputs = self.compute_loss_func.forward_inputs(inputs)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -269,6 +282,7 @@ class TrainingJob:
             model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
             data_collator=Collator(processor.tokenizer.pad_token_id),
             callbacks=placement.callbacks(self),
+            loss_on_trained_tokens_only=self.config.training.loss_on_trained_tokens_only,
         )
         # with tqdm off Trainer prints every log dict to stdout; the bridge already reports them
         trainer.remove_callback(PrinterCallback)

@@ -51,23 +51,56 @@ def load_processor(path: str):
     try:
         processor = AutoProcessor.from_pretrained(path)
     except OSError as exc:
-        raise UserError(f"Could not load a processor for model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen2-VL folder, a preset already downloaded, or 'demo'.") from None
+        raise UserError(f"Could not load a processor for model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen-VL model folder, a preset already downloaded, or 'demo'.") from None
     processor.tokenizer.padding_side = "right"
     return processor
 
 
-def load_model(path: str, config: RunConfig, device_map=None):
-    from transformers import Qwen2VLForConditionalGeneration
+# Kept in the model's dtype under quantisation: the vision tower (its activations, not its
+# weights, dominate its memory, and quantising it costs accuracy on every image token) and
+# lm_head (bitsandbytes' own default skip: the logits stay exact). Embeddings are not linears.
+UNQUANTIZED_MODULES = ("model.visual", "lm_head")
 
+
+def quantization_config(kind: str, compute_dtype):
+    """bitsandbytes settings for ``model.quantization``: None for 'none'.
+
+    nf4 is QLoRA's recipe: 4-bit NormalFloat, the absmax constants themselves quantised
+    (double quantisation: 0.516 instead of 0.563 bytes per weight), matmuls in the compute
+    dtype (bf16 on GPUs). The packed weights are stored in the compute dtype so FSDP can
+    shard them together with the unquantised parameters."""
+    if kind == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype,
+                                  llm_int8_skip_modules=list(UNQUANTIZED_MODULES))
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED_MODULES))
+    raise UserError(f"model.quantization '{kind}' is not one of none, nf4, int8.")
+
+
+def load_model(path: str, config: RunConfig, device_map=None):
+    """The base in ``config.model.dtype`` through its family's model class (chosen by its
+    config.json's model_type), its language-model linears quantised as
+    ``config.model.quantization`` says (inference passes a config with 'none': an adapter
+    trained on a 4-bit base is a plain adapter for the unquantised one)."""
+    from workbench.models import load_model_config
+    from workbench.models.families import family_of
+
+    model_class = family_of(load_model_config(path)).transformers_class("model_class")
     dtype = pick_dtype(config.model.dtype)
     device_map = device_map if device_map is not None else pick_device_map(config)
-    log.info("loading %s dtype=%s device_map=%s", path, dtype, device_map)
+    quantization = quantization_config(config.model.quantization, dtype)
+    log.info("loading %s dtype=%s quantization=%s device_map=%s", path, dtype, config.model.quantization, device_map)
     try:
         # safetensors only: never unpickle weights from a folder we did not write
-        model = Qwen2VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, device_map=device_map, use_safetensors=True)
+        model = model_class.from_pretrained(
+            path, dtype=dtype, device_map=device_map, use_safetensors=True, quantization_config=quantization)
     except OSError as exc:
-        raise UserError(f"Could not load model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen2-VL folder with safetensors weights, or 'demo'.") from None
+        raise UserError(f"Could not load model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen-VL model folder with safetensors weights, or 'demo'.") from None
     limit_threads_for_tiny_models(model)
     return model
 

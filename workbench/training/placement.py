@@ -217,14 +217,16 @@ def empty_model(path: str, config):
     Buffers (rotary frequencies, which FSDP2 does not broadcast) are computed for real."""
     import torch
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
 
+    from workbench.models import load_model_config
+    from workbench.models.families import family_of
     from workbench.training.loading import pick_dtype
 
+    model_config = load_model_config(path)
+    model_class = family_of(model_config).transformers_class("model_class")
     # accelerate's patch of nn.Module is process-wide, which is fine in a worker process
     with init_empty_weights(include_buffers=False):
-        model = Qwen2VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(path),
-                                                             dtype=pick_dtype(config.model.dtype))
+        model = model_class._from_config(model_config, dtype=pick_dtype(config.model.dtype))
     made: dict[int, torch.nn.Parameter] = {}  # tied weights stay one parameter
     for module in model.modules():
         for name, param in list(module._parameters.items()):

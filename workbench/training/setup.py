@@ -16,7 +16,7 @@ def dataset_paths(config: RunConfig) -> tuple[str, str]:
     if not train:
         if not is_demo(config.model.name_or_path):
             raise UserError("data.train_path is empty: pass --dataset PATH (a .jsonl or .json file).")
-        train = str(ensure_demo().train)
+        train = str(ensure_demo(name=config.model.name_or_path).train)
     return train, evaluation
 
 

@@ -51,15 +51,22 @@ def default_path(options) -> str:
 
     if options.dataset:
         return options.dataset
-    return str(ensure_demo().train) if is_demo(options.model) else ""
+    return str(ensure_demo(name=options.model).train) if is_demo(options.model) else ""
 
 
 def _empty_outputs(message: str):
     import pandas as pd
 
-    # the histogram keeps its last frame: an empty one would break the plot (see test_app)
     return (None, message, pd.DataFrame(columns=["row", "kind", "reason"]), "",
-            gr.skip(), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [])
+            histogram_update(None), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [])
+
+
+def histogram_update(bars):
+    """The histogram shown with these bars, or hidden when there are none: an empty frame would
+    break the plot (see test_app), and the last file's bars must not stand for this one."""
+    if bars is None or not len(bars):
+        return gr.update(visible=False)
+    return gr.update(value=bars, visible=True)
 
 
 def _escape(text: str) -> str:
@@ -116,7 +123,7 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
     page = preview_page(report, table, 1)
     bars = histogram(report.totals())
     # a plain frame: Gradio 6.31 drops a value sent together with a list ``sort`` (the labels sort as text)
-    return (holder, summary, problems, stats_markdown(report), bars if len(bars) else gr.skip(), page.number,
+    return (holder, summary, problems, stats_markdown(report), histogram_update(bars), page.number,
             f"of {page.pages}", page.table, page.thumbnails)
 
 
@@ -128,6 +135,7 @@ def stats_markdown(report) -> str:
     return (f"Tokens per row (text + visual, images at {s['min_pixels']}..{s['max_pixels']} pixels): "
             f"p50 **{s['p50']}**, p95 **{s['p95']}**, max **{s['max']}**, mean {s['mean']}; "
             f"visual share **{s['visual_share']:.0%}**; {s['unique_images']} unique images. "
+            f"Trained (answer) tokens per row: p95 **{s['trained_p95']}**, max **{s['trained_max']}**. "
             f"Text tokens: {s['text_tokens']}.{context}")
 
 
@@ -147,9 +155,12 @@ def show_row(holder, row, config: dict):
     from workbench.data.collate import SampleEncoder
     from workbench.data.preview import image_sources, render_row, row_markdown_summary
 
-    if not holder or not row:
+    if not holder:
         return [], [], "Check a dataset, then pick a row."
-    report, row = holder["report"], int(row)
+    report = holder["report"]
+    if row is None or int(row) < 1:
+        return [], [], "Rows start at 1: type a row number, or click a row of the table."
+    row = int(row)
     sample = report.parsed.get(row)
     reasons = [p.reason for p in report.problems if p.row == row]
     if sample is None:
@@ -198,11 +209,13 @@ def use_as_training(holder, which: str, config: dict):
         gr.Warning("No measurable rows: fix the problems first.")
         return config, "No measurable rows: fix the problems first."
     length = int(stats["max" if which == "max" else "p95"])
+    trained = int(stats["trained_max" if which == "max" else "trained_p95"])
     updated = RunConfig.from_dict(config).replace(
         data={"train_path": report.path, "format": report.format, "max_length": length,
-              "image_folder": report.image_folder or ""}).to_dict()
+              "image_folder": report.image_folder or "", "trained_tokens": trained}).to_dict()
     images = f", images from {report.image_folder}" if report.image_folder else ""
-    return updated, (f"Training data: {_escape(report.path)} ({report.format}{_escape(images)}), max_length {length} ({which}). "
+    return updated, (f"Training data: {_escape(report.path)} ({report.format}{_escape(images)}), max_length {length} "
+                     f"({which}), {trained} trained tokens per row for the memory planner. "
                      f"{'Rows above it are refused at Start.' if which == 'p95' else ''}")
 
 
@@ -222,7 +235,8 @@ def build(state) -> dict:
         check_button = gr.Button("Check", variant="primary", scale=1)
     summary = gr.Markdown()
     with gr.Accordion("Problems", open=True):
-        problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True, max_height=240)
+        problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True, max_height=240,
+                                column_widths=["8%", "16%", "76%"], elem_id="dataset-problems")
     with gr.Row():
         with gr.Column(scale=3):
             stats = gr.Markdown()
@@ -233,13 +247,14 @@ def build(state) -> dict:
             use = gr.Button("Use as training data")
             used = gr.Markdown()
     with gr.Row():
-        page = gr.Number(label="Page", value=1, precision=0, minimum=1, scale=1)
+        # No Gradio minimum on Page and Row: it answers 0 with an "Error" badge over every output; the handlers clamp.
+        page = gr.Number(label="Page", value=1, precision=0, scale=1)
         pages = gr.Markdown()
         prev_button, next_button = gr.Button("Previous", scale=1), gr.Button("Next", scale=1)
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, max_height=480)
     gallery = gr.Gallery(label="Images on this page", columns=10, height=140, allow_preview=False)
     with gr.Row():
-        row = gr.Number(label="Row", value=1, precision=0, minimum=1, scale=1)
+        row = gr.Number(label="Row", value=1, precision=0, scale=1)
         show = gr.Button("Show row", scale=1)
     with gr.Row():
         row_images = gr.Gallery(label="Row images (caption: where each came from)", columns=2, height=240, scale=1)

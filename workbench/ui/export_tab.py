@@ -102,12 +102,42 @@ def export_now(session, adapter, mode, dtype, base, out, progress=gr.Progress())
             progress(0, desc="Starting")
             folder = run_export(plan, lambda fraction, message: progress(fraction, desc=message))
     except UserError as exc:
+        earlier = earlier_export(adapter, mode, base, out)
+        if earlier is not None:  # Export pressed again (twice, or after it finished): say it is there
+            folder, source_base = earlier
+            return (f"**Already exported** to `{folder}`: that folder already holds files, this run's {mode} export; "
+                    f"nothing was overwritten. Choose a new output folder to export again.\n\n"
+                    f"Load it with `{load_line(mode == 'merged', folder, source_base)}`.")
         return warning(str(exc))
-    if plan.merge:
-        load = f'AutoModelForImageTextToText.from_pretrained("{folder}")'
-    else:
-        load = f'PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained("{plan.source.base}"), "{folder}")'
-    return f"**Exported** to `{folder}`.\n\nLoad it with `{load}`."
+    return f"**Exported** to `{folder}`.\n\nLoad it with `{load_line(plan.merge, folder, plan.source.base)}`."
+
+
+def load_line(merged: bool, folder, base: str) -> str:
+    if merged:
+        return f'AutoModelForImageTextToText.from_pretrained("{folder}")'
+    return f'PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained("{base}"), "{folder}")'
+
+
+def earlier_export(adapter, mode, base, out) -> tuple[Path, str] | None:
+    """(folder, base) when ``out`` already holds this adapter's export of this kind, else None.
+
+    Seen in the browser: Export pressed twice exported once, then the second press replaced the
+    "Exported" line with "already holds files", so the export looked refused."""
+    from workbench.export.source import read_source
+
+    if not str(out or "").strip() or not str(adapter or "").strip():
+        return None
+    folder = Path(str(out).strip()).expanduser().absolute()
+    card = folder / "README.md"
+    weights = folder / ("config.json" if mode == "merged" else "adapter_config.json")
+    if not (card.is_file() and weights.is_file()):
+        return None
+    try:
+        source = read_source(str(adapter).strip(), (base or "").strip() or None)
+    except UserError:
+        return None
+    # the model card names the adapter folder it was exported from (workbench.export.card)
+    return (folder, source.base) if f"from `{source.adapter_dir}`" in card.read_text(encoding="utf-8", errors="replace") else None
 
 
 def mode_changed(mode: str, adapter: str):

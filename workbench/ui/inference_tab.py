@@ -125,7 +125,10 @@ def ask(session, base, adapter, image, image_path, prompt, system, max_new_token
             raise UserError("No adapter chosen: pick a run from the list or paste an adapter folder.")
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
-        sample = prompt_sample(prompt, image or (str(image_path).strip() or None), (system or "").strip() or None)
+        # A typed path wins over the image box: the box starts with the demo's image, and a path
+        # typed beside it was silently ignored (an upload clears the path box, see build).
+        typed = str(image_path or "").strip()
+        sample = prompt_sample(prompt, typed or image or None, (system or "").strip() or None)
         with comparer(session, base, str(adapter).strip()) as loaded:
             result = loaded.compare(sample, decoding)
     except UserError as exc:
@@ -189,12 +192,24 @@ def check(session, base, adapter, dataset, rows, max_new_tokens, temperature, to
             raise UserError("Rows must be a whole number, e.g. 8.")
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
-        samples, skipped = heldout_rows(dataset, int(rows))
+        samples, skipped = heldout_rows(heldout_path(dataset), int(rows))
         with comparer(session, base, str(adapter).strip()) as loaded:
             result = heldout_check(loaded, samples, decoding, skipped)
     except UserError as exc:
         return warning(str(exc)), empty
     return accuracy_text(result), heldout_frame(result)
+
+
+def heldout_path(dataset: str | None) -> str | None:
+    """The held-out file as typed, or the dataset file inside a .zip (unpacked as the Dataset tab does)."""
+    from pathlib import Path
+
+    from workbench.data.archive import unpack_dataset
+
+    chosen = (dataset or "").strip()
+    if chosen.lower().endswith(".zip") and Path(chosen).expanduser().is_file():
+        return str(unpack_dataset(Path(chosen).expanduser()))
+    return dataset
 
 
 def default_inputs(model: str) -> tuple[str | None, str]:
@@ -204,7 +219,7 @@ def default_inputs(model: str) -> tuple[str | None, str]:
 
     if not is_demo(model):
         return None, ""
-    paths = ensure_demo()
+    paths = ensure_demo(name=model)
     return heldout_samples(paths.heldout, 1)[0].images[0], str(paths.heldout)
 
 
@@ -257,8 +272,9 @@ def build(ctx) -> None:
     gr.Markdown("### Held-out check")
     with gr.Row(equal_height=True):
         dataset = gr.Textbox(label="Dataset file", value=heldout_default, scale=4,
-                             placeholder="held-out .jsonl (empty: the demo's held-out rows)")
-        rows = gr.Number(label="Rows", elem_id="heldout-rows", value=8, minimum=1, maximum=1000, precision=0, scale=1)
+                             placeholder="held-out .jsonl, .json or .zip (empty: the demo's held-out rows)")
+        # no Gradio minimum/maximum: 0 got a bare "Error" badge over the results; ``check`` answers with a sentence
+        rows = gr.Number(label="Rows", elem_id="heldout-rows", value=8, precision=0, scale=1)
         check_button = gr.Button("Run held-out check", variant="primary", scale=1)
     accuracy = gr.Markdown(elem_id="heldout-accuracy")
     table = gr.Dataframe(headers=HELDOUT_COLUMNS, datatype=["markdown", "str", "str", "str", "str", "str", "str"],
@@ -271,6 +287,7 @@ def build(ctx) -> None:
     if tab is not None and hasattr(tab, "select"):
         tab.select(refresh_runs, [run, base], [run, adapter, base, status], api_visibility="private")  # a run finished meanwhile shows up on return
     run.change(choose_run, [run, base], [adapter, base, status])
+    image.upload(lambda: "", None, image_path, show_progress="hidden")  # a new upload is the image asked about
     ask_button.click(partial(ask, session), [base, adapter, image, image_path, prompt, system, *decoding],
                      [base_answer, base_speed, adapter_answer, adapter_speed, status], api_name="inference_ask")
     check_button.click(partial(check, session), [base, adapter, dataset, rows, *decoding], [accuracy, table], api_name="inference_check")

@@ -23,11 +23,12 @@ import gradio as gr
 
 from workbench.cli.train import headless_command
 from workbench.errors import UserError
-from workbench.settings import DTYPES, SCHEDULERS, STRATEGIES, TARGET_PRESETS, RunConfig
+from workbench.settings import DTYPES, QUANTIZATIONS, SCHEDULERS, STRATEGIES, TARGET_PRESETS, RunConfig
 from workbench.training.checks import check_run_config, config_from_raw
 
 CUSTOM = "custom list"
-CHOICES = {("model", "dtype"): list(DTYPES), ("training", "lr_scheduler_type"): list(SCHEDULERS),
+CHOICES = {("model", "dtype"): list(DTYPES), ("model", "quantization"): list(QUANTIZATIONS),
+           ("training", "lr_scheduler_type"): list(SCHEDULERS),
            ("training", "strategy"): list(STRATEGIES),
            ("data", "format"): ["auto", "swift", "sharegpt", "messages"],
            ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM]}
@@ -199,7 +200,9 @@ def _widget(section: str, name: str, f: dataclasses.Field, value):
     if (section, name) == ("model", "name_or_path"):
         from workbench.models import PRESETS
 
-        return gr.Dropdown(["demo", *PRESETS], value=value, allow_custom_value=True, **common)
+        from workbench.demo import DEMO_NAMES
+
+        return gr.Dropdown([*DEMO_NAMES, *PRESETS], value=value, allow_custom_value=True, **common)
     if (section, name) in CHOICES:
         return gr.Dropdown(CHOICES[(section, name)], value=value, **common)
     if isinstance(default, bool):

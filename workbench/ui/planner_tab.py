@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from workbench.errors import UserError
-from workbench.planner.report import GIB, TERM_LABELS, map_ranges, terms_of, verdict
+from workbench.planner.report import GIB, TERM_LABELS, TERMS, map_ranges, terms_of, verdict
 from workbench.planner.request import STRATEGIES, request_defaults
 from workbench.settings import TARGET_PRESETS
 
@@ -24,13 +24,16 @@ FALLBACK_GPUS = "4x40GiB"
 STRATEGY_COLUMNS = ["strategy", "fits", "peak GPU GiB", "free GiB", "speed", "why"]
 # Fixed colours per term, so switching strategies (whose terms differ) keeps each term's colour.
 TERM_COLORS = {"weights": "#4c78a8", "LoRA+optim": "#f58518", "activations": "#e45756", "logits/loss": "#72b7b2",
-               "gathered/buckets": "#b279a2", "CUDA+alloc": "#54a24b", "free": "#eeca3b"}
+               "dequantised": "#9d755d", "gathered/buckets": "#b279a2", "CUDA+alloc": "#54a24b", "free": "#eeca3b"}
+QUANTIZATIONS = ["none", "nf4", "int8"]
 # The run config fields a plan sets, and where in the plan they come from.
 APPLIED = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("lora", "rank", "lora_rank"),
            ("lora", "target_modules", "lora_targets"), ("lora", "dropout", "lora_dropout"),
            ("training", "per_device_train_batch_size", "batch_size"), ("data", "max_length", "max_length"),
            ("data", "max_pixels", "max_pixels"), ("data", "min_pixels", "min_pixels"),
-           ("training", "gradient_checkpointing", "gradient_checkpointing"))
+           ("training", "gradient_checkpointing", "gradient_checkpointing"), ("model", "quantization", "quantization"),
+           ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
+           ("data", "trained_tokens", "trained_tokens"))
 
 
 def default_gpu_spec() -> str:
@@ -49,25 +52,30 @@ def form_defaults(model: str) -> dict:
             "batch": d["batch_size"], "max_length": d["max_length"], "max_pixels": d["max_pixels"],
             "min_pixels": d["min_pixels"], "images": d["images_per_sample"],
             "checkpointing": d["gradient_checkpointing"], "strategy": d["strategy"], "nodes": d["nodes"],
-            "intra": d["intra_node_gbps"], "inter": d["inter_node_gbps"]}
+            "intra": d["intra_node_gbps"], "inter": d["inter_node_gbps"], "quantization": d["quantization"],
+            "trained_tokens": d["trained_tokens"], "trained_only": d["loss_on_trained_tokens_only"]}
 
 
 def form_from_config(config: dict) -> tuple:
-    """(model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes)
-    from a RunConfig dict: the "Fill from current settings" button."""
+    """(model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
+    quantization, trained tokens, loss on trained tokens only) from a RunConfig dict: the "Fill from current
+    settings" button."""
     m, d, l, t = config["model"], config["data"], config["lora"], config["training"]
     targets = l["target_modules"] if isinstance(l["target_modules"], str) else ",".join(l["target_modules"])
     dtype = m["dtype"] if m["dtype"] in DTYPES else "bf16"
     return (m["name_or_path"], dtype, l["rank"], targets, t["per_device_train_batch_size"], d["max_length"],
             d["max_pixels"], d["min_pixels"], t["gradient_checkpointing"], t.get("strategy", "device_map"),
-            t.get("nodes", 1))
+            t.get("nodes", 1), m.get("quantization", "none"), d.get("trained_tokens", 0),
+            t.get("loss_on_trained_tokens_only", True))
 
 
-def _int(name: str, value) -> int:
+def _int(name: str, value, minimum: int = 1) -> int:
     if value is None or value == "":
         raise UserError(f"{name} is empty: enter a whole number.")
     if float(value) != int(value):
         raise UserError(f"{name} must be a whole number, got {value}.")
+    if int(value) < minimum:
+        raise UserError(f"{name} must be at least {minimum}, got {int(value)}.")
     return int(value)
 
 
@@ -78,7 +86,8 @@ def _gbps(name: str, value) -> float | None:
 
 
 def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
-              strategy="auto", nodes=1, intra=None, inter=None):
+              strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
+              trained_only=True):
     from workbench.cli.plan import parse_targets
     from workbench.hardware import parse_gpu_spec
     from workbench.planner import PlanRequest, plan_memory
@@ -88,20 +97,27 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
         model=str(model or "").strip(), gpus=parse_gpu_spec(gpus), dtype=dtype, lora_rank=_int("LoRA rank", rank),
         lora_targets=parse_targets(str(targets or "language-all-linear")), batch_size=_int("Batch size", batch),
         max_length=_int("Max length", max_length), max_pixels=_int("Max pixels", max_pixels),
-        min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images),
-        gradient_checkpointing=bool(checkpointing), strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes),
+        min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images, 0),
+        gradient_checkpointing=bool(checkpointing), quantization=str(quantization or "none"),
+        trained_tokens=_int("Trained tokens per row", trained_tokens or 0, 0), loss_on_trained_tokens_only=bool(trained_only),
+        strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes),
         intra_node_gbps=_gbps("Intra-node GB/s", intra),
         **({"inter_node_gbps": inter_gbps} if inter_gbps is not None else {}))
     return plan_memory(request)
 
 
 def bars(devices: list[dict]) -> pd.DataFrame:
-    """Long table for a stacked bar per GPU: one row per (GPU, term), GiB; 'free' tops up to capacity."""
+    """Long table for a stacked bar per GPU: one row per (GPU, term), GiB; 'free' tops up to capacity.
+
+    Every term is a row, 0 where a strategy has none: Gradio's plot keeps the colour domain of the
+    first frame it drew, so a term missing from the first plan (gathered/buckets under device_map)
+    was never drawn for a later fsdp plan. The plot stacks the last row at the bottom: weights
+    there, free on top, and the legend reads in the stack's order."""
     rows = []
     for d in devices:
-        for term in terms_of(devices):
-            rows.append({"GPU": d["device"], "term": TERM_LABELS[term], "GiB": d.get(term, 0) / GIB})
         rows.append({"GPU": d["device"], "term": "free", "GiB": max(0, d["capacity_bytes"] - d["total_bytes"]) / GIB})
+        for term in reversed(TERMS):
+            rows.append({"GPU": d["device"], "term": TERM_LABELS[term], "GiB": d.get(term, 0) / GIB})
     return pd.DataFrame(rows)
 
 
@@ -147,7 +163,9 @@ def plan_state(plan) -> dict:
                          "lora_targets": r.lora_targets, "lora_dropout": r.lora_dropout, "batch_size": r.batch_size,
                          "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
                          "gradient_checkpointing": r.gradient_checkpointing, "nodes": r.nodes,
-                         "gpus_per_node": len(r.gpus)},
+                         "gpus_per_node": len(r.gpus), "quantization": r.quantization,
+                         "loss_on_trained_tokens_only": r.loss_on_trained_tokens_only,
+                         "trained_tokens": r.trained_tokens},
              "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
              "gradient_checkpointing": r.gradient_checkpointing}
     return select(state, plan.strategy)
@@ -162,12 +180,13 @@ def select(state: dict, name: str) -> dict:
 
 
 def on_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
-            strategy="auto", nodes=1, intra=None, inter=None):
+            strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
+            trained_only=True):
     """The Plan button: (verdict, strategy table, bars, per-GPU table, map table, auto comparison,
     suggestions, plan state)."""
     try:
         plan = make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images,
-                         checkpointing, strategy, nodes, intra, inter)
+                         checkpointing, strategy, nodes, intra, inter, quantization, trained_tokens, trained_only)
     except UserError as exc:
         empty = pd.DataFrame()
         # no empty frame for the chart: Gradio 6.31 would keep its axes categorical for good
@@ -224,7 +243,8 @@ def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
         return config, f"Not applied: {exc}"
     where = (f"device_map over {len(set(map(str, plan_state['device_map'].values())))} GPU(s)" if name == "device_map"
              else f"{name} over {r['nodes']} node(s) x {r['gpus_per_node']} GPU(s)")
-    return new, (f"Applied: {r['model']}, {where}, LoRA r{r['lora_rank']}, batch {r['batch_size']}, max_length "
+    base = f", {r['quantization']} base" if r["quantization"] != "none" else ""
+    return new, (f"Applied: {r['model']}{base}, {where}, LoRA r{r['lora_rank']}, batch {r['batch_size']}, max_length "
                  f"{r['max_length']}, max_pixels {r['max_pixels']}, gradient checkpointing "
                  f"{'on' if r['gradient_checkpointing'] else 'off'}.")
 
@@ -242,22 +262,31 @@ def build(ctx) -> dict:
     gr.Markdown("How to train on your GPUs: per-GPU memory of one LoRA training step with `device_map` (one "
                 "process, layers spread over the GPUs), DDP (a replica per GPU) and FSDP2 (weights sharded over "
                 "every GPU of every node), the expected speed of each, and the fastest that fits.")
+    # The numbers carry no Gradio minimum: its check runs before on_plan and answers 0 with a bare "Error"
+    # over the old verdict; on_plan's own check names the field.
     with gr.Row():
-        model = gr.Textbox(d["model"], label="Model", info="Preset (qwen2-vl-2b/7b/72b-instruct), 'demo' or a local folder.", elem_id="planner-model")
+        model = gr.Textbox(d["model"], label="Model", info="Preset (qwen2-vl-7b-instruct, qwen2.5-vl-72b-instruct, qwen3-vl-8b-instruct, ...), a demo or a local folder.", elem_id="planner-model")
         gpus = gr.Textbox(default_gpu_spec(), label="GPUs per node", info="Detected, sizes (4x40GiB, 2x80GB) or cards (4xA800-40GB, 8xH100, 2x4090).", elem_id="planner-gpus")
-        nodes = gr.Number(d["nodes"], precision=0, minimum=1, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
+        nodes = gr.Number(d["nodes"], precision=0, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
         strategy = gr.Dropdown(list(STRATEGIES), value=d["strategy"], label="Strategy", info="auto: the fastest that fits.", elem_id="planner-strategy")
     with gr.Row():
         dtype = gr.Dropdown(DTYPES, value=d["dtype"], label="Weight dtype")
-        rank = gr.Number(d["rank"], precision=0, minimum=1, label="LoRA rank", elem_id="planner-rank")
+        rank = gr.Number(d["rank"], precision=0, label="LoRA rank", elem_id="planner-rank")
         targets = gr.Dropdown(list(TARGET_PRESETS), value=d["targets"], allow_custom_value=True, label="LoRA targets")
-        batch = gr.Number(d["batch"], precision=0, minimum=1, label="Batch size per GPU", elem_id="planner-batch")
+        batch = gr.Number(d["batch"], precision=0, label="Batch size per GPU", elem_id="planner-batch")
         checkpointing = gr.Checkbox(d["checkpointing"], label="Gradient checkpointing", elem_id="planner-checkpointing")
+        quantization = gr.Dropdown(QUANTIZATIONS, value=d["quantization"], label="Base quantisation",
+                                   info="nf4: QLoRA, a 4-bit base.", elem_id="planner-quantization")
     with gr.Row():
-        max_length = gr.Number(d["max_length"], precision=0, minimum=1, label="Max length (text + visual tokens)", elem_id="planner-max-length")
-        max_pixels = gr.Number(d["max_pixels"], precision=0, minimum=1, label="Max pixels per image", elem_id="planner-max-pixels")
-        min_pixels = gr.Number(d["min_pixels"], precision=0, minimum=1, label="Min pixels per image")
-        images = gr.Number(d["images"], precision=0, minimum=0, label="Images per sample")
+        max_length = gr.Number(d["max_length"], precision=0, label="Max length (text + visual tokens)", elem_id="planner-max-length")
+        max_pixels = gr.Number(d["max_pixels"], precision=0, label="Max pixels per image", elem_id="planner-max-pixels")
+        min_pixels = gr.Number(d["min_pixels"], precision=0, label="Min pixels per image")
+        images = gr.Number(d["images"], precision=0, label="Images per sample")
+        trained_tokens = gr.Number(d["trained_tokens"], precision=0, label="Trained tokens per row",
+                                   info="Answer tokens (Dataset tab: p95 or max). 0: not measured, every token.",
+                                   elem_id="planner-trained-tokens")
+        trained_only = gr.Checkbox(d["trained_only"], label="Loss on trained tokens only",
+                                   info="Off: the model's own loss over every token.")
     with gr.Accordion("Links (the speed estimate only)", open=False):
         with gr.Row():
             intra = gr.Number(d["intra"], label="Intra-node GB/s", info="Empty: from the card (NVLink or PCIe); 20 for sizes.")
@@ -284,12 +313,14 @@ def build(ctx) -> dict:
 
     inputs = {"model": model, "gpus": gpus, "dtype": dtype, "rank": rank, "targets": targets, "batch": batch,
               "max_length": max_length, "max_pixels": max_pixels, "min_pixels": min_pixels, "images": images,
-              "checkpointing": checkpointing, "strategy": strategy, "nodes": nodes, "intra": intra, "inter": inter}
+              "checkpointing": checkpointing, "strategy": strategy, "nodes": nodes, "intra": intra, "inter": inter,
+              "quantization": quantization, "trained_tokens": trained_tokens, "trained_only": trained_only}
     plan_button.click(on_plan, list(inputs.values()),
                       [verdict_md, strategies, chart, table, device_map, auto_md, suggestions, plan])
     strategies.select(_on_select_event, [plan], [strategies, chart, table, device_map, selected_md, plan])
     fill.click(form_from_config, [ctx.config],
-               [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes])
+               [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
+                quantization, trained_tokens, trained_only])
     applied = use.click(use_plan, [plan, ctx.config], [ctx.config, use_status])
     return {"plan": plan, "applied": applied, "inputs": inputs, "strategies": strategies, "chart": chart,
             "suggestions": suggestions}
