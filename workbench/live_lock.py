@@ -62,6 +62,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _read_body(lock_file: Path) -> str | None:
+    try:
+        return lock_file.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
 def registry_dir() -> Path:
     """One pointer per live run under the workbench home, so every process on this machine
     finds every live run, wherever its folder is."""
@@ -100,6 +107,7 @@ class LiveLock:
         self.folder, self.owner = folder, owner
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._handed_back: str | None = None  # the supervisor's lock body, after take_over
 
     def acquire(self) -> "LiveLock":
         folder = self.folder
@@ -126,6 +134,22 @@ class LiveLock:
         self._thread.start()
         return self
 
+    def take_over(self, from_pid: int) -> "LiveLock":
+        """Take the lock that a supervisor (``from_pid`` on this host) holds for the processes it
+        launched, so the lock names the process that trains: if the supervisor dies (the app is
+        closed), the run it started still shows as live. ``release`` hands it back."""
+        folder = self.folder
+        holder = folder.live()
+        if holder is None or holder.pid != from_pid or holder.host != socket.gethostname():
+            return self.acquire()  # launched by hand (a cluster node script): an ordinary lock
+        self._handed_back = _read_body(folder.lock_file)
+        fsync_write(folder.lock_file, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                  "started": holder.started, "owner": self.owner}))
+        fsync_write(_pointer(folder), json.dumps({"run": str(folder.path.resolve())}))
+        self._thread = threading.Thread(target=self._beat, name="workbench-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
@@ -137,6 +161,9 @@ class LiveLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._handed_back is not None:  # the supervisor holds it until every process has ended
+            fsync_write(self.folder.lock_file, self._handed_back)
+            return
         self.folder.lock_file.unlink(missing_ok=True)
         _pointer(self.folder).unlink(missing_ok=True)
 

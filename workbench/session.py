@@ -7,6 +7,11 @@ its own. Rules it enforces:
   or the CLI while the app trains, or the app while the CLI trains) is refused with a sentence
   naming the run that holds them. Other processes' runs are seen through their run folder's
   live lock.
+- A run of several processes (``training.strategy`` ddp or fsdp) is started through
+  ``accelerate launch`` and supervised by a ``LaunchedJob``, which has the face of a
+  ``TrainingJob``; rank 0 of the launch takes the run's live lock over from it.
+- Stop reaches a run of another process too: a stop request file in its run folder, read at
+  each step end (by rank 0 of a launch, which tells every rank).
 - Training and inference never hold the devices at once: starting a job drops the cached
   inference model (waiting for an answer in progress); inference while a job runs is refused.
 - Nothing here touches process-global state of transformers or accelerate outside the job.
@@ -35,6 +40,8 @@ class Workbench:
         self._inference = None
         self._inference_key: tuple | None = None
         self._tails: dict[Path, MetricsTail] = {}
+        self._strategies: dict[Path, str] = {}
+        self._watched: RunFolder | None = None  # a folder the user pointed at (a run launched by hand)
         self._export_lock = threading.Lock()  # a merge reads and writes a model's worth of disk
 
     # ---- training -------------------------------------------------------------------
@@ -72,10 +79,14 @@ class Workbench:
             if reason:
                 raise DevicesBusy(reason)
             check_run_config(config, check_output_dir=not resume)
+            if config.training.strategy in ("ddp", "fsdp"):
+                from workbench.training.launcher import LaunchedJob as job_type
+            else:
+                job_type = TrainingJob
+            job = job_type(config, resume=resume, on_message=on_message, owner=owner)
             self._release_inference()
-            job = TrainingJob(config, resume=resume, on_message=on_message, owner=owner)
             job.start()  # holds the run's live lock when it returns
-            self._job = job
+            self._job, self._watched = job, None
             return job
 
     def resume_training(self, run_dir: str | Path, owner: str = "the app", on_message=None):
@@ -97,18 +108,34 @@ class Workbench:
     def stop_training(self) -> str:
         job = self._job
         if job is None or not job.running:
-            other = self.training_elsewhere()
-            if other is not None:
-                return (f"Run {other.name} belongs to another process: stop it there (Ctrl-C in its terminal, "
-                        "or kill its process; it resumes from its newest complete checkpoint).")
+            other = self.watched_run()
+            if other is not None and other.live() is not None:
+                from workbench.training.distributed import request_stop
+
+                request_stop(other)
+                return (f"Stop requested for run {other.name}, which trains in another process: it stops at the "
+                        "end of its current step and saves a checkpoint.")
             return "Nothing is running."
         return job.request_stop()
+
+    def watch(self, run_dir: str | Path) -> str:
+        """Show ``run_dir`` on the Training tab (a run launched by hand, e.g. on a cluster's shared disk)."""
+        if not str(run_dir or "").strip():
+            raise UserError("Give the run folder to watch (the folder holding run.yaml and metrics.jsonl).")
+        folder = RunFolder(str(run_dir).strip())
+        if not folder.exists() or not folder.is_run():
+            raise UserError(f"{folder.path} is not a run folder (no run.yaml): give the folder a launch or a "
+                            "training run writes into.")
+        self._watched = folder
+        return f"Watching {folder.path} ({folder.state()})."
 
     def watched_run(self) -> RunFolder | None:
         """The run the Training tab shows: this process's job, else one training elsewhere."""
         job = self._job
         if job is not None and job.running:
             return RunFolder(job.output_dir)
+        if self._watched is not None:
+            return self._watched
         other = self.training_elsewhere()
         if other is not None:
             return other
@@ -131,12 +158,25 @@ class Workbench:
         recorded, live = folder.status(), folder.live()
         last = next((r for r in reversed(rows) if r.get("kind", "train") == "train"), {})
         state = (recorded.get("state") or "training") if live else folder.state()
+        ranks = {m.get("rank") for m in last.get("memory") or [] if isinstance(m, dict)} - {None}
         status = {"state": state, "message": recorded.get("message", ""), "step": int(last.get("step") or 0),
                   "max_steps": int(recorded.get("max_steps") or 0),
                   "elapsed_s": (time.time() - live.started) if live else 0.0,
                   "eta_s": last.get("eta_s") if live else None, "loss": last.get("loss"),
-                  "output_dir": str(folder.path), "running": live is not None}
+                  "output_dir": str(folder.path), "running": live is not None,
+                  "processes": max(len(ranks), 1), "strategy": self._strategy(folder) if ranks else ""}
         return {"status": status, "rows": rows, "log": folder.events(), "external": True, "folder": folder}
+
+    def _strategy(self, folder: RunFolder) -> str:
+        """training.strategy from a run's run.yaml, read once per folder."""
+        key = folder.path.resolve()
+        if key not in self._strategies:
+            try:
+                config = folder.config()
+                self._strategies[key] = config.training.strategy if config else ""
+            except UserError:
+                self._strategies[key] = ""
+        return self._strategies[key]
 
     def _tail(self, folder: RunFolder) -> MetricsTail:
         key = folder.path.resolve()

@@ -14,15 +14,15 @@ from workbench.paths import log_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workbench.cli import data, export, infer, plan, train
+    from workbench.cli import data, export, infer, launch, plan, train
 
     parser = argparse.ArgumentParser(
         prog="python -m workbench",
         description="Qwen-VL LoRA workbench (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), headless: check data, plan memory, "
                     "train, compare, export.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,data,train,infer,export}")
-    for module in (plan, data, train, infer, export):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,data,train,launch,infer,export}")
+    for module in (plan, data, train, launch, infer, export):
         module.register(sub)
     return parser
 

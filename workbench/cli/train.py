@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.settings import RunConfig
+from workbench.settings import STRATEGIES, RunConfig, field_help
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="Train a LoRA adapter (the demo model and data by default).",
                        description="Train a LoRA adapter. With no config: the embedded demo model and "
-                                   "dataset with demo settings. Ctrl-C stops cleanly and saves the adapter.")
+                                   "dataset with demo settings. Ctrl-C stops cleanly and saves the adapter. "
+                                   "--strategy ddp|fsdp --nproc N runs N processes on this machine through "
+                                   "accelerate launch (several machines: `python -m workbench launch`).")
     p.add_argument("config", nargs="?", help="RunConfig YAML (saved by the LoRA tab or a previous run's run.yaml).")
     p.add_argument("--model", help="Base model: 'demo', a preset, a local folder or a hub id (overrides the config).")
     p.add_argument("--dataset", help="Training dataset file (overrides data.train_path).")
@@ -21,20 +24,28 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
     p.add_argument("--save-steps", type=int, help="Checkpoint every N steps (overrides training.save_steps).")
     p.add_argument("--resume", action="store_true", help="Continue the run in --output-dir from its newest complete checkpoint.")
+    p.add_argument("--strategy", choices=STRATEGIES, help=field_help("training", "strategy"))
+    p.add_argument("--nproc", type=int, help="Processes on this machine for ddp/fsdp (overrides training.nproc_per_node; "
+                                             "0: every GPU, or 2 CPU processes without GPUs).")
     p.set_defaults(func=run)
 
 
-def config_from_args(args) -> RunConfig:
+def base_config(config_path: str | None, model: str | None) -> RunConfig:
+    """The config file, else defaults for a named model, else the demo's settings."""
     from workbench.demo import DEMO_TRAINING, is_demo
 
-    if args.config:
-        config = RunConfig.load(args.config)
-    elif args.resume and args.output_dir and (Path(args.output_dir) / "run.yaml").is_file():
+    if config_path:
+        return RunConfig.load(config_path)
+    if model and not is_demo(model):
+        return RunConfig()
+    return RunConfig.from_dict(DEMO_TRAINING)
+
+
+def config_from_args(args) -> RunConfig:
+    if not args.config and args.resume and args.output_dir and (Path(args.output_dir) / "run.yaml").is_file():
         config = RunConfig.load(Path(args.output_dir) / "run.yaml")
-    elif args.model and not is_demo(args.model):
-        config = RunConfig()
     else:
-        config = RunConfig.from_dict(DEMO_TRAINING)
+        config = base_config(args.config, args.model)
     overrides = {"model": {}, "data": {}, "training": {}}
     if args.model:
         overrides["model"]["name_or_path"] = args.model
@@ -46,12 +57,19 @@ def config_from_args(args) -> RunConfig:
         overrides["training"]["max_steps"] = args.max_steps
     if args.save_steps is not None:
         overrides["training"]["save_steps"] = args.save_steps
+    if args.strategy:
+        overrides["training"]["strategy"] = args.strategy
+    if args.nproc is not None:
+        if args.nproc < 0:
+            raise UserError(f"--nproc must be 0 (every GPU) or a positive number of processes, got {args.nproc}.")
+        overrides["training"]["nproc_per_node"] = args.nproc
     return config.replace(**overrides)
 
 
 def run(args) -> int:
     from workbench.session import Workbench
     from workbench.training import JobState
+    from workbench.training.launcher import LaunchedJob
 
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
@@ -61,18 +79,31 @@ def run(args) -> int:
 
     job = Workbench().start_training(config_from_args(args), resume=args.resume, owner="the CLI", on_message=say)
     print(f"run folder: {job.output_dir}", file=sys.stderr)
+    launched = isinstance(job, LaunchedJob)  # several processes under accelerate launch
+    if launched:  # the ranks run in their own process group: they must not outlive their supervisor
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: job.request_stop(force=True))
+    interrupts = 0
     while job.running:
         try:
             time.sleep(0.5)
         except KeyboardInterrupt:
-            print("\nstopping at the end of the current step (adapter will be saved)...", file=sys.stderr)
+            interrupts += 1
+            if launched and interrupts > 1:
+                print("\nending every rank now; --resume continues from the newest complete checkpoint...",
+                      file=sys.stderr)
+                job.request_stop(force=True)
+                continue
+            more = " (Ctrl-C again ends every rank at once)" if launched else ""
+            print(f"\nstopping at the end of the current step (adapter will be saved){more}...", file=sys.stderr)
             job.request_stop()
             continue
         r = job.metrics.last("train") if job.metrics is not None else None
-        if r and job.state == JobState.TRAINING:
+        if r and job.state == JobState.TRAINING and job.max_steps > 0:
             eta = f" eta {r['eta_s']:.0f}s" if r.get("eta_s") is not None else ""
             loss = f" loss {r['loss']:.4f}" if "loss" in r else ""
-            print(f"\rstep {job.step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr, flush=True)
+            step = max(job.step, int(r.get("step") or 0))
+            print(f"\rstep {step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     if job.state == JobState.FAILED:
         print(f"error: {job.message}", file=sys.stderr)

@@ -92,7 +92,7 @@ class WorkbenchCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.job._set_progress(state.global_step, state.max_steps)
-        if self.job.stop_requested:
+        if self.job.should_stop():
             # a checkpoint at the stop step keeps the run resumable from exactly here
             control.should_training_stop = True
             control.should_save = True
@@ -126,10 +126,14 @@ class WorkbenchCallback(TrainerCallback):
             raise NonFiniteError(f"gradient norm became {row['grad_norm']} at step {state.global_step}")
         if kind == "train":
             row.update(self._rates(args, state))
+        row["memory"] = self.memory()
+        return row
+
+    def memory(self) -> list[dict]:
+        """This process's memory sample (a launch's ranks gather theirs: ``placement.RankCallback``)."""
         from workbench.hardware import sample_memory
 
-        row["memory"] = sample_memory()
-        return row
+        return sample_memory()
 
     def _rates(self, args, state) -> dict:
         now, tokens = time.monotonic(), state.num_input_tokens_seen or 0

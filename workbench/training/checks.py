@@ -78,14 +78,15 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def training_arguments(config: RunConfig, has_eval: bool):
-    """transformers.TrainingArguments for ``config``; its ValueErrors become UserErrors.
+def training_arguments(config: RunConfig, has_eval: bool, **overrides):
+    """transformers.TrainingArguments for ``config`` (``overrides``: a placement's own arguments);
+    its ValueErrors become UserErrors.
 
     Only the job calls this (see the module docstring)."""
     from workbench.training.setup import build_trainer_args
 
     try:
-        return build_trainer_args(config, has_eval=has_eval)
+        return build_trainer_args(config, has_eval=has_eval, **overrides)
     except (ValueError, TypeError) as exc:
         raise UserError(f"Training settings rejected by transformers.TrainingArguments: {exc}") from None
 

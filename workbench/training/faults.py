@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 import re
 
 from workbench.run_folder import RunFolder
 from workbench.training.bridge import NonFiniteError
+from workbench.training.distributed import is_peer_failure
 
 
 def failure_message(exc: BaseException, folder: RunFolder, log) -> str:
@@ -18,6 +20,10 @@ def failure_message(exc: BaseException, folder: RunFolder, log) -> str:
     if isinstance(exc, NonFiniteError):
         good = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
         return f"Training stopped: {exc}; {good}. Lower the learning rate or check the data."
+    if in_launch() and is_peer_failure(exc):
+        log.warning("training failed: %r", exc, exc_info=exc)
+        return (f"Training stopped on every rank: {first_line(exc)[:200]}; {kept}. Look in each node's "
+                f"launch log for the rank that ended first, then continue with {resume}.")
     if isinstance(exc, pickle.UnpicklingError):
         where = f"in {last}" if last else "of this run"
         log.warning("training failed: %r", exc)
@@ -35,6 +41,11 @@ def failure_message(exc: BaseException, folder: RunFolder, log) -> str:
         return oom_message(exc)
     log.error("training failed", exc_info=exc)
     return f"Training failed: {type(exc).__name__}: {first_line(exc)[:300]}. Details are in the log; {kept}."
+
+
+def in_launch() -> bool:
+    """This process is one rank of several (under accelerate launch / torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def first_line(exc: BaseException) -> str:

@@ -99,11 +99,18 @@ def trainer_class():
 
 
 class TrainingJob:
-    def __init__(self, config: RunConfig, resume: bool = False, on_message=None, owner: str = "the app"):
+    def __init__(self, config: RunConfig, resume: bool = False, on_message=None, owner: str = "the app",
+                 placement=None, prepared: bool = False):
+        """``placement``: where the model runs and who writes (``workbench.training.placement``);
+        one process by default. ``prepared``: the folder was set up by a launcher (run.yaml and
+        launch files, no run yet), so a new run may start in it."""
+        from workbench.training.placement import SingleProcess
+
         self.resume = resume
         self.owner = owner  # who trains, as other processes see it in the live lock
         self.on_message = on_message  # called with each status line, in the job's thread
-        self.output_dir = prepare_output_dir(config, resume)
+        self.placement = placement or SingleProcess()
+        self.output_dir = prepare_output_dir(config, resume or prepared)
         self.folder = RunFolder(self.output_dir)
         self.config = config.replace(training={"output_dir": str(self.output_dir)})
         self.state = JobState.IDLE
@@ -117,6 +124,7 @@ class TrainingJob:
         self._lock = None  # the run folder's live lock, held from start to end
         self.metrics: MetricsBuffer | None = None
         self.exit_code = 0  # for the CLI: 2 bad input, 1 any other failure
+        self.error: BaseException | None = None  # what ended a failed run (a launch's rank reports it)
 
     # ---- control ------------------------------------------------------------------
     @property
@@ -136,7 +144,11 @@ class TrainingJob:
 
     def _take_lock(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = self.folder.acquire(self.owner)
+        self._lock = self.placement.take_lock(self.folder, self.owner)
+
+    def should_stop(self) -> bool:
+        """Stop now? (Every rank of a launch gets the same answer at the same step.)"""
+        return self.placement.should_stop(self)
 
     def request_stop(self) -> str:
         if self.state in TERMINAL:
@@ -169,7 +181,7 @@ class TrainingJob:
         line = f"{time.strftime('%H:%M:%S')} [{state.value}] {message}"
         self.log_tail.append(line)
         log.info(line)
-        if self.folder.exists():  # watchers in other processes read the same sentence
+        if self.placement.is_main and self.folder.exists():  # watchers in other processes read the same sentence
             try:
                 self.folder.write_status(state.value, message, self.step, self.max_steps)
                 self.folder.append_event(line)
@@ -181,7 +193,7 @@ class TrainingJob:
     def _set_progress(self, step: int, max_steps: int) -> None:
         first = self.max_steps == 0 and max_steps > 0
         self.step, self.max_steps = step, max_steps
-        if first:  # watchers learn the run's length once, not every step
+        if first and self.placement.is_main:  # watchers learn the run's length once, not every step
             self.folder.write_status(self.state.value, self.message, step, max_steps)
 
     def run(self) -> JobState:
@@ -201,7 +213,7 @@ class TrainingJob:
         try:
             model, trainer = self._train()
         except UserError as exc:
-            self.exit_code = 2
+            self.exit_code, self.error = 2, exc
             message = str(exc)
             if self.state == JobState.TRAINING:  # bad input met mid-run (an image): the run can continue
                 last = self.folder.newest_complete()
@@ -210,6 +222,7 @@ class TrainingJob:
                             f"{self.output_dir}` or Resume on the Training tab.)")
             self._say(JobState.FAILED, message)
         except Exception as exc:  # noqa: BLE001 - the job must end in a state, never crash the app
+            self.error = exc
             self._say(JobState.FAILED, failure_message(exc, self.folder, log))
         finally:
             self.ended_at = time.time()
@@ -219,7 +232,8 @@ class TrainingJob:
                 self._say(JobState.FAILED, "The run ended without a result; details are in the log.")
             del trainer, model
             _release_memory()
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
         return self.state
 
     def _train(self):
@@ -228,24 +242,26 @@ class TrainingJob:
         from transformers.trainer_callback import PrinterCallback
 
         from workbench.data.collate import Collator
-        from workbench.training.checks import check_device_map
-        from workbench.training.loading import load_model
         from workbench.training.lora import apply_lora
         from workbench.training.checks import training_arguments
         from workbench.training.setup import build_datasets
 
+        placement, writes = self.placement, self.placement.is_main
         self._say(JobState.LOADING, "Checking the settings and the dataset.")
-        check_device_map(self.config)
+        placement.check(self.config)
         model_path = self._fetch_model()
         train_set, eval_set, processor = build_datasets(self.config, model_path)
         resume_from = None
-        self.metrics = MetricsBuffer(self.folder.metrics_file)
+        self.metrics = MetricsBuffer(self.folder.metrics_file if writes else None)
         if self.resume:
-            self.folder.remove_incomplete()
+            if writes:
+                self.folder.remove_incomplete()
             resume_from = self.folder.newest_complete()
-            kept = self.folder.truncate_metrics(int(resume_from.name.split("-")[1]) if resume_from else 0)
-            self.metrics = MetricsBuffer(self.folder.metrics_file, rows=kept)
-        self.config.save(self.folder.config_file)
+            if writes:
+                kept = self.folder.truncate_metrics(int(resume_from.name.split("-")[1]) if resume_from else 0)
+                self.metrics = MetricsBuffer(self.folder.metrics_file, rows=kept)
+        if writes:
+            self.config.save(self.folder.config_file)
 
         start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
         if resume_from and 0 < self.config.training.max_steps <= start_step:
@@ -253,17 +269,19 @@ class TrainingJob:
             return None, None
         self._say(JobState.LOADING, f"Loading {self.config.model.name_or_path} and applying LoRA.")
         set_seed(self.config.training.seed)  # LoRA's initialisation too, not only the data order
-        model = load_model(model_path, self.config)
+        model = placement.load_model(model_path, self.config)
         model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
         trainable, total = model.get_nb_trainable_parameters()
-        if self._stop.is_set():
+        if self.should_stop():
             self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")
             return model, None
-        trainer = trainer_class()(
-            model=model, args=training_arguments(self.config, has_eval=eval_set is not None),
-            train_dataset=train_set, eval_dataset=eval_set,
+        args = training_arguments(placement.trainer_config(self.config), has_eval=eval_set is not None,
+                                  **placement.trainer_overrides())
+        placement.before_trainer(model)
+        trainer = placement.trainer_class(trainer_class())(
+            model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
             data_collator=Collator(processor.tokenizer.pad_token_id),
-            callbacks=[WorkbenchCallback(self)],
+            callbacks=placement.callbacks(self),
             loss_on_trained_tokens_only=self.config.training.loss_on_trained_tokens_only,
         )
         # with tqdm off Trainer prints every log dict to stdout; the bridge already reports them
@@ -277,8 +295,9 @@ class TrainingJob:
             self._say(JobState.STOPPED, f"Stopped before the first step (at step {self.step}); nothing new was saved.")
             return model, trainer
         self._say(JobState.SAVING, "Saving the adapter.")
-        save_adapter_atomically(model, self.folder)
-        processor.save_pretrained(self.folder.processor_dir)
+        placement.save_adapter(model, trainer, self.folder)
+        if writes:
+            processor.save_pretrained(self.folder.processor_dir)
         if self._stop.is_set():
             self._say(JobState.STOPPED, f"Stopped at step {self.step}; adapter saved in {self.output_dir}. "
                                         "Resume it from the Training tab or with --resume.")
@@ -308,22 +327,24 @@ class TrainingJob:
         """Resume of a run that already reached max_steps (killed while saving the adapter):
         Trainer would train one more step, so the checkpoint's adapter becomes the run's."""
         self._say(JobState.SAVING, f"{checkpoint.name} already reached max_steps: saving its adapter.")
-        staging = self.folder.staging_dir
-        staging.mkdir(exist_ok=True)
-        for name in ADAPTER_FILES:
-            shutil.copyfile(checkpoint / name, staging / name)
-        self.folder.publish_adapter(staging)
-        processor.save_pretrained(self.folder.processor_dir)
+        if self.placement.is_main:
+            staging = self.folder.staging_dir
+            staging.mkdir(exist_ok=True)
+            for name in ADAPTER_FILES:
+                shutil.copyfile(checkpoint / name, staging / name)
+            self.folder.publish_adapter(staging)
+            processor.save_pretrained(self.folder.processor_dir)
         self.step = self.max_steps = int(checkpoint.name.split("-")[1])
         self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
 
 
-def save_adapter_atomically(model, folder: RunFolder) -> None:
+def save_adapter_atomically(model, folder: RunFolder, state_dict: dict | None = None) -> None:
     """Write the adapter beside the run, then move it in: a kill mid-write never leaves a
-    damaged adapter_model.safetensors that looks finished."""
+    damaged adapter_model.safetensors that looks finished. ``state_dict``: weights gathered
+    from a sharded model (FSDP2)."""
     staging = folder.staging_dir
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     folder.publish_adapter(staging)
 
 

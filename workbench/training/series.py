@@ -37,7 +37,9 @@ def memory_frame(rows: list[dict], predicted: dict[str, int] | None = None,
     """Memory per device against seconds since the first row, plus flat predicted-peak lines.
 
     Series per device: what nvidia-smi shows ('used'; on CPU the process's resident
-    memory) and this process's torch peaks ('peak allocated', 'peak reserved').
+    memory) and this process's torch peaks ('peak allocated', 'peak reserved'). A run of
+    several processes samples every rank: its series are named by rank ('rank 1 cuda:1 used'),
+    and a predicted peak (per GPU) is drawn once for every device name the ranks report.
     """
     sampled = [r for r in rows if r.get("memory")]
     if not sampled:
@@ -49,10 +51,11 @@ def memory_frame(rows: list[dict], predicted: dict[str, int] | None = None,
         for m in row["memory"]:
             device = m.get("device", "?")
             label = "resident" if device == "cpu" else "used"
+            where = f"rank {m['rank']} {device}" if isinstance(m.get("rank"), int) else device
             for key, name in (("used_bytes", label), ("peak_allocated_bytes", "peak allocated"),
                               ("peak_reserved_bytes", "peak reserved")):
                 if m.get(key) is not None:
-                    points.setdefault(f"{device} {name}", []).append((t, m[key] / GIB))
+                    points.setdefault(f"{where} {name}", []).append((t, m[key] / GIB))
     data = [(t, gib, series) for series, values in points.items() for t, gib in decimate(values, max_points)]
     end = sampled[-1]["time"] - start
     seen = {m.get("device") for row in sampled for m in row["memory"]}

@@ -61,7 +61,7 @@ def build_datasets(config: RunConfig, model_path: str):
     return SampleDataset(train, encoder), eval_set, processor
 
 
-def build_trainer_args(config: RunConfig, has_eval: bool):
+def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
     import torch
     from transformers import TrainingArguments
 
@@ -70,7 +70,7 @@ def build_trainer_args(config: RunConfig, has_eval: bool):
     t = config.training
     dtype = pick_dtype(config.model.dtype)
     evaluate = has_eval and t.eval_steps > 0
-    return TrainingArguments(
+    arguments = dict(
         output_dir=t.output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_train_batch_size,
@@ -102,3 +102,4 @@ def build_trainer_args(config: RunConfig, has_eval: bool):
         # installs a SIGTERM handler, which fails outside the main thread
         enable_jit_checkpoint=False,
     )
+    return TrainingArguments(**{**arguments, **overrides})  # a placement's own arguments win

@@ -1,5 +1,9 @@
 """Training tab: Start/Stop/Resume, state, progress with ETA, live loss and per-device memory, log.
 
+With training.strategy ddp or fsdp, Start runs several processes through accelerate launch
+(the session's ``LaunchedJob``); the tab shows them like any run, memory per rank. A run
+launched by hand (a cluster's node scripts) is watched by pointing the tab at its folder.
+
 The run lives in the session (``workbench.session.Workbench``), not in a browser session, so
 a reloaded page or a second browser tab shows the same run; a run started by the CLI in
 another process shows here too (read from its run folder) and blocks Start. A 1 s timer
@@ -29,13 +33,16 @@ def start(session, config: dict) -> str:
         job = session.start_training(config_from_raw(config))
     except UserError as exc:
         return f"**Not started:** {exc}"
-    return f"Started: run folder `{job.output_dir}`.{batch_note(job.config)}"
+    processes = getattr(job, "nproc", 1)
+    how = f" {processes} processes ({job.config.training.strategy.upper()}, accelerate launch)" if processes > 1 else ""
+    return f"Started{how}: run folder `{job.output_dir}`.{batch_note(job.config)}"
 
 
 def batch_note(cfg) -> str:
-    t = cfg.training
-    effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    return f" Effective batch: {t.per_device_train_batch_size} x {t.gradient_accumulation_steps} = {effective} rows per step."
+    """The effective batch; under ddp/fsdp, how the plan's gradient accumulation is divided."""
+    from workbench.training.distributed import split_batch, world_size
+
+    return " " + split_batch(cfg.training, world_size(cfg)).sentence()
 
 
 def stop(session) -> str:
@@ -64,6 +71,14 @@ def resume(session, run_dir: str | None) -> str:
     return f"Resuming `{job.output_dir}` from its newest complete checkpoint."
 
 
+def watch(session, run_dir: str) -> str:
+    """Show a run folder here (e.g. a run launched by hand on a cluster's shared disk)."""
+    try:
+        return session.watch(run_dir)
+    except UserError as exc:
+        return f"**Not watched:** {exc}"
+
+
 def tick(session, view: dict | None, config: dict | None = None, plan: dict | None = None):
     """One timer tick -> (status, progress, loss plot, memory plot, log, view, finished run folder).
 
@@ -89,7 +104,8 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
     log = "\n".join(snap["log"][-LOG_LINES:])
     text = status_markdown(status)
     if snap["external"] and status["running"]:
-        text += "  \n*Started outside this app (CLI or launch): watched from its run folder; stop it there.*"
+        text += ("  \n*Started outside this app (CLI or launch): watched from its run folder; Stop asks it to stop "
+                 "at the end of its current step.*")
     return text, progress_html(status), loss, memory, log, view, run_dir
 
 
@@ -98,7 +114,9 @@ def _or_skip(frame):
 
 
 def status_markdown(status: dict) -> str:
-    return f"**{status['state']}**: {status['message']}"
+    processes = status.get("processes") or 1
+    where = f" ({processes} processes, {status.get('strategy', '').upper()})" if processes > 1 else ""
+    return f"**{status['state']}**{where}: {status['message']}"
 
 
 def progress_html(status: dict | None) -> str:
@@ -134,8 +152,9 @@ class TrainingTab:
 
 def build(ctx, plan=None) -> TrainingTab:
     session = ctx.session
-    gr.Markdown("Starts the settings of the LoRA tab in the background of this app. Stop saves the adapter "
-                "and a checkpoint at the end of the current step. The run keeps going if you close the page.")
+    gr.Markdown("Starts the settings of the LoRA tab in the background of this app (strategy ddp or fsdp: one "
+                "process per GPU through accelerate launch). Stop saves the adapter and a checkpoint at the end "
+                "of the current step, on every process. The run keeps going if you close the page.")
     with gr.Row():
         start_button = gr.Button("Start", variant="primary", elem_id="training-start")
         stop_button = gr.Button("Stop", variant="stop", elem_id="training-stop")
@@ -156,6 +175,11 @@ def build(ctx, plan=None) -> TrainingTab:
                                   x_title="seconds since the first step", y_title="GiB", height=320)
     log = gr.Textbox(label="Log (newest last)", lines=10, max_lines=10, interactive=False, autoscroll=True)
     run_dir = gr.Textbox(label="Last finished run folder (open it in the Inference tab)", interactive=False)
+    with gr.Accordion("Watch a run folder", open=False):
+        with gr.Row():
+            watched = gr.Textbox(label="Run folder (e.g. a run launched with the node scripts of `python -m "
+                                       "workbench launch`, on a shared disk)", scale=4, elem_id="training-watch-path")
+            watch_button = gr.Button("Watch", scale=1, elem_id="training-watch")
     view = gr.State({})
     inputs = [view, ctx.config] + ([plan] if plan is not None else [])
     timer = gr.Timer(TICK_SECONDS)
@@ -166,6 +190,7 @@ def build(ctx, plan=None) -> TrainingTab:
     stop_button.click(partial(stop, session), outputs=action)
     refresh.click(partial(refresh_resumable, session), inputs=runs, outputs=runs)
     resume_button.click(partial(resume, session), inputs=runs, outputs=action)
+    watch_button.click(partial(watch, session), inputs=watched, outputs=action)
     from gradio.context import Context
 
     tab = Context.block
