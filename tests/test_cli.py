@@ -1,6 +1,10 @@
 import json
+import os
+import re
+import subprocess
+import sys
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 
 def test_infer_answers_differ_after_a_short_run(trained_run, demo):
@@ -17,10 +21,16 @@ def test_infer_answers_differ_after_a_short_run(trained_run, demo):
 
 def test_train_cli_end_to_end(demo, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("train", "--output-dir", out, "--max-steps", 3, "--save-steps", 2)
+    result = subprocess.run([sys.executable, "-m", "workbench", "train", "--output-dir", str(out), "--max-steps", "3",
+                             "--save-steps", "2"], capture_output=True, timeout=600, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # bytes: \r must not be translated
     assert result.returncode == 0, result.stderr
     assert (out / "adapter_model.safetensors").is_file()
     assert (out / "checkpoint-2" / "COMPLETE").is_file()
+    # stderr is a pipe here (a cluster job's log): status and step lines are plain lines, no carriage
+    # returns (transformers' own loading bar is tqdm's business)
+    assert not re.search(rb"\r(step |\d\d:\d\d:\d\d \[)", result.stderr), result.stderr
+    assert re.search(rb"\n\d\d:\d\d:\d\d \[finished\] Finished 3 steps", result.stderr), result.stderr
     again = run_cli("train", "--output-dir", out, "--max-steps", 3)
     assert again.returncode == 2 and "already holds files" in again.stderr
     assert "Traceback" not in again.stderr

@@ -113,5 +113,21 @@ def test_rows_longer_than_the_models_context_are_problems_without_max_length(tmp
     assert report["valid"] == 1 and report["context"] == 32768
     assert [p["kind"] for p in report["problems"]] == ["too-long"] and report["problems"][0]["row"] == 2
     assert "more than the 32768 positions model 'qwen2-vl-2b-instruct' can read" in report["problems"][0]["reason"]
-    demo = run_cli("data", "check", path, "--max-length", "100000")  # the demo model reads 4096
+    demo = run_cli("data", "check", path, "--max-length", "100000", "--model", "demo")  # the demo model reads 4096
     assert demo.returncode == 1 and "4096 positions model 'demo' can read" in demo.stdout
+
+
+def test_a_check_without_model_counts_with_a_real_qwen_not_the_tiny_demo(tmp_path):
+    """The demo reads 4096 positions with a toy vocabulary: the user's own data is counted with
+    Qwen2-VL's real vocabulary and context unless --model says otherwise; the demo's data with the demo."""
+    from workbench.cli.data import DEFAULT_CHECK_MODEL, check_model
+    from workbench.demo import ensure_demo
+
+    png(tmp_path / "img" / "a.png")
+    path = write_jsonl(tmp_path / "own.jsonl", [swift(question="<image>" + "word " * 5000)])
+    result = run_cli("data", "check", path, "--json")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0 and report["context"] == 32768, result.stdout + result.stderr
+    assert f"model '{DEFAULT_CHECK_MODEL}'" in run_cli("data", "check", path).stdout
+    assert check_model(None, str(ensure_demo().data / "train.jsonl")) == "demo"
+    assert check_model("my/model", str(path)) == "my/model"

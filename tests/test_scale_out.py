@@ -140,11 +140,11 @@ def test_ddp_from_the_training_tab_matches_one_process(trained_run, demo, demo_c
     live = RunFolder(out).live()
     assert live is not None and live.pid != os.getpid() and "rank 0 of 2 processes" in live.owner
     view = {}
-    status, progress, loss, memory, log, view, run_dir = training_tab.tick(session, view, config.to_dict())
+    status, progress, loss, memory, log, view, run_dir, *_ = training_tab.tick(session, view, config.to_dict())
     assert "2 processes, DDP" in status
     job.wait(300)
     assert job.state.value == "finished", job.message
-    status, progress, loss, memory, log, view, run_dir = training_tab.tick(session, view, config.to_dict())
+    status, progress, loss, memory, log, view, run_dir, *_ = training_tab.tick(session, view, config.to_dict())
     assert {"rank 0 cpu resident", "rank 1 cpu resident"} <= set(memory["series"])
     assert "[finished]" in log and run_dir == str(out)
     assert not rank_processes(out) and RunFolder(out).live() is None

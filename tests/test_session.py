@@ -115,7 +115,7 @@ def test_a_cli_run_in_another_process_is_watched_and_respected(demo_config, tmp_
         assert holder == RunFolder(out) and holder.live().owner == "the CLI"
         refused = training_tab.start(session, steady(demo_config, tmp_path / "mine", 2).to_dict())
         assert refused.startswith("**Not started:**") and str(out) in refused and "the CLI" in refused
-        status, progress, loss, _, log, _, run_dir = training_tab.tick(session, {}, {})
+        status, progress, loss, _, log, _, run_dir, *_ = training_tab.tick(session, {}, {})
         assert status.startswith("**training**") and "outside this app" in status
         assert len(loss) >= 2 and "[training]" in log and "step" in progress
         assert "another process" in session.stop_training()

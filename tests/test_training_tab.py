@@ -30,7 +30,7 @@ def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path)
         deadline = time.monotonic() + 120
         while job.step < 2 and job.running and time.monotonic() < deadline:
             time.sleep(0.05)
-        status, progress, loss, memory, log, view, run_dir = training_tab.tick(session, {}, config)
+        status, progress, loss, memory, log, view, run_dir, *_ = training_tab.tick(session, {}, config)
         assert "**training**" in status and "ETA" in progress and "<progress" in progress
         assert isinstance(loss, pd.DataFrame) and set(loss["series"]) == {"train"}
         assert is_skip(run_dir)  # not finished yet: nothing to publish
@@ -39,11 +39,16 @@ def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path)
     finally:
         assert "Stop requested" in training_tab.stop(session)
         job.wait(120)
-    status, _, loss, memory, log, view, run_dir = training_tab.tick(session, view, config)
+    status, _, loss, memory, log, view, run_dir, runs, box = training_tab.tick(session, view, config)
     assert status.startswith("**stopped**") and run_dir == str(job.output_dir)
     assert "[stopped]" in log and "cpu resident" in set(memory["series"])
+    # the run stopped while this page watched it: it is offered to continue at once
+    assert runs["value"] == str(job.output_dir) and str(job.output_dir) in [p for _, p in runs["choices"]]
+    assert box["open"] is True
     again = training_tab.tick(session, view, config)
     assert is_skip(again[2]) and is_skip(again[3])  # nothing new: the plots are not resent
+    assert is_skip(again[7]) and is_skip(again[8])  # the list is refreshed once, not on every tick
+    assert training_tab.stop(session) == "The run already ended (stopped)."  # Stop pressed twice
 
 
 def test_decimation_keeps_the_ends_and_bounds_the_payload():
@@ -104,6 +109,16 @@ def test_plots_are_left_alone_until_the_first_rows():
 
     _, _, loss, memory, *_ = training_tab.tick(Quiet(), {}, {})
     assert is_skip(loss) and is_skip(memory)
+
+
+def test_memory_is_plotted_against_the_step_so_a_resumed_run_has_no_gap():
+    # steps 1-3, then the run resumed a day later at step 4
+    rows = [{"step": s, "time": t, "memory": [{"device": "cpu", "used_bytes": 2**30 * s}]}
+            for s, t in ((1, 10.0), (2, 11.0), (3, 12.0), (4, 86400.0), (5, 86401.0))]
+    frame = memory_frame(rows, predicted={"cpu": 6 * 2**30})
+    used = frame[frame.series == "cpu resident"]
+    assert used.step.tolist() == [1, 2, 3, 4, 5] and used.GiB.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert frame[frame.series == "cpu predicted peak"].step.tolist() == [1, 5]
 
 
 def test_predicted_peaks_only_for_devices_the_run_uses():

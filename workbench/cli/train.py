@@ -74,8 +74,13 @@ def run(args) -> int:
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
 
+    # On a terminal the step line rewrites itself; into a file or a pipe (a cluster job's log,
+    # nohup) every new step is a plain line of its own, never a run of carriage returns.
+    terminal = sys.stderr.isatty()
+    start, newline = ("\r", "\n") if terminal else ("", "")
+
     def say(line: str) -> None:  # status lines as they happen, even if the process dies next
-        print(f"\r{line}", file=sys.stderr, flush=True)
+        print(f"{start}{line}", file=sys.stderr, flush=True)
 
     job = Workbench().start_training(config_from_args(args), resume=args.resume, owner="the CLI", on_message=say)
     print(f"run folder: {job.output_dir}", file=sys.stderr)
@@ -83,19 +88,20 @@ def run(args) -> int:
     if launched:  # the ranks run in their own process group: they must not outlive their supervisor
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: job.request_stop(force=True))
-    interrupts = 0
+    interrupts, shown = 0, None
     while job.running:
         try:
             time.sleep(0.5)
         except KeyboardInterrupt:
             interrupts += 1
             if launched and interrupts > 1:
-                print("\nending every rank now; --resume continues from the newest complete checkpoint...",
+                print(f"{newline}ending every rank now; --resume continues from the newest complete checkpoint...",
                       file=sys.stderr)
                 job.request_stop(force=True)
                 continue
             more = " (Ctrl-C again ends every rank at once)" if launched else ""
-            print(f"\nstopping at the end of the current step (adapter will be saved){more}...", file=sys.stderr)
+            print(f"{newline}stopping at the end of the current step (adapter will be saved){more}...",
+                  file=sys.stderr)
             job.request_stop()
             continue
         r = job.metrics.last("train") if job.metrics is not None else None
@@ -103,8 +109,13 @@ def run(args) -> int:
             eta = f" eta {r['eta_s']:.0f}s" if r.get("eta_s") is not None else ""
             loss = f" loss {r['loss']:.4f}" if "loss" in r else ""
             step = max(job.step, int(r.get("step") or 0))
-            print(f"\rstep {step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+            if terminal:
+                print(f"\rstep {step}/{job.max_steps}{loss}{eta}   ", end="", file=sys.stderr, flush=True)
+            elif step != shown:
+                print(f"step {step}/{job.max_steps}{loss}{eta}", file=sys.stderr, flush=True)
+            shown = step
+    if terminal:
+        print(file=sys.stderr)
     if job.state == JobState.FAILED:
         print(f"error: {job.message}", file=sys.stderr)
         return job.exit_code or 1

@@ -13,7 +13,7 @@ import pandas as pd
 GIB = 1024**3
 MAX_POINTS = 400
 LOSS_COLUMNS = ["step", "loss", "series"]
-MEMORY_COLUMNS = ["seconds", "GiB", "series"]
+MEMORY_COLUMNS = ["step", "GiB", "series"]
 
 
 def decimate(items: list, max_points: int = MAX_POINTS) -> list:
@@ -34,20 +34,21 @@ def loss_frame(rows: list[dict], max_points: int = MAX_POINTS) -> pd.DataFrame:
 
 def memory_frame(rows: list[dict], predicted: dict[str, int] | None = None,
                  max_points: int = MAX_POINTS) -> pd.DataFrame:
-    """Memory per device against seconds since the first row, plus flat predicted-peak lines.
+    """Memory per device against the training step, plus flat predicted-peak lines.
 
-    Series per device: what nvidia-smi shows ('used'; on CPU the process's resident
-    memory) and this process's torch peaks ('peak allocated', 'peak reserved'). A run of
-    several processes samples every rank: its series are named by rank ('rank 1 cuda:1 used'),
-    and a predicted peak (per GPU) is drawn once for every device name the ranks report.
+    Against the step, not the clock: a run resumed a day later continues where it stopped
+    instead of after a long flat gap. Series per device: what nvidia-smi shows ('used'; on
+    CPU the process's resident memory) and this process's torch peaks ('peak allocated',
+    'peak reserved'). A run of several processes samples every rank: its series are named by
+    rank ('rank 1 cuda:1 used'), and a predicted peak (per GPU) is drawn once for every
+    device name the ranks report.
     """
     sampled = [r for r in rows if r.get("memory")]
     if not sampled:
         return pd.DataFrame([], columns=MEMORY_COLUMNS)
-    start = sampled[0]["time"]
     points: dict[str, list] = {}
     for row in sampled:
-        t = row["time"] - start
+        step = row.get("step", 0)
         for m in row["memory"]:
             device = m.get("device", "?")
             label = "resident" if device == "cpu" else "used"
@@ -55,13 +56,14 @@ def memory_frame(rows: list[dict], predicted: dict[str, int] | None = None,
             for key, name in (("used_bytes", label), ("peak_allocated_bytes", "peak allocated"),
                               ("peak_reserved_bytes", "peak reserved")):
                 if m.get(key) is not None:
-                    points.setdefault(f"{where} {name}", []).append((t, m[key] / GIB))
-    data = [(t, gib, series) for series, values in points.items() for t, gib in decimate(values, max_points)]
-    end = sampled[-1]["time"] - start
+                    points.setdefault(f"{where} {name}", []).append((step, m[key] / GIB))
+    data = [(step, gib, series) for series, values in points.items() for step, gib in decimate(values, max_points)]
+    first, last = sampled[0].get("step", 0), sampled[-1].get("step", 0)
     seen = {m.get("device") for row in sampled for m in row["memory"]}
     # a plan made for other devices (say 4 GPUs while this run is on the CPU) draws nothing
     for device, total in ((d, t) for d, t in (predicted or {}).items() if d in seen):
-        data += [(0.0, total / GIB, f"{device} predicted peak"), (max(end, 1.0), total / GIB, f"{device} predicted peak")]
+        data += [(first, total / GIB, f"{device} predicted peak"), (max(last, first + 1), total / GIB,
+                                                                    f"{device} predicted peak")]
     return pd.DataFrame(data, columns=MEMORY_COLUMNS)
 
 

@@ -80,16 +80,18 @@ def watch(session, run_dir: str) -> str:
 
 
 def tick(session, view: dict | None, config: dict | None = None, plan: dict | None = None):
-    """One timer tick -> (status, progress, loss plot, memory plot, log, view, finished run folder).
+    """One timer tick -> (status, progress, loss plot, memory plot, log, view, finished run folder,
+    the "continue a run" list, its accordion).
 
     ``view`` remembers which run and how many metric rows this browser already shows; plots
-    are sent again only when that changed (``gr.skip()`` otherwise).
+    are sent again only when that changed (``gr.skip()`` otherwise). When the run shown stops
+    early, the list of runs to continue is refreshed and opened: it can be resumed at once.
     """
     view = dict(view or {})
     snap = session.snapshot()
     if snap is None:
         return ("No training run yet. Check the settings in the LoRA tab, then press Start.",
-                progress_html(None), gr.skip(), gr.skip(), "", view, gr.skip())
+                progress_html(None), gr.skip(), gr.skip(), "", view, gr.skip(), gr.skip(), gr.skip())
     status, rows = snap["status"], snap["rows"]
     predicted = predicted_peaks((config or {}).get("plan")) or predicted_peaks(plan)
     key = [status["output_dir"], len(rows), sorted(predicted.items())]
@@ -101,12 +103,17 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
     else:
         loss = memory = gr.skip()
     run_dir = status["output_dir"] if not status["running"] else gr.skip()
+    runs = box = gr.skip()
+    if view.get("running") and not status["running"]:  # it ended while this page watched it
+        runs = refresh_resumable(session, status["output_dir"])
+        box = gr.update(open=any(path == status["output_dir"] for _, path in resumable_runs(session)))
+    view["running"] = status["running"]
     log = "\n".join(snap["log"][-LOG_LINES:])
     text = status_markdown(status)
     if snap["external"] and status["running"]:
         text += ("  \n*Started outside this app (CLI or launch): watched from its run folder; Stop asks it to stop "
                  "at the end of its current step.*")
-    return text, progress_html(status), loss, memory, log, view, run_dir
+    return text, progress_html(status), loss, memory, log, view, run_dir, runs, box
 
 
 def _or_skip(frame):
@@ -159,7 +166,7 @@ def build(ctx, plan=None) -> TrainingTab:
         start_button = gr.Button("Start", variant="primary", elem_id="training-start")
         stop_button = gr.Button("Stop", variant="stop", elem_id="training-stop")
     resumable = resumable_runs(session)
-    with gr.Accordion("Continue a run that stopped early", open=bool(resumable)):
+    with gr.Accordion("Continue a run that stopped early", open=bool(resumable)) as continue_box:
         with gr.Row():
             runs = gr.Dropdown(label="Stopped, failed or interrupted runs (each continues from its newest complete "
                                "checkpoint)", choices=resumable, scale=4, elem_id="training-resumable")
@@ -171,8 +178,8 @@ def build(ctx, plan=None) -> TrainingTab:
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", x_title="step",
                                 y_title="loss", height=320)
-        memory_plot = gr.LinePlot(x="seconds", y="GiB", color="series", title="Memory per device",
-                                  x_title="seconds since the first step", y_title="GiB", height=320)
+        memory_plot = gr.LinePlot(x="step", y="GiB", color="series", title="Memory per device",
+                                  x_title="step", y_title="GiB", y_lim=[0, None], height=320)
     log = gr.Textbox(label="Log (newest last)", lines=10, max_lines=10, interactive=False, autoscroll=True)
     run_dir = gr.Textbox(label="Last finished run folder (open it in the Inference tab)", interactive=False)
     with gr.Accordion("Watch a run folder", open=False):
@@ -184,7 +191,7 @@ def build(ctx, plan=None) -> TrainingTab:
     inputs = [view, ctx.config] + ([plan] if plan is not None else [])
     timer = gr.Timer(TICK_SECONDS)
     timer.tick(partial(tick, session), inputs=inputs,
-               outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir],
+               outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir, runs, continue_box],
                show_progress="hidden", queue=False)
     start_button.click(partial(start, session), inputs=ctx.config, outputs=action)
     stop_button.click(partial(stop, session), outputs=action)
