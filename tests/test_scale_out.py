@@ -293,3 +293,29 @@ def test_ctrl_c_stops_every_rank_then_a_killed_rank_ends_the_run_then_resume_fin
     assert [r["step"] for r in rows(out) if r.get("kind") == "train"] == list(range(1, 61))
     assert folder.has_final_adapter() and folder.state() == "finished"
     assert torch.isfinite(torch.tensor([r["loss"] for r in rows(out)])).all()
+
+
+# ---------------------------------------------------------------------------------- QLoRA under DDP
+def test_ddp_on_a_4bit_base_trains_a_plain_adapter_on_every_rank(demo, demo_config, tmp_path, reaper):
+    """Each rank quantises its own copy of the base (nf4) and trains; the adapter is a plain one."""
+    out = tmp_path / "qlora-ddp"
+    config = demo_config.replace(model={"quantization": "nf4"}, training={
+        "strategy": "ddp", "nproc_per_node": 2, "max_steps": 4, "save_steps": 0, "logging_steps": 1,
+        "output_dir": str(out)})
+    config.save(tmp_path / "qlora.yaml")
+    reaper(out)
+    before = nf4_loads()
+    proc = cli("train", tmp_path / "qlora.yaml")
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert_one_row_per_step_from_every_rank(out, 4)
+    assert nf4_loads() - before == 2  # both ranks loaded the base in 4 bits
+    tensors = load_file(out / "adapter_model.safetensors")
+    assert tensors and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())
+
+
+def nf4_loads() -> int:
+    from workbench.paths import log_file
+
+    path = log_file()
+    return path.read_text().count("quantization=nf4") if path.exists() else 0
