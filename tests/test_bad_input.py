@@ -236,7 +236,7 @@ def bad_inputs(folder: Path, adapter: Path, other_base: Path) -> list[Case]:
                         ("huge_path", "missing|too long"), ("missing_image", "missing")]:
         cases.append(Case(f"data/{name}", data + [str(p[name])], 1, words))
     cases.append(Case("data/huge_text", data + [str(p["huge_text"]), "--max-length", "2048"], 1,
-                      "more than the 4096 positions model .demo. can read"))  # past the context: max_length moot
+                      "more than the 32768 positions model .qwen2-vl-7b-instruct. can read"))  # past the context
     for flag, value, words in [("--max-length", "0", "max-length"), ("--max-pixels", "-1", "max-pixels"),
                                ("--min-pixels", "0", "min-pixels"), ("--format", "csv", "invalid choice")]:
         cases.append(Case(f"data/{flag[2:]}={value}", data + [str(p["missing_image"]), flag, value], 2, words))
