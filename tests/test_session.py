@@ -86,6 +86,20 @@ def test_resume_from_the_training_tab_continues_from_the_newest_checkpoint(demo_
     job.wait(120)
     stopped_at = job.step
     assert str(job.output_dir) in [path for _, path in training_tab.resumable_runs(session)]
+    # a resume stopped while it loads leaves the run where it was, and resumable
+    from workbench.settings import RunConfig
+    from workbench.training import TrainingJob
+
+    def stop_while_loading(line):
+        if "applying LoRA" in line:
+            early.request_stop()
+
+    early = TrainingJob(RunConfig.load(RunFolder(job.output_dir).config_file), resume=True,
+                        on_message=stop_while_loading)
+    assert early.run() == JobState.STOPPED and f"still at checkpoint-{stopped_at}" in early.message
+    status = RunFolder(job.output_dir).status()
+    assert (status["step"], status["max_steps"]) == (stopped_at, 12), status
+    assert str(job.output_dir) in [path for _, path in training_tab.resumable_runs(session)]
     message = training_tab.resume(session, str(job.output_dir))
     assert message.startswith("Resuming"), message
     resumed = session.job

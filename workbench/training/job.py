@@ -247,6 +247,10 @@ class TrainingJob:
         from workbench.training.setup import build_datasets
 
         placement, writes = self.placement, self.placement.is_main
+        if self.resume:  # a resumed run shows where it is while it loads, not step 0 of 0
+            newest = self.folder.newest_complete()
+            self.step = int(newest.name.split("-")[1]) if newest else 0
+            self.max_steps = int(self.folder.status().get("max_steps") or 0)
         self._say(JobState.LOADING, "Checking the settings and the dataset.")
         placement.check(self.config)
         model_path = self._fetch_model()
@@ -273,7 +277,12 @@ class TrainingJob:
         model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
         trainable, total = model.get_nb_trainable_parameters()
         if self.should_stop():
-            self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")
+            if resume_from:  # the run stays where it was: its step, its length, its checkpoints
+                self.step = start_step
+                self._say(JobState.STOPPED, f"Stopped before continuing; the run is still at {resume_from.name} "
+                                            "and can be resumed again.")
+            else:
+                self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")
             return model, None
         args = training_arguments(placement.trainer_config(self.config), has_eval=eval_set is not None,
                                   **placement.trainer_overrides())
