@@ -146,7 +146,7 @@ class RankPlacement(SingleProcess):
             job._stop.set()
             if self.is_main:
                 clear_stop(job.folder)  # consumed: a later resume must not stop at its first step
-            job._say(job.state, "Stop requested: every rank stops at the end of this step and saves a checkpoint.")
+            job._say(job.state, "Every rank agreed to stop at the end of this step.")
         return job.stop_requested
 
     def all_reduce_max(self, value: int) -> int:
