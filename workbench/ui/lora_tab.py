@@ -37,7 +37,8 @@ JSON_FIELDS = {("model", "device_map")}
 SECTION_TITLES = {"model": "Model", "data": "Data", "lora": "LoRA", "training": "Training"}
 # What people change for most runs, in the order they decide it.
 ESSENTIAL = ["model.name_or_path", "data.train_path", "lora.rank", "training.learning_rate",
-             "training.max_steps", "training.num_train_epochs", "data.max_length", "training.output_dir"]
+             "training.max_steps", "training.num_train_epochs", "data.max_length", "model.quantization",
+             "training.strategy", "training.output_dir"]
 
 
 def form_fields() -> list[tuple[str, str, dataclasses.Field]]:
