@@ -127,7 +127,7 @@ def write_node_script(folder: Path, config_file: Path, node: int, nodes: int, ma
     command = shell_line(argv).replace("'$PYTHON'", '"$PYTHON"')
     log = folder / LAUNCH_DIR / (LAUNCH_LOG if nodes == 1 else f"node-{node}.log")
     text = f"""#!/usr/bin/env bash
-# Node {node} of {nodes}: {strategy.upper()} over {nodes} node(s) x {nproc} processes ({nodes * nproc} in all),
+# Node {node} of {nodes}: {strategy.upper()} over {nodes} node(s) x {nproc} process(es) ({nodes * nproc} in all),
 # rendezvous at {main_ip}:{main_port} (node 0). Written by `python -m workbench launch`.
 # Start it on node {node}, every node at about the same time. {folder} must be the same path on
 # every node (a shared disk): rank 0 writes the run there. Arguments are passed on to the worker
@@ -135,6 +135,7 @@ def write_node_script(folder: Path, config_file: Path, node: int, nodes: int, ma
 set -euo pipefail
 PYTHON="${{PYTHON:-{sys.executable}}}"
 export PYTHONPATH="{PACKAGE_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"
+echo "node {node} of {nodes}: waiting for every node to join at {main_ip}:{main_port}, then training (a silent wait means another node's script has not started yet; Ctrl-C gives up). Output: {log}" | tee -a {shell_line([str(log)])}
 {command} "$@" 2>&1 | tee -a {shell_line([str(log)])}
 """
     path = folder / LAUNCH_DIR / f"node-{node}.sh"
