@@ -153,7 +153,8 @@ def test_a_pickled_adapter_never_runs(demo, trained_run, tmp_path):
     assert not marker.exists()
 
 
-def test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path):
+def resume_over_pickled_checkpoint(demo_config, tmp_path):
+    """A finished run whose checkpoint files were replaced by pickles that would leave a marker, resumed."""
     from workbench.training import JobState, TrainingJob
     from run_helpers import is_complete
 
@@ -171,7 +172,11 @@ def test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path):
     return resumed
 
 
+def test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path):
+    resume_over_pickled_checkpoint(demo_config, tmp_path)
+
+
 def test_a_pickled_checkpoint_is_reported_in_one_line(demo_config, tmp_path):
-    resumed = test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path)
+    resumed = resume_over_pickled_checkpoint(demo_config, tmp_path)
     assert "\n" not in resumed.message and "\x1b" not in resumed.message, resumed.message
     assert "checkpoint-2" in resumed.message, resumed.message
