@@ -47,12 +47,13 @@ def read_live(lock_file: Path) -> LiveInfo | None:
         return None
     if time.time() - heartbeat > STALE_AFTER_S:
         return None
-    if info.host == socket.gethostname() and not _pid_alive(info.pid):
+    if info.host == socket.gethostname() and not pid_alive(info.pid):
         return None
     return info
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (another user's process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

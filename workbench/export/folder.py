@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.live_lock import pid_alive
 
 log = logging.getLogger("workbench.export")
 STAGING_TAG = ".exporting-"
@@ -56,22 +57,12 @@ def human(n: float) -> str:
     return f"{n:.2f} GiB"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_staging(out: Path) -> list[Path]:
     """Staging folders of exports to ``out`` whose process died (a kill, a power cut)."""
     removed = []
     for path in out.parent.glob(f".{out.name}{STAGING_TAG}*"):
         pid = path.name.rsplit(STAGING_TAG, 1)[1].split("-")[0]
-        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             log.warning("removing the staging folder of an export that did not finish: %s", path)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
