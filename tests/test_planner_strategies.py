@@ -169,6 +169,17 @@ def test_72b_ddp_never_fits_and_fsdp_needs_eight_shards():
     assert "on one node; the other node idles" in two.entry("device_map")["why"]
 
 
+def test_fsdp_on_a_quantised_base_is_planned_but_never_recommended():
+    """The trainer refuses fsdp on a 4-bit base, so the planner must not send anyone there."""
+    plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), quantization="nf4"))
+    fsdp = next(e for e in plan.strategies if e["name"] == "fsdp")
+    assert fsdp["fits"] and not fsdp["trains"] and "does not train fsdp on a nf4 base" in fsdp["why"]
+    assert fsdp["relative_speed"] > 1  # faster on paper, yet not chosen
+    assert plan.strategy == "device_map" and "fsdp is not trained on a quantised base yet" in plan.choice
+    full = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), nodes=2))
+    assert full.strategy == "fsdp" and all(e["trains"] for e in full.strategies)
+
+
 def test_asked_strategy_that_does_not_fit_suggests_the_one_that_does():
     plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4x40GiB"), strategy="ddp"))
     assert plan.strategy == "ddp" and not plan.fits and plan.device_map is None
@@ -176,6 +187,7 @@ def test_asked_strategy_that_does_not_fit_suggests_the_one_that_does():
     assert plan.choice.startswith("ddp as asked does not fit")
     fsdp = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4x40GiB"), strategy="fsdp"))
     assert any(s["settings"] == {"training.nodes": 2} and s["fits"] for s in fsdp.suggestions)
+    assert not any("model.quantization" in s["settings"] for s in fsdp.suggestions)  # fsdp + 4-bit: not trained
 
 
 def test_fsdp_searches_use_the_fsdp_model():
@@ -238,3 +250,8 @@ def test_seed_question_figures_in_readme_and_docs_are_the_planners():
         assert f"{chosen['min_free_bytes'] / GIB:.2f} GiB free" in docs
         assert f"Largest max_length that fits: {plan.max_length_that_fits}." in docs
     assert "2.87x" in docs
+    quantised = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), quantization="nf4"))
+    row = next(line for line in docs.splitlines() if line.startswith("| one node, 4-bit base"))
+    assert f"**{quantised.strategy}**" in row and f"{quantised.entry('fsdp')['relative_speed']:.2f}x" in row
+    for e in quantised.strategies:
+        assert f"{e['peak_bytes'] / GIB:.2f} GiB" in row, e["name"]

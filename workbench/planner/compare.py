@@ -29,7 +29,13 @@ def entry(name: str, devices: list[dict], fits: bool, layout: Layout, step: Step
          "comm_bytes_per_step": timed["comm_bytes_per_step"]}
     if name == "device_map":
         e["offloaded"] = list(offloaded)
+    # FSDP2 gathers a 4-bit weight as a plain tensor without its quantisation state (bitsandbytes'
+    # Params4bit), so the workbench refuses fsdp on a quantised base: never recommended then
+    e["trains"] = not (name == "fsdp" and request.quantization != "none")
     e["why"] = why(e, layout, request, offloaded)
+    if not e["trains"]:
+        e["why"] += (f" The workbench does not train fsdp on a {request.quantization} base yet: use device_map or "
+                     "ddp, or fsdp on the unquantised base.")
     return e
 
 
@@ -46,7 +52,7 @@ def sharded_entries(layout: Layout, step: Step, request, links) -> list[dict]:
 def choose(entries: list[dict]) -> str:
     """The fastest strategy that fits (speeds equal to 0.01 are a tie, broken by the free memory
     of the fullest GPU); device_map when none fits (its suggestions say what would)."""
-    fitting = [e for e in entries if e["fits"]]
+    fitting = [e for e in entries if e["fits"] and e.get("trains", True)]
     if not fitting:
         return "device_map"
     return max(fitting, key=lambda e: (round(e["relative_speed"], 2), e["min_free_bytes"]))["name"]
@@ -115,10 +121,13 @@ def choice_sentence(chosen: str, entries: list[dict], asked: str) -> str:
         lead = f"{chosen} over {_span(c)}"
     free = f"{gib(c['min_free_bytes'])} GiB free on the fullest GPU"
     if chosen == "device_map":
-        rest = [f"{e['name']} needs {gib(e['peak_bytes'])} GiB per GPU" for e in others if not e["fits"]]
+        rest = [f"{e['name']} needs {gib(e['peak_bytes'])} GiB per GPU" if not e["fits"]
+                else f"{e['name']} is not trained on a quantised base yet" for e in others
+                if not e["fits"] or not e.get("trains", True)]
         tail = f" ({'; '.join(rest)})" if rest else ""
         if len(rest) == len(others):
-            why_this = "the only strategy that fits"
+            why_this = ("the only strategy that fits" if not any(e["fits"] for e in others)
+                        else "the only strategy that fits and trains here")
         elif all(round(e["relative_speed"], 2) <= 1.0 for e in others if e["fits"]):
             why_this = "nothing that fits is faster, and it keeps the most memory free"
         else:
