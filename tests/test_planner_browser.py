@@ -4,24 +4,14 @@ Typed at 30 ms per key as a person would: a plan that does not fit shows every c
 suggestions; choosing a strategy row redraws the per-GPU table; "Use this plan" answers.
 """
 
-import socket
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-SECOND = 1000
+from test_browser import ARGS, CHROMIUM, SECOND, free_port
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does).")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

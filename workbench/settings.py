@@ -319,7 +319,7 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
 
 
 def _bad(name, value, default):
-    shown = repr(value)
+    shown = "an empty box" if value is None or value == "" else repr(value)  # a number box with letters sends None
     shown = shown if len(shown) <= 80 else shown[:80] + "..."
     kind = type(default).__name__
     raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind} like {default!r}, got {shown}.")
