@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.data.problems import (EMPTY_CONTENT, IMAGE_COUNT, MISSING_FIELD, NO_ASSISTANT, UNKNOWN_ROLE,
-                                     WRONG_TYPE, BadImage)
+                                     WRONG_TYPE, BadImage, clip)
 from workbench.data.refs import is_image_part, normalise, part_reference
 from workbench.data.sample import IMAGE_TAG, ROLES, Sample, Turn
 
@@ -53,6 +53,13 @@ def _image_list(record: dict, key: str = "images") -> list:
 def _finish(turns: list[Turn], images: list[str], row: int, base: Path) -> Sample:
     if not any(t.role == "assistant" for t in turns):
         raise RowError(NO_ASSISTANT, "no assistant turn to learn from: add the answer as an assistant message")
+    if not any(t.trained for t in turns):
+        raise RowError(NO_ASSISTANT, "every assistant turn is marked 'loss': false, so nothing would be learned: "
+                                     "drop the row or train one of its answers")
+    for j, turn in enumerate(turns, start=1):
+        if IMAGE_TAG in turn.text and turn.role != "user":
+            raise RowError(IMAGE_COUNT, f"turn {j} ({turn.role}) holds an image; the chat template shows images only "
+                                        "in user turns: move it into a user message")
     tags = sum(t.text.count(IMAGE_TAG) for t in turns)
     if tags != len(images):
         raise RowError(IMAGE_COUNT, f"{tags} <image> tag(s) but {len(images)} image(s): each image needs "
@@ -65,15 +72,20 @@ def _finish(turns: list[Turn], images: list[str], row: int, base: Path) -> Sampl
     return Sample(turns=turns, images=resolved, row=row)
 
 
-def _turn(j: int, role, content) -> Turn:
+def _turn(j: int, role, content, loss=None) -> Turn:
     if role not in ROLES:
         raise RowError(UNKNOWN_ROLE, f"message {j} has unknown role {role!r} (use system, user or assistant)")
+    if loss is not None and not isinstance(loss, bool):
+        raise RowError(WRONG_TYPE, f"message {j} ({role}) has 'loss': {clip(repr(loss), 40)}: use true or false")
+    if loss and role != "assistant":
+        raise RowError(WRONG_TYPE, f"message {j} ({role}) has 'loss': true, but only assistant turns are trained: "
+                                   "remove the flag or make it an assistant turn")
     if not isinstance(content, str):
         raise RowError(EMPTY_CONTENT if content is None else WRONG_TYPE,
                        f"message {j} ({role}) has {'no' if content is None else 'non-text'} content")
     if not content.replace(IMAGE_TAG, "").strip() and not (role == "user" and IMAGE_TAG in content):
         raise RowError(EMPTY_CONTENT, f"message {j} ({role}) has empty content")
-    return Turn(role, content)
+    return Turn(role, content, loss)
 
 
 def _message_list(record, key: str):
@@ -91,7 +103,7 @@ def sample_from_swift(record, row: int, base: Path) -> Sample:
     for j, message in enumerate(_message_list(record, "messages"), start=1):
         if not isinstance(message, dict):
             raise RowError(WRONG_TYPE, f"message {j} is not an object")
-        turns.append(_turn(j, message.get("role"), message.get("content")))
+        turns.append(_turn(j, message.get("role"), message.get("content"), message.get("loss")))
     return _finish(turns, _image_list(record), row, base)
 
 
@@ -116,7 +128,7 @@ def sample_from_sharegpt(record, row: int, base: Path, mapping: dict | None = No
         if tag not in roles:
             raise RowError(UNKNOWN_ROLE, f"message {j} has unknown {tags['role_tag']!r} value {tag!r} "
                                          f"(use {', '.join(repr(r) for r in roles)})")
-        turns.append(_turn(j, roles[tag], message.get(tags["content_tag"])))
+        turns.append(_turn(j, roles[tag], message.get(tags["content_tag"]), message.get("loss")))
     return _finish(turns, _image_list(record, columns.get("images") or "images"), row, base)
 
 
@@ -159,7 +171,7 @@ def sample_from_messages(record, row: int, base: Path) -> Sample:
                 if ref is None:
                     raise RowError(IMAGE_COUNT, f"message {j} has more <image> tags than 'images' has images")
                 images.append(ref)
-        turns.append(_turn(j, message.get("role"), content))
+        turns.append(_turn(j, message.get("role"), content, message.get("loss")))
     leftover = sum(1 for _ in spare)
     if leftover:
         raise RowError(IMAGE_COUNT, f"{leftover} image(s) in 'images' have no image part in the messages")

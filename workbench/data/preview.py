@@ -4,9 +4,9 @@ The table is built once per check (a pandas DataFrame over every record, broken 
 included); a page turn is an ``iloc`` slice plus thumbnails made once per image under the
 workbench home, so it costs the same on row 10 and row 99,990.
 
-A row view renders the sample exactly as training does: ``SampleEncoder.render`` (the
-model's chat template) and ``processor_inputs`` (the processor expands each image into
-its visual tokens), then ``assistant_mask`` marks the trained tokens.
+A row view renders the sample exactly as training does: ``SampleEncoder.tokens`` (the
+model's chat template, the processor expanding each image into its visual tokens, and the
+trained flag of every token).
 """
 
 from __future__ import annotations
@@ -112,11 +112,8 @@ def render_row(sample, encoder) -> RowView:
 
     ``encoder`` is a ``workbench.data.collate.SampleEncoder`` for the model and pixel limits in use.
     """
-    from workbench.data.collate import assistant_mask
-
-    enc = encoder.processor_inputs(encoder.render(sample), sample.images)  # BadImage: one sentence
+    enc, mask = encoder.tokens(sample)  # BadImage: one sentence
     ids = enc["input_ids"][0].tolist()
-    mask = assistant_mask(ids, encoder.header, encoder.end_id)
     tokenizer = encoder.processor.tokenizer
     pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     segments: list[tuple[str, str | None]] = []

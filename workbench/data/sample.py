@@ -6,12 +6,20 @@ from dataclasses import dataclass, field
 
 IMAGE_TAG = "<image>"
 ROLES = ("system", "user", "assistant")
+# qwen-vl-utils' per-image sizing keys (``fetch_image``): a row may size each image itself.
+IMAGE_OPTIONS = ("min_pixels", "max_pixels", "resized_height", "resized_width")
 
 
 @dataclass
 class Turn:
     role: str  # system | user | assistant
     text: str  # images are placed by IMAGE_TAG, in order
+    loss: bool | None = None  # ms-swift's per-message flag: False keeps an answer out of the loss
+
+    @property
+    def trained(self) -> bool:
+        """Whether training learns this turn's text: assistant turns, unless marked ``loss: false``."""
+        return self.role == "assistant" and self.loss is not False
 
 
 @dataclass
@@ -19,6 +27,12 @@ class Sample:
     turns: list[Turn]
     images: list[str] = field(default_factory=list)  # resolved paths, one per IMAGE_TAG
     row: int = 0  # 1-based record number (the line number for JSONL)
+    # per image, qwen-vl-utils' sizing keys the row gave for it ({} for most): see IMAGE_OPTIONS
+    image_options: list[dict] = field(default_factory=list)
+    boxes: list = field(default_factory=list)  # grounding boxes (workbench.data.grounding.Box), drawn in previews
+
+    def options(self, index: int) -> dict:
+        return self.image_options[index] if index < len(self.image_options) else {}
 
     def messages(self) -> list[dict]:
         """HF chat messages with content parts, as processors' chat templates expect."""

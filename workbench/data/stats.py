@@ -34,6 +34,7 @@ CALIBRATION_PIECES = 2000
 # Qwen2-VL's template without a tokenizer: default system prompt (11), per turn
 # <|im_start|> role \n ... <|im_end|> \n (5), per image start/pad/end (3).
 FALLBACK_SYSTEM, FALLBACK_TURN, FALLBACK_IMAGE, FALLBACK_BYTES_PER_TOKEN = 11, 5, 3, 4.0
+NEWLINE = "\n"  # one token in every Qwen vocabulary; see _pieces
 
 
 @functools.lru_cache(maxsize=65536)
@@ -104,7 +105,21 @@ def _shape(sample: Sample) -> tuple:
 
 
 def _pieces(sample: Sample) -> list[str]:
-    return [p for t in sample.turns for p in t.text.split(IMAGE_TAG) if p]
+    """The turns' text pieces as the encoder tokenizes them. A prompt turn's first piece follows the
+    template's newline in the same tokenized span, and a newline or space it starts with merges
+    with that newline: it is counted with the newline in front (which ``_exact_rows`` takes off
+    again). An answer is tokenized on its own (``workbench.data.spans``)."""
+    out = []
+    for turn in sample.turns:
+        for i, piece in enumerate(turn.text.split(IMAGE_TAG)):
+            if piece:
+                out.append(_Joined(NEWLINE + piece) if i == 0 and turn.role != "assistant" and piece[0].isspace()
+                           else piece)
+    return out
+
+
+class _Joined(str):
+    """A piece counted with the template's newline in front: one token less is its own."""
 
 
 class TextTokenCounter:
@@ -132,12 +147,17 @@ class TextTokenCounter:
         if not texts:
             return []
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None and hasattr(backend, "encode_batch_fast"):
+        # A batched processor call (the encoder pads a row's pieces) leaves padding switched on in the
+        # shared backend; a plain tokenizer call switches it off again.
+        if backend is not None and hasattr(backend, "encode_batch_fast") and backend.padding is None \
+                and backend.truncation is None:
             return [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _exact_rows(self, pieces: list[list[str]], template: list[int]) -> list[int]:
-        counts, out, i = self._exact([p for ps in pieces for p in ps]), [], 0
+        flat = [p for ps in pieces for p in ps]
+        counts, out, i = self._exact(flat), [], 0
+        counts = [n - isinstance(p, _Joined) for n, p in zip(counts, flat)]
         for ps, t in zip(pieces, template):
             out.append(t + sum(counts[i:i + len(ps)]))
             i += len(ps)
@@ -171,11 +191,11 @@ class TextTokenCounter:
 
 
     def trained(self, samples: list[Sample]) -> list[int]:
-        """Tokens training learns per row: each assistant turn's text and its ``<|im_end|>``
-        (``workbench.data.collate.assistant_mask``). Exact with a tokenizer within EXACT_BYTES,
+        """Tokens training learns per row: each trained assistant turn's text, tokenized on its own,
+        and its ``<|im_end|>`` (``workbench.data.spans``). Exact with a tokenizer within EXACT_BYTES,
         else at the bytes per token ``count`` measured (4 without a tokenizer)."""
-        answers = [[p for t in s.turns if t.role == "assistant" for p in t.text.split(IMAGE_TAG) if p] for s in samples]
-        turns = [sum(1 for t in s.turns if t.role == "assistant") for s in samples]
+        answers = [[t.text for t in s.turns if t.trained and t.text] for s in samples]
+        turns = [sum(1 for t in s.turns if t.trained) for s in samples]
         sizes = [sum(len(p.encode("utf-8")) for p in ps) for ps in answers]
         if self.tokenizer is not None and sum(sizes) <= EXACT_BYTES:
             return [n + extra for n, extra in zip(self._exact_rows(answers, [0] * len(answers)), turns)]

@@ -42,6 +42,7 @@ class DatasetReport:
     parsed: dict[int, Sample] = field(default_factory=dict)  # row -> Sample, problem rows whose text parsed included
     texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # (user, assistant) of rows that did not parse
     lengths: dict[int, RowLength] = field(default_factory=dict)  # row -> tokens, for rows with readable images
+    trained: dict[int, int] = field(default_factory=dict)  # row -> tokens the loss learns, for the same rows
     stats: dict = field(default_factory=dict)
     min_pixels: int = 3136
     max_pixels: int = 1003520
@@ -135,9 +136,10 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
     problems.sort(key=lambda p: p.row)
     totals = [length.total for length in lengths.values()]
     stats = summarize(totals, [sum(length.visual_tokens) for length in lengths.values()])
-    stats.update(summarize_trained(counter.trained(measurable)))
+    trained = dict(zip((s.row for s in measurable), counter.trained(measurable)))
+    stats.update(summarize_trained(list(trained.values())))
     stats.update({"text_tokens": counter.method, "unique_images": len(headers),
                   "min_pixels": min_pixels, "max_pixels": max_pixels})
     parsed = {**loaded.unusable, **{s.row: s for s in loaded.samples}}
     return DatasetReport(str(path), loaded.format, loaded.rows, valid, problems, parsed, loaded.texts, lengths,
-                         stats, min_pixels, max_pixels, max_length, context, image_folder or None)
+                         trained, stats, min_pixels, max_pixels, max_length, context, image_folder or None)
