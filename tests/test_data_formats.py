@@ -69,10 +69,23 @@ def test_dataset_info_columns_and_tags_are_used(folder):
 
 
 def test_dataset_info_with_other_formatting_is_refused(folder):
-    (folder / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "alp.json"}}))
+    (folder / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "alp.json", "formatting": "openai"}}))
     (folder / "alp.json").write_text(json.dumps([swift()]))
-    with pytest.raises(UserError, match="alpaca"):
+    with pytest.raises(UserError, match="'openai' formatting"):
         load_samples(folder / "alp.json")
+
+
+def test_dataset_info_alpaca_columns_rename_the_fields(folder):
+    """LLaMA-Factory's default formatting (alpaca) with its dataset_info.json 'columns' mapping."""
+    (folder / "dataset_info.json").write_text(json.dumps({"a": {
+        "file_name": "alp2.json", "columns": {"prompt": "question", "response": "answer", "images": "pictures"}}}))
+    (folder / "alp2.json").write_text(json.dumps([{"question": "<image>Color?", "answer": "red",
+                                                   "pictures": ["img/a.png"]}]))
+    result = load_samples(folder / "alp2.json")
+    assert result.format == "alpaca" and not result.problems
+    sample = result.samples[0]
+    assert [(t.role, t.text) for t in sample.turns] == [("user", "<image>Color?"), ("assistant", "red")]
+    assert sample.images == [str(folder / "img" / "a.png")]
 
 
 def test_hf_content_parts_with_paths_or_images_list(folder):

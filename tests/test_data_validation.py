@@ -24,7 +24,7 @@ def broken(tmp_path):
         swift() | {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},  # 5
         swift() | {"messages": [{"role": "user", "content": "<image>hi"}]},                                 # 6 no assistant
         swift(answer="   "),                                        # 7 empty-content
-        swift(question="no tag here"),                              # 8 image-count (image without a tag)
+        swift(question="no tag here"),                              # 8 ok: ms-swift puts untagged images first
         swift(question="<image><image>two tags"),                   # 9 image-count
         swift(images=["img/missing.png"]),                          # 10 image-missing
         swift(images=["img/text.png"]),                             # 11 image-unreadable
@@ -39,7 +39,7 @@ def broken(tmp_path):
 
 
 EXPECTED = {2: "malformed-json", 4: "wrong-type", 5: "unknown-role", 6: "no-assistant", 7: "empty-content",
-            8: "image-count", 9: "image-count", 10: "image-missing", 11: "image-unreadable",
+            9: "image-count", 10: "image-missing", 11: "image-unreadable",
             12: "image-too-large", 13: "image-too-large", 14: "image-shape", 15: "too-long", 16: "wrong-type",
             17: "wrong-type"}
 
@@ -47,12 +47,13 @@ EXPECTED = {2: "malformed-json", 4: "wrong-type", 5: "unknown-role", 6: "no-assi
 def test_each_problem_kind_names_its_line(broken):
     report = check_dataset(broken, max_length=200, min_pixels=3136, max_pixels=12544)
     assert {p.row: p.kind for p in report.problems} == EXPECTED
-    assert report.rows == 16 and report.valid == 1 and report.samples[0].row == 1
+    assert report.rows == 16 and report.valid == 2 and [s.row for s in report.samples] == [1, 8]
+    assert report.samples[1].turns[0].text == "<image>no tag here"
     reasons = {p.row: p.reason for p in report.problems}
-    assert "1 <image> tag(s) but 0" not in reasons[8] and "0 <image> tag(s) but 1 image(s)" in reasons[8]
+    assert "2 <image> tag(s) but 1 image(s)" in reasons[9]
     assert "missing.png is missing" in reasons[10]
     assert "robot" in reasons[5] and "max_length 200" in reasons[15]
-    assert report.problems_by_kind()["image-count"] == 2
+    assert report.problems_by_kind()["image-count"] == 1
 
 
 def test_junk_records_never_raise(tmp_path):
@@ -77,13 +78,13 @@ def test_check_cli_exit_codes_and_json(broken, tmp_path, capsys):
 
     assert main(["data", "check", str(broken), "--json", "--max-length", "200", "--max-pixels", "12544"]) == 1
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["rows"] == 16 and out["valid"] == 1
+    assert out["rows"] == 16 and out["valid"] == 2
     assert [p["row"] for p in out["problems"]] == sorted(EXPECTED)
     assert all(set(p) >= {"row", "reason"} for p in out["problems"])
 
     assert main(["data", "check", str(broken)]) == 1
     text = capsys.readouterr().out
-    assert "16 rows, 2 valid" in text and "row 2: line is not valid JSON" in text  # no --max-length: 15 is fine
+    assert "16 rows, 3 valid" in text and "row 2: line is not valid JSON" in text  # no --max-length: 15 is fine
 
     assert main(["data", "check", str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -28,11 +28,12 @@ from workbench.data.problems import (  # noqa: F401  (the kinds are part of this
     BadImage, Problem, clip)
 from workbench.data.parsers import (  # noqa: F401  (parsers are part of this module's interface)
     RowError, loose_text, sample_from_messages, sample_from_sharegpt, sample_from_swift)
+from workbench.data.layouts import ALPACA, CAULDRON, QUERY_RESPONSE, as_swift, layout_of
 from workbench.data.refs import FILE, URL, kind_of, short
 from workbench.data.sample import Sample
 from workbench.errors import UserError
 
-FORMATS = ("auto", "swift", "sharegpt", "messages")
+FORMATS = ("auto", "swift", "sharegpt", "messages", QUERY_RESPONSE, ALPACA, CAULDRON)
 
 
 @dataclass
@@ -66,7 +67,7 @@ def read_records(path: str | Path):
     if not text.strip():
         raise UserError(f"Dataset file {path} is empty: it needs at least one record.")
     stripped = text.lstrip()
-    if stripped.startswith("["):
+    if stripped.startswith("[") and not _jsonl_of_lists(stripped):
         try:
             records = json.loads(text)
         except RecursionError:
@@ -99,6 +100,18 @@ def read_records(path: str | Path):
             yield i, json.loads(line), None
         except (json.JSONDecodeError, RecursionError) as exc:
             yield i, None, f"line is not valid JSON ({exc.__class__.__name__}: {str(exc)[:80]})"
+
+
+def _jsonl_of_lists(text: str) -> bool:
+    """A file of bare message lists, one per line (Qwen's README writes a dataset so), not one JSON list."""
+    first, _, rest = text.partition("\n")
+    if not rest.strip():
+        return False
+    try:
+        value = json.loads(first)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(value, list)
 
 
 def _image_base(path: Path, image_folder) -> Path:
@@ -147,10 +160,13 @@ def _single_entry_file(info_path: Path) -> Path:
 
 
 def detect_format(record) -> str:
-    """swift, sharegpt or messages from the shape of one record (swift when unsure)."""
+    """The layout of one record from its keys: sharegpt, messages, query-response, alpaca, cauldron
+    or swift (when unsure)."""
     if isinstance(record, dict):
         if "conversations" in record:
             return "sharegpt"
+        if "messages" not in record and layout_of(record):
+            return layout_of(record)
         messages = record.get("messages")
         if isinstance(messages, list):
             for message in messages:
@@ -172,15 +188,19 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
     result = LoadResult()
     if path.name == "dataset_info.json" and path.is_file():
         path = _single_entry_file(path)
-    mapping = dataset_info_mapping(path) if format in ("auto", "sharegpt") and path.exists() else None
-    if mapping and mapping.get("formatting", "alpaca") != "sharegpt":
-        raise UserError(f"dataset_info.json describes {path.name} as '{mapping.get('formatting', 'alpaca')}' "
-                        "formatting; only sharegpt is read: convert the file or set \"formatting\": \"sharegpt\".")
-    chosen = "sharegpt" if mapping and format == "auto" else (None if format == "auto" else format)
+    mapping = dataset_info_mapping(path) if format in ("auto", "sharegpt", ALPACA) and path.exists() else None
+    if mapping and mapping.get("formatting", "alpaca") not in ("sharegpt", "alpaca"):
+        raise UserError(f"dataset_info.json describes {path.name} as '{mapping.get('formatting')}' formatting; "
+                        "sharegpt and alpaca are read: convert the file or fix its \"formatting\".")
+    if mapping and format == "auto":  # LLaMA-Factory's own default formatting is alpaca
+        chosen = "sharegpt" if mapping.get("formatting") == "sharegpt" else ALPACA
+    else:
+        chosen = None if format == "auto" else format
     base = _image_base(path, image_folder)
     where = f"the image folder {base}" if image_folder else "the dataset's folder; give the image folder if they live elsewhere"
     present: dict[str, bool] = {}  # per load: a file added since is seen next time
-    conversation_keys = {"messages", "conversations", (mapping or {}).get("columns", {}).get("messages")}
+    conversation_keys = {"messages", "conversations", (mapping or {}).get("columns", {}).get("messages"),
+                         (mapping or {}).get("columns", {}).get("prompt"), "query", "instruction", "texts"}
     shaped = 0  # records that are objects with a conversation key: a dataset, however broken its rows
     for row, record, error in read_records(path):
         result.rows += 1
@@ -196,7 +216,11 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
         try:
             if chosen == "sharegpt":
                 sample = sample_from_sharegpt(record, row, base, mapping)
-            elif chosen == "messages":
+            elif chosen in (QUERY_RESPONSE, ALPACA, CAULDRON):
+                if not isinstance(record, dict):
+                    raise RowError(WRONG_TYPE, f"record is a {type(record).__name__}, expected an object")
+                sample = sample_from_swift(as_swift(record, chosen, mapping), row, base)
+            elif chosen == "messages" or _has_parts(record):
                 sample = sample_from_messages(record, row, base)
             else:
                 sample = sample_from_swift(record, row, base)
@@ -227,5 +251,13 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
                         "JSON object per line, or a JSON list of objects.")
     if result.rows and not result.samples and not shaped:
         raise UserError(f"Dataset file {path} is not a dataset: none of its {result.rows} record(s) is an object "
-                        "with a 'messages' or 'conversations' list (ms-swift, sharegpt or HF messages format).")
+                        "with a 'messages' or 'conversations' list, 'query'/'response', 'instruction'/'output' or "
+                        "'texts' (the layouts in docs/data-formats.md).")
     return result
+
+
+def _has_parts(record) -> bool:
+    """A swift-looking record whose messages carry content parts (rows of one file may mix both)."""
+    messages = record.get("messages") if isinstance(record, dict) else None
+    return isinstance(messages, list) and any(isinstance(m, dict) and isinstance(m.get("content"), list)
+                                              for m in messages)

@@ -21,6 +21,9 @@ IMAGE_UNREACHABLE = "image-unreachable"  # an http(s) image that could not be do
 IMAGE_TOO_LARGE = "image-too-large"
 IMAGE_SHAPE = "image-shape"
 TOO_LONG = "too-long"
+VIDEO = "video"  # not trained yet: a row with a video would lose its frames
+AUDIO = "audio"  # no Qwen-VL model hears
+GROUNDING = "grounding"  # objects / <ref-object> / <bbox> that do not match
 
 
 def clip(text: str, limit: int = 300) -> str:

@@ -158,7 +158,7 @@ def data_uri_bytes(ref: str) -> tuple[str, bytes]:
 
 # ---------------------------------------------------------------------------- part shapes
 IMAGE_PART_TYPES = ("image", "image_url", "input_image")
-_REFERENCE_KEYS = ("image", "image_url", "url", "path")
+_REFERENCE_KEYS = ("image", "image_url", "url", "path", "value")  # value: LLaMA-Factory's parts
 
 
 def part_reference(part):

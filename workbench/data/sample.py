@@ -30,6 +30,13 @@ class Sample:
     # per image, qwen-vl-utils' sizing keys the row gave for it ({} for most): see IMAGE_OPTIONS
     image_options: list[dict] = field(default_factory=list)
     boxes: list = field(default_factory=list)  # grounding boxes (workbench.data.grounding.Box), drawn in previews
+    refs: list[str] = field(default_factory=list)  # grounding labels not yet written into the text
+
+    @property
+    def ungrounded(self) -> bool:
+        """Grounding placeholders still wait for the image sizes (``workbench.data.grounding.ground``)."""
+        return bool(self.refs or self.boxes) and any("<ref-object>" in t.text or "<bbox>" in t.text
+                                                     for t in self.turns)
 
     def options(self, index: int) -> dict:
         return self.image_options[index] if index < len(self.image_options) else {}

@@ -46,6 +46,18 @@ def visual_token_count(height: int, width: int, min_pixels: int, max_pixels: int
     return (h // factor) * (w // factor)
 
 
+def resized_size(height: int, width: int, options: dict, min_pixels: int, max_pixels: int,
+                 factor: int = IMAGE_FACTOR) -> tuple[int, int]:
+    """(height, width) the model sees an image at: qwen-vl-utils' ``fetch_image`` rule, the row's own
+    sizing keys (``workbench.data.sample.IMAGE_OPTIONS``) before the run's min/max pixels."""
+    from qwen_vl_utils import smart_resize
+
+    if "resized_height" in options and "resized_width" in options:
+        return smart_resize(options["resized_height"], options["resized_width"], factor=factor)
+    return smart_resize(height, width, factor=factor, min_pixels=options.get("min_pixels", min_pixels),
+                        max_pixels=options.get("max_pixels", max_pixels))
+
+
 def pixels_per_token(model: str) -> int:
     """The side of the pixel square one visual token covers, from the model's family (28 when unknown)."""
     from workbench.models import family_of_model

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.data.formats import LoadResult, load_samples
+from workbench.data.grounding import GroundingError, grounding_style, ground
 from workbench.data.images import ImageHeaders
-from workbench.data.problems import IMAGE_SHAPE, TOO_LONG, Problem
+from workbench.data.problems import GROUNDING, IMAGE_SHAPE, TOO_LONG, Problem
 from workbench.data.refs import short
 from workbench.data.sample import Sample
-from workbench.data.stats import (IMAGE_FACTOR, TextTokenCounter, pixels_per_token, summarize, summarize_trained,
-                                  visual_token_count)
+from workbench.data.stats import (IMAGE_FACTOR, TextTokenCounter, pixels_per_token, resized_size, summarize,
+                                  summarize_trained, visual_token_count)
 
 
 @dataclass
@@ -98,19 +99,31 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
     problems = list(loaded.problems)
     measurable: list[Sample] = []
     visual: dict[int, list[int]] = {}
+    style = grounding_style(model)
     for sample in loaded.samples:
-        tokens, problem = [], None
-        for image in sample.images:
+        tokens, sizes, problem = [], [], None
+        for i, image in enumerate(sample.images):
             info = headers(image)
             if info.error:
                 problem = Problem(sample.row, info.error, info.kind)
                 break
             try:
-                tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels, factor))
+                if sample.options(i):
+                    h, w = resized_size(info.height, info.width, sample.options(i), min_pixels, max_pixels, factor)
+                    tokens.append((h // factor) * (w // factor))
+                else:
+                    tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels, factor))
             except ValueError:
                 problem = Problem(sample.row, f"image {short(image)} is {info.width}x{info.height}, longer than 200 "
                                               "times its width or height: crop or pad it", IMAGE_SHAPE)
                 break
+            sizes.append((info.width, info.height))
+        if not problem and sample.ungrounded:
+            try:
+                sample = ground(sample, sample.refs, sizes, style, lambda i, w, h, s=sample: resized_size(
+                    h, w, s.options(i), min_pixels, max_pixels, factor))
+            except GroundingError as exc:
+                problem = Problem(sample.row, str(exc), GROUNDING)
         if problem:
             problems.append(problem)
         else:
@@ -140,6 +153,6 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
     stats.update(summarize_trained(list(trained.values())))
     stats.update({"text_tokens": counter.method, "unique_images": len(headers),
                   "min_pixels": min_pixels, "max_pixels": max_pixels})
-    parsed = {**loaded.unusable, **{s.row: s for s in loaded.samples}}
+    parsed = {**loaded.unusable, **{s.row: s for s in loaded.samples}, **{s.row: s for s in measurable}}
     return DatasetReport(str(path), loaded.format, loaded.rows, valid, problems, parsed, loaded.texts, lengths,
                          trained, stats, min_pixels, max_pixels, max_length, context, image_folder or None)
