@@ -149,6 +149,27 @@ def test_struct_nulls_are_dropped_and_other_values_are_plain_python(tmp_path):
     assert trl["messages"][0]["content"] == [{"text": "Q", "type": "text"}]  # as the JSON line had it
 
 
+def test_image_structs_inside_content_parts_and_the_cauldron_layout(tmp_path):
+    red = png_bytes(tmp_path, 56, 56)
+    part = pa.struct([("type", pa.string()), ("text", pa.string()), ("image", IMAGE)])
+    qwen = pa.schema([("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.list_(part))])))])
+    row = {"messages": [{"role": "user", "content": [{"type": "image", "image": {"bytes": red, "path": "r.png"}},
+                                                     {"type": "text", "text": "Color?"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}
+    result = load_samples(_parquet(tmp_path / "qwen.parquet", qwen, [row]))
+    [sample] = result.samples
+    assert result.format == "messages" and sample.turns[0].text == "<image>Color?"
+    assert open(sample.images[0], "rb").read() == red
+
+    texts = pa.list_(pa.struct([("user", pa.string()), ("assistant", pa.string()), ("source", pa.string())]))
+    cauldron = pa.schema([("images", pa.list_(IMAGE)), ("texts", texts)])
+    rows = [{"images": [{"bytes": red, "path": None}],
+             "texts": [{"user": "Color?", "assistant": "red", "source": "synthetic"}]}]
+    [(_, record, _)] = list(read_records(_parquet(tmp_path / "cauldron.parquet", cauldron, rows)))
+    assert record["texts"] == rows[0]["texts"] and open(record["images"][0], "rb").read() == red
+    assert os.path.basename(record["images"][0]) == os.path.basename(sample.images[0])  # named by content
+
+
 def _parquet(path, schema, rows, **kwargs):
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, **kwargs)
     return path

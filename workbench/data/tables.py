@@ -149,7 +149,8 @@ class _Images:
         if media == "Image":
             extension = _image_extension(data)
         else:  # audio and video are named by the row's key and refused there; kept as their own file
-            extension = os.path.splitext(path or "")[1][:8] or ".bin"
+            suffix = os.path.splitext(path or "")[1]
+            extension = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,7}", suffix) else ".bin"
         target = self.root / f"{digest}{extension}"
         if not target.is_file():
             self.root.mkdir(parents=True, exist_ok=True)
