@@ -179,17 +179,33 @@ def test_unreadable_image_bytes_are_a_problem_naming_the_row(tmp_path, capsys):
     good = png_bytes(tmp_path, 56, 56)
     rows = [swift_row("<image>A?", "a", [{"bytes": good, "path": None}]),
             swift_row("<image><image>B?", "b", [{"bytes": good, "path": None}, {"bytes": b"not an image", "path": None}]),
-            swift_row("<image>C?", "c", [{"bytes": good, "path": None}])]
+            swift_row("<image>C?", "c", [{"bytes": good, "path": None}]),
+            swift_row("<image>D?", "d", [{"bytes": None, "path": None}])]
     path = _parquet(tmp_path / "bad.parquet", SWIFT, rows)
     result = load_samples(path)
     assert [s.row for s in result.samples] == [1, 3]
-    [problem] = result.problems
-    assert (problem.row, problem.kind) == (2, "image-unreadable")
-    assert "column 'images' entry 2 holds 12 bytes that are not an image" in problem.reason
+    bad, empty = result.problems
+    assert (bad.row, bad.kind, empty.row) == (2, "image-unreadable", 4)
+    assert "column 'images' entry 2 holds 12 bytes that are not an image" in bad.reason
+    assert "column 'images' entry 1 has neither image bytes nor a path" in empty.reason
 
     out = data_check(path, capsys, status=1)
-    assert (out["rows"], out["valid"]) == (3, 2)
-    assert [p["row"] for p in out["problems"]] == [2]
+    assert (out["rows"], out["valid"]) == (4, 2)
+    assert [p["row"] for p in out["problems"]] == [2, 4]
+
+
+def test_a_full_disk_for_the_image_cache_is_one_sentence(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    fresh = png_bytes(tmp_path, 28, 28, (1, 2, 3))
+    path = _parquet(tmp_path / "full.parquet", SWIFT, [swift_row("<image>A?", "a", [{"bytes": fresh, "path": None}])])
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(UserError, match="cannot be written to .*No space left on device.*free some disk space"):
+        load_samples(path)
 
 
 def test_dispatch_is_by_content_not_by_name(tmp_path):

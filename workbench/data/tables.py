@@ -30,6 +30,7 @@ import io
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 from workbench.data.problems import IMAGE_UNREADABLE
@@ -153,10 +154,16 @@ class _Images:
             extension = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,7}", suffix) else ".bin"
         target = self.root / f"{digest}{extension}"
         if not target.is_file():
-            self.root.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-            partial.write_bytes(data)
-            os.replace(partial, target)  # another reader writing the same bytes writes the same file
+            # a reader in another thread or process may write the same bytes: each its own partial, one rename wins
+            partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                partial.write_bytes(data)
+                os.replace(partial, target)
+            except OSError as exc:
+                partial.unlink(missing_ok=True)
+                raise UserError(f"The images of this table cannot be written to {self.root} ({exc.strerror}): free "
+                                "some disk space under the workbench home (WORKBENCH_HOME) or point it elsewhere.") from None
         self.written[digest] = str(target)
         return str(target)
 
