@@ -147,6 +147,13 @@ def test_struct_nulls_are_dropped_and_other_values_are_plain_python(tmp_path):
     assert record == swift("<image>Where?", "here", [str(tmp_path / "img" / "a.png")])
     [(_, trl, _)] = list(read_records(_parquet(tmp_path / "trl.parquet", TRL, [trl_row("Q", "A", [])])))
     assert trl["messages"][0]["content"] == [{"text": "Q", "type": "text"}]  # as the JSON line had it
+    # an Audio feature has the same struct: kept as its own file for the row's parser to refuse, not an image error
+    sound = pa.schema([("messages", SWIFT.field("messages").type), ("audios", pa.list_(IMAGE))])
+    sound = with_features(sound, {"audios": {"feature": {"_type": "Audio"}, "_type": "List"}})
+    [(_, spoken, error)] = list(read_records(_parquet(tmp_path / "a.parquet", sound, [
+        {**swift_row("<audio>Say?", "hi", None), "audios": [{"bytes": b"RIFF....WAVE", "path": "x.wav"}]}])))
+    assert error is None and spoken["audios"][0].endswith(".wav")
+    assert open(spoken["audios"][0], "rb").read() == b"RIFF....WAVE"
 
 
 def test_image_structs_inside_content_parts_and_the_cauldron_layout(tmp_path):

@@ -162,8 +162,9 @@ class _Images:
                 os.replace(partial, target)
             except OSError as exc:
                 partial.unlink(missing_ok=True)
-                raise UserError(f"The images of this table cannot be written to {self.root} ({exc.strerror}): free "
-                                "some disk space under the workbench home (WORKBENCH_HOME) or point it elsewhere.") from None
+                raise UserError(f"The images of this table cannot be written to {self.root} ({exc.strerror}): "
+                                "free some disk space under the workbench home (WORKBENCH_HOME) or point it "
+                                "elsewhere.") from None
         self.written[digest] = str(target)
         return str(target)
 
