@@ -20,7 +20,8 @@ def register(sub) -> None:
                                     "their headers, count text + visual tokens, and list the problem rows.")
     c.add_argument("path", help="Dataset file (JSONL or JSON list), or a .zip holding it with its images "
                                 "(unpacked once under the workbench home). A dataset_info.json beside it is used "
-                                "for sharegpt column/tag mappings.")
+                                "for sharegpt column/tag mappings. Parquet and Arrow files, a folder of their "
+                                "shards and a datasets save_to_disk folder are read too (docs/data-formats.md).")
     c.add_argument("--image-folder", default=None,
                    help="Folder that relative image paths start at. Default: the dataset file's own folder; set it "
                         "when the images live elsewhere.")

@@ -31,6 +31,7 @@ from workbench.data.parsers import (  # noqa: F401  (parsers are part of this mo
 from workbench.data.layouts import ALPACA, CAULDRON, QUERY_RESPONSE, as_swift, layout_of
 from workbench.data.refs import FILE, URL, kind_of, short
 from workbench.data.sample import Sample
+from workbench.data.tables import is_table, read_table_records
 from workbench.errors import UserError
 
 FORMATS = ("auto", "swift", "sharegpt", "messages", QUERY_RESPONSE, ALPACA, CAULDRON)
@@ -48,8 +49,11 @@ class LoadResult:
 
 
 def read_records(path: str | Path):
-    """Yield (row_number, record_or_None, error_or_None) for a JSONL or JSON-list file."""
+    """Yield (row_number, record_or_None, error_or_None) for a JSONL or JSON-list file, or a table."""
     path = Path(path)
+    if is_table(path):  # Parquet, Arrow, a save_to_disk folder: by content (workbench.data.tables)
+        yield from read_table_records(path)
+        return
     if not path.exists():
         raise UserError(f"Dataset file {path} does not exist: check the path.")
     if path.is_dir():
@@ -116,7 +120,7 @@ def _jsonl_of_lists(text: str) -> bool:
 
 def _image_base(path: Path, image_folder) -> Path:
     if not image_folder or not str(image_folder).strip():
-        return path.parent
+        return path if path.is_dir() else path.parent  # a table folder holds its own images
     folder = Path(str(image_folder).strip()).expanduser()
     if not folder.is_dir():
         raise UserError(f"Image folder {folder} is not a folder: give the folder that relative image paths start at "
@@ -186,8 +190,8 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
     if format not in FORMATS:
         raise UserError(f"Dataset format '{format}' is unknown: use auto, swift, sharegpt or messages.")
     result = LoadResult()
-    if path.name == "dataset_info.json" and path.is_file():
-        path = _single_entry_file(path)
+    if path.name == "dataset_info.json" and path.is_file():  # LLaMA-Factory's, or the one save_to_disk writes
+        path = path.parent if (path.parent / "state.json").is_file() else _single_entry_file(path)
     mapping = dataset_info_mapping(path) if format in ("auto", "sharegpt", ALPACA) and path.exists() else None
     if mapping and mapping.get("formatting", "alpaca") not in ("sharegpt", "alpaca"):
         raise UserError(f"dataset_info.json describes {path.name} as '{mapping.get('formatting')}' formatting; "
@@ -205,7 +209,7 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
     for row, record, error in read_records(path):
         result.rows += 1
         if error:
-            result.problems.append(Problem(row, error, MALFORMED_JSON))
+            result.problems.append(Problem(row, error, getattr(error, "kind", MALFORMED_JSON)))
             continue
         if isinstance(record, list) and record and all(isinstance(m, dict) for m in record):
             record = {"messages": record}  # a bare message list, as Qwen's README writes a dataset

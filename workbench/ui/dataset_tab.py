@@ -225,9 +225,10 @@ def build(state) -> dict:
     holder = gr.State(None)
     with gr.Row():
         path = gr.Textbox(label="Dataset file", value=default_path(state.options), scale=4,
-                          info="A .jsonl, .json or .zip on this machine (relative image paths start at its folder).")
-        upload = gr.File(label="or upload (.zip: the file with its images)", file_types=[".jsonl", ".json", ".zip"],
-                         type="filepath", scale=2)
+                          info="A .jsonl, .json, .zip, .parquet or .arrow file, or a datasets save_to_disk folder, "
+                               "on this machine (relative image paths start at its folder).")
+        upload = gr.File(label="or upload (.zip: the file with its images)", type="filepath", scale=2,
+                         file_types=[".jsonl", ".json", ".zip", ".parquet", ".arrow"])
         image_folder = gr.Textbox(label="Image folder (optional)", scale=2,
                                   info="Where relative image paths start, when not beside the file.")
         fmt = gr.Dropdown(FORMATS, value="auto", label="Format", scale=1,
