@@ -213,3 +213,22 @@ def test_grounding_mismatches_are_problems(objects, words, folder):
     row = {**GROUNDING_ROW, "objects": objects}
     report = check(write_jsonl(folder / f"badground-{abs(hash(json.dumps(objects)))}.jsonl", [row]))
     assert report.valid == 0 and report.problems[0].kind == "grounding" and words in report.problems[0].reason
+
+
+def test_data_check_json_per_row_equals_the_independent_count(folder, capsys):
+    """`data check --json` per_row for a preset not downloaded (the real vocabulary): every layout's
+    rows in one file each, tokens and trained tokens equal to the hand count."""
+    from workbench.cli.main import main
+
+    for layout, (rows, meanings) in sorted(LAYOUTS.items()):
+        path = write_jsonl(folder / f"cli-{abs(hash(layout))}.jsonl", rows)
+        assert main(["data", "check", str(path), "--json", "--model", "qwen2-vl-7b-instruct",
+                     "--max-pixels", str(PIXELS["max_pixels"])]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["stats"]["text_tokens"] == "exact"
+        wanted = []
+        for row, (messages, images) in enumerate(meanings, start=1):
+            total, trained = expected(messages, images)
+            wanted.append({"row": row, "tokens": total, "visual_tokens": sum(map(visual, images)),
+                           "trained_tokens": trained})
+        assert out["per_row"] == wanted, layout

@@ -93,7 +93,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"rows": report.rows, "valid": report.valid, "format": report.format,
                           "context": report.context, "problems": problems, "problems_by_kind": report.problems_by_kind(),
-                          "stats": report.stats}))
+                          "stats": report.stats, "per_row": report.per_row()}))
     else:
         s = report.stats
         print(f"{report.path} ({report.format}): {report.rows} rows, {report.valid} valid, "

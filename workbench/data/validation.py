@@ -58,6 +58,13 @@ class DatasetReport:
     def problems_by_kind(self) -> dict[str, int]:
         return dict(Counter(p.kind for p in self.problems).most_common())
 
+    def per_row(self) -> list[dict]:
+        """For each valid row, in file order: its tokens (text + visual), visual and trained tokens, as
+        training will see them."""
+        rows = sorted(s.row for s in self.samples)
+        return [{"row": row, "tokens": self.lengths[row].total, "visual_tokens": sum(self.lengths[row].visual_tokens),
+                 "trained_tokens": self.trained[row]} for row in rows]
+
     def totals(self) -> list[int]:
         return [length.total for length in self.lengths.values()]
 
