@@ -228,3 +228,30 @@ def test_rows_longer_than_the_models_context_are_problems(tmp_path, config):
     holder, summary, problems, stats, *_ = check(str(tmp_path / "long.jsonl"), None, "auto", roomy)
     assert "**1** valid" in summary and list(problems["kind"]) == ["too-long"]
     assert "4096 positions model 'demo' can read" in problems["reason"][0] and "4096 positions" in stats
+
+
+def test_grounding_row_shows_its_boxes_and_the_family_s_box_text(tmp_path, config, monkeypatch):
+    """An ms-swift grounding row: the row view's image has the box drawn where the row puts it (red
+    outline pixels at the box's edge, none inside), and the trained text is Qwen2-VL's box text."""
+    from PIL import Image
+
+    from data_helpers import png
+    from workbench.ui.dataset_tab import check, show_row
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    png(tmp_path / "img" / "g.png", 200, 100, color=(255, 255, 255))
+    row = {"messages": [{"role": "user", "content": "<image>Find the <ref-object>."},
+                        {"role": "assistant", "content": "<ref-object><bbox>"}], "images": ["img/g.png"],
+           "objects": {"ref": ["cup", "cup"], "bbox": [[50, 20, 150, 80]]}}
+    path = write_jsonl(tmp_path / "ground.jsonl", [row])
+    holder = check(str(path), None, "auto", config)[0]
+    images, segments, counts = show_row(holder, 1, config)
+    assert "1 box(es)" in images[0][1]
+    drawn = Image.open(images[0][0]).convert("RGB")
+    sx, sy = drawn.width / 200, drawn.height / 100
+    edge = drawn.getpixel((int(150 * sx) - 1, int(60 * sy)))  # the right edge, below the label
+    inside = drawn.getpixel((int(100 * sx), int(60 * sy)))
+    assert edge[0] > 180 and edge[1] < 80 and inside == (255, 255, 255)
+    trained = "".join(text for text, label in segments if label == "trained")
+    # 200 x 100 image: (50, 20) -> (250, 200), (150, 80) -> (750, 800) in 0-1000
+    assert trained == "<|object_ref_start|>cup<|object_ref_end|><|box_start|>(250,200),(750,800)<|box_end|><|im_end|>"

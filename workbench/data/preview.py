@@ -12,9 +12,10 @@ trained flag of every token).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from workbench.data.downloads import Downloads
-from workbench.data.images import PREVIEW_SIDE, source_label, thumbnail
+from workbench.data.images import PREVIEW_SIDE, read_image_info, source_label, thumbnail
 from workbench.data.validation import DatasetReport
 from workbench.paths import home
 
@@ -89,11 +90,56 @@ def preview_page(report: DatasetReport, table, number: int, page_size: int = PAG
 
 
 def image_sources(sample, downloads=None) -> list[tuple[str | None, str]]:
-    """(preview PNG or None, where it came from) per image of a row, for the row view's gallery."""
+    """(preview PNG or None, where it came from) per image of a row, for the row view's gallery; a
+    grounding row's boxes are drawn on its images, each with its label."""
     folder = home() / "previews"
     downloads = downloads or Downloads()
-    return [(thumbnail(ref, folder, PREVIEW_SIDE, downloads), f"#{i}: {source_label(ref, downloads)}")
-            for i, ref in enumerate(sample.images, start=1)]
+    out = []
+    for i, ref in enumerate(sample.images, start=1):
+        preview = thumbnail(ref, folder, PREVIEW_SIDE, downloads)
+        boxes = [box for box in sample.boxes if box.image == i - 1]
+        caption = f"#{i}: {source_label(ref, downloads)}"
+        if preview and boxes:
+            info = read_image_info(ref, downloads=downloads)
+            if not info.error:
+                preview = draw_boxes(preview, boxes, (info.width, info.height))
+                caption += f", {len(boxes)} box(es)"
+        out.append((preview, caption))
+    return out
+
+
+def draw_boxes(preview: str, boxes: list, size: tuple[int, int]) -> str:
+    """A copy of the preview PNG with ``boxes`` (``workbench.data.grounding.Box``) drawn on it, for an
+    image of ``size`` (width, height) pixels; made once per set of boxes."""
+    import hashlib
+    import os
+
+    from PIL import Image, ImageDraw
+
+    key = hashlib.sha1(repr((preview, [(b.coords, b.unit, b.label) for b in boxes], size)).encode()).hexdigest()[:16]
+    out = Path(preview).with_name(f"{Path(preview).stem}-boxes-{key}.png")
+    if out.is_file():
+        return str(out)
+    with Image.open(preview) as image:
+        image = image.convert("RGB")
+        scale = image.width / size[0], image.height / size[1]
+        draw = ImageDraw.Draw(image)
+        for n, box in enumerate(boxes, start=1):
+            x1, y1, x2, y2 = box.pixels(*size)
+            rect = (x1 * scale[0], y1 * scale[1], x2 * scale[0], y2 * scale[1])
+            colour = BOX_COLOURS[(n - 1) % len(BOX_COLOURS)]
+            draw.rectangle(rect, outline=colour, width=2)
+            label = f"{n} {box.label}".strip()
+            left, top, right, bottom = draw.textbbox((rect[0] + 3, rect[1] + 2), label)
+            draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=colour)
+            draw.text((rect[0] + 3, rect[1] + 2), label, fill="white")
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        image.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    return str(out)
+
+
+BOX_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
 @dataclass
