@@ -232,3 +232,28 @@ def test_data_check_json_per_row_equals_the_independent_count(folder, capsys):
             wanted.append({"row": row, "tokens": total, "visual_tokens": sum(map(visual, images)),
                            "trained_tokens": trained})
         assert out["per_row"] == wanted, layout
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_each_layout_trains_two_steps_on_its_answers(layout, folder, demo, demo_config, tmp_path):
+    """The demo model trains 2 steps on the layout's file; the labels training builds decode to
+    exactly the answers the row means (and nothing of a loss: false answer)."""
+    from workbench.training import JobState, TrainingJob
+    from workbench.training.setup import build_datasets
+
+    rows, meanings = LAYOUTS[layout]
+    path = write_jsonl(folder / f"train-{abs(hash(layout))}.jsonl", rows * 2)
+    config = demo_config.replace(data={"train_path": str(path), "eval_split": 0.0, "format": "auto"},
+                                 training={"max_steps": 2, "save_steps": 0, "warmup_ratio": 0.0, "logging_steps": 1,
+                                           "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
+                                           "output_dir": str(tmp_path / "run")})
+    train, _, processor = build_datasets(config, str(demo.model))
+    answers = ["".join(m["content"] + "<|im_end|>" for m in messages
+                       if m["role"] == "assistant" and m.get("loss") is not False) for messages, _ in meanings]
+    for i in range(len(rows)):
+        labels = [t for t in train[i]["labels"].tolist() if t != IGNORE_INDEX]
+        assert processor.tokenizer.decode(labels) == answers[i], layout
+    job = TrainingJob(config)
+    assert job.run() == JobState.FINISHED, job.message
+    losses = [json.loads(line).get("loss") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len([x for x in losses if x is not None]) == 2
