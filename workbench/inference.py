@@ -113,6 +113,7 @@ class Comparer:
         from workbench.data.downloads import Downloads
 
         self.downloads = Downloads()  # URL images: fetched once; a failure is not retried for every answer
+        self._encoder = None
         if adapter_dir:
             self.attach(adapter_dir)
         self.model.eval()
@@ -135,17 +136,20 @@ class Comparer:
         self.adapter_dir = str(adapter_dir)
 
     def _inputs(self, sample: Sample):
-        from workbench.data.images import load_image
-        from workbench.data.problems import BadImage
+        from workbench.data.collate import SampleEncoder
+        from workbench.data.problems import IMAGE_MISSING, BadImage
 
         text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False, add_generation_prompt=True)
+        if self._encoder is None:  # the training encoder's images: the same sizing, per-image keys included
+            d = self.config.data
+            self._encoder = SampleEncoder(self.processor, d.max_length, d.min_pixels, d.max_pixels)
+            self._encoder.downloads = self.downloads
         try:
-            images = [load_image(ref, self.downloads) for ref in sample.images] or None
+            enc = self._encoder.processor_inputs(text, sample)
+        except FileNotFoundError as exc:
+            raise BadImage(IMAGE_MISSING, _sentence(exc.strerror)) from None
         except BadImage as exc:
             raise BadImage(exc.kind, _sentence(str(exc))) from None
-        d = self.config.data
-        enc = self.processor(text=[text], images=images, return_tensors="pt",
-                             size={"shortest_edge": d.min_pixels, "longest_edge": d.max_pixels})
         device = next(self.model.parameters()).device
         return {k: v.to(device) for k, v in enc.items()}
 
@@ -205,11 +209,15 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def heldout_rows(path: str | Path | None = None, limit: int = 8) -> tuple[list[Sample], list[dict]]:
+def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = "") -> tuple[list[Sample], list[dict]]:
     """The first ``limit`` usable rows of a dataset file (the demo's held-out rows when no path is
-    given), and the rows skipped on the way: ``{"row", "reason"}``, images checked as ``data check`` does."""
+    given), and the rows skipped on the way: ``{"row", "reason"}``, images checked as ``data check`` does
+    (grounding boxes written as ``model``'s family writes them)."""
     from workbench.data.formats import load_samples
+    from workbench.data.grounding import grounding_style
     from workbench.data.images import ImageHeaders
+    from workbench.data.stats import pixels_per_token
+    from workbench.data.validation import measure
 
     if limit <= 0:
         raise UserError(f"The number of held-out rows must be positive, got {limit}.")
@@ -226,9 +234,11 @@ def heldout_rows(path: str | Path | None = None, limit: int = 8) -> tuple[list[S
     for sample in loaded.samples:
         if len(samples) == limit:
             break
-        error = next((info.error for info in map(headers, sample.images) if info.error), None)
-        if error:
-            problems[sample.row] = error
+        d = RunConfig().data
+        sample, _, problem = measure(sample, headers, d.min_pixels, d.max_pixels, pixels_per_token(model),
+                                     grounding_style(model))
+        if problem:
+            problems[sample.row] = problem.reason
         else:
             samples.append(sample)
     last = samples[-1].row if len(samples) == limit else float("inf")

@@ -72,7 +72,7 @@ def run(args) -> int:
     if not base:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
-        samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit)
+        samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit, base)
         with Workbench().inference(base, adapter, run_config) as comparer:
             result = heldout_check(comparer, samples, decoding, skipped)
         result["adapter_dir"] = adapter

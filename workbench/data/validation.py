@@ -82,6 +82,34 @@ def _no_cyclic_gc():
             gc.enable()
 
 
+def measure(sample: Sample, headers: ImageHeaders, min_pixels: int, max_pixels: int, factor: int,
+            style) -> tuple[Sample, list[int], Problem | None]:
+    """(the sample with its grounding boxes written in ``style``, visual tokens per image, or the
+    problem that stops it) from its images' headers."""
+    tokens, sizes = [], []
+    for i, image in enumerate(sample.images):
+        info = headers(image)
+        if info.error:
+            return sample, tokens, Problem(sample.row, info.error, info.kind)
+        try:
+            if sample.options(i):
+                h, w = resized_size(info.height, info.width, sample.options(i), min_pixels, max_pixels, factor)
+                tokens.append((h // factor) * (w // factor))
+            else:
+                tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels, factor))
+        except ValueError:
+            return sample, tokens, Problem(sample.row, f"image {short(image)} is {info.width}x{info.height}, longer "
+                                                       "than 200 times its width or height: crop or pad it", IMAGE_SHAPE)
+        sizes.append((info.width, info.height))
+    if sample.ungrounded:
+        try:
+            sample = ground(sample, sample.refs, sizes, style, lambda i, w, h: resized_size(
+                h, w, sample.options(i), min_pixels, max_pixels, factor))
+        except GroundingError as exc:
+            return sample, tokens, Problem(sample.row, str(exc), GROUNDING)
+    return sample, tokens, None
+
+
 def check_dataset(path: str | Path, format: str = "auto", max_length: int | None = None,
                   min_pixels: int = 3136, max_pixels: int = 1003520, tokenizer=None,
                   headers: ImageHeaders | None = None, image_folder: str | None = None,
@@ -108,29 +136,7 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
     visual: dict[int, list[int]] = {}
     style = grounding_style(model)
     for sample in loaded.samples:
-        tokens, sizes, problem = [], [], None
-        for i, image in enumerate(sample.images):
-            info = headers(image)
-            if info.error:
-                problem = Problem(sample.row, info.error, info.kind)
-                break
-            try:
-                if sample.options(i):
-                    h, w = resized_size(info.height, info.width, sample.options(i), min_pixels, max_pixels, factor)
-                    tokens.append((h // factor) * (w // factor))
-                else:
-                    tokens.append(visual_token_count(info.height, info.width, min_pixels, max_pixels, factor))
-            except ValueError:
-                problem = Problem(sample.row, f"image {short(image)} is {info.width}x{info.height}, longer than 200 "
-                                              "times its width or height: crop or pad it", IMAGE_SHAPE)
-                break
-            sizes.append((info.width, info.height))
-        if not problem and sample.ungrounded:
-            try:
-                sample = ground(sample, sample.refs, sizes, style, lambda i, w, h, s=sample: resized_size(
-                    h, w, s.options(i), min_pixels, max_pixels, factor))
-            except GroundingError as exc:
-                problem = Problem(sample.row, str(exc), GROUNDING)
+        sample, tokens, problem = measure(sample, headers, min_pixels, max_pixels, factor, style)
         if problem:
             problems.append(problem)
         else:

@@ -192,7 +192,7 @@ def check(session, base, adapter, dataset, rows, max_new_tokens, temperature, to
             raise UserError("Rows must be a whole number, e.g. 8.")
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
-        samples, skipped = heldout_rows(heldout_path(dataset), int(rows))
+        samples, skipped = heldout_rows(heldout_path(dataset), int(rows), str(base or ""))
         with comparer(session, base, str(adapter).strip()) as loaded:
             result = heldout_check(loaded, samples, decoding, skipped)
     except UserError as exc:
