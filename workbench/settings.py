@@ -187,11 +187,14 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
+        from workbench.data.reading import read_bounded
+
         path = Path(path)
         if not path.is_file():
             raise UserError(f"Config file {path} does not exist or is not a file: pass a YAML file written by the workbench.")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_bounded(path, MAX_CONFIG_BYTES, "Config file",
+                                "far more than a run config; pass the run.yaml the LoRA tab saves").decode("utf-8")
         except UnicodeDecodeError:
             raise UserError(f"Config file {path} is not UTF-8 text: save it again as UTF-8 YAML (the LoRA tab writes one).") from None
         except OSError as exc:
