@@ -1,7 +1,7 @@
 """Start the workbench: ``python launch.py`` (the embedded demo, on http://127.0.0.1:7860).
 
 Safe by default: loopback only, no public share link, analytics off, uploads capped, and
-only the workbench's own folder plus the chosen dataset's folder served to the browser.
+only the thumbnails the app shows served from disk (docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def parse_args(argv=None):
                    "7860 is taken.")
     p.add_argument("--model", default="demo", help="Base model: 'demo' (default, embedded tiny "
                    "Qwen2-VL), a preset, a local folder or a hub id already downloaded.")
-    p.add_argument("--dataset", default="", help="Dataset file to open (default: the demo's). Its folder "
-                   "is served to the browser so the Dataset tab can show the images.")
+    p.add_argument("--dataset", default="", help="Dataset file to open (default: the demo's). Its images "
+                   "are shown as thumbnails; its folder is never served to the browser.")
     p.add_argument("--auth", metavar="SOURCE", help="Require a login. SOURCE is a file with one "
                    "'user:password' per line, or env:NAME for an environment variable holding 'user:password'. "
                    f"Never the password itself. Without --auth, ${AUTH_ENV_DEFAULT} is used when set.")
@@ -74,14 +74,17 @@ def read_auth(source: str | None, environ=os.environ) -> list[tuple[str, str]] |
     return parse_credentials(lines, f"--auth file {path}")
 
 
-def allowed_folders(dataset: str) -> list[str]:
-    """What the browser may fetch: the workbench's home (demo, runs) and the chosen dataset's folder."""
-    from workbench.paths import home
+def allowed_folders() -> list[str]:
+    """What the browser may fetch from disk: the thumbnails the app made to show, nothing else.
 
-    allowed = [str(home())]
-    if dataset:
-        allowed.append(str(Path(dataset).expanduser().resolve().parent))
-    return allowed
+    Not the dataset's folder (``--dataset ~/train.jsonl`` would serve the home folder) nor the
+    workbench home (its log, runs, unpacked uploads)."""
+    from workbench.data.preview import shown_folders
+
+    folders = shown_folders()
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return [str(folder) for folder in folders]
 
 
 def make_app(args):
@@ -98,7 +101,7 @@ def make_app(args):
     app = build_app(LaunchOptions(model=args.model, dataset=args.dataset, max_file_size=args.max_file_size))
     app.queue(default_concurrency_limit=4)
     kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                  max_file_size=args.max_file_size, allowed_paths=allowed_folders(args.dataset),
+                  max_file_size=args.max_file_size, allowed_paths=allowed_folders(),
                   footer_links=["gradio"], ssr_mode=False, enable_monitoring=False, mcp_server=False)
     return app, kwargs
 
