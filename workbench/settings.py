@@ -85,6 +85,10 @@ class DataSettings:
                          "Rarely changed.")
     max_pixels: int = _f(1003520, "Largest image area in pixels after resizing; every 28x28 block is "
                          "one visual token. Lower it first when memory is short.")
+    allow_private_urls: bool = _f(False, "Fetch image URLs that point into this machine or its private network "
+                                  "(127.0.0.1, 10.x, 192.168.x, link-local, ...). Off: a dataset's URLs may only "
+                                  "name public hosts, so a downloaded dataset cannot probe your network. Turn on "
+                                  "only for datasets you trust that use an image server of your own.")
 
 
 @dataclass
