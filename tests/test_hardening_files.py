@@ -115,3 +115,67 @@ def test_a_huge_config_file_is_refused_without_reading_all_of_it(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB held to refuse a config file"
+
+
+def _zip(path, entries: dict, level: int = 9):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture()
+def home_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _unpacked(home):
+    folder = home / "datasets"
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def test_a_zip_bomb_entry_is_refused_before_anything_is_written(tmp_path, home_is):
+    from workbench.data.archive import unpack_dataset
+
+    line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n'
+    bomb = _zip(tmp_path / "bomb.zip", {"train.jsonl": line, "img/zeros.png": b"\0" * (64 * 2**20)})
+    assert bomb.stat().st_size < 200_000  # 64 MiB from under 200 kB: about 1000:1
+    with pytest.raises(UserError, match=r"img/zeros\.png.*more than 200:1.*zip bomb"):
+        unpack_dataset(bomb)
+    assert _unpacked(home_is) == []
+    fine = _zip(tmp_path / "fine.zip", {"train.jsonl": line * 1000, "img/small.bin": b"\0" * 2**19})
+    assert unpack_dataset(fine).name == "train.jsonl"  # repetitive text and small entries still unpack
+
+
+def test_too_many_entries_or_too_many_bytes_are_refused(tmp_path, home_is, monkeypatch):
+    from workbench.data import archive
+
+    entries = {f"img/{i}.txt": os.urandom(100) for i in range(20)}
+    entries["train.jsonl"] = b"{}\n"
+    many = _zip(tmp_path / "many.zip", entries)
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 10)
+    with pytest.raises(UserError, match=r"holds 21 entries, more than 10"):
+        archive.unpack_dataset(many)
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 1000)
+    monkeypatch.setattr(archive, "MAX_UNPACKED_BYTES", 1000)
+    with pytest.raises(UserError, match=r"unpacks to .* GiB, more than"):
+        archive.unpack_dataset(many)
+    assert _unpacked(home_is) == []
+
+
+def test_an_entry_that_lies_about_its_size_writes_no_more_than_it_declares(tmp_path, home_is):
+    import struct
+
+    from workbench.data.archive import unpack_dataset
+
+    real = 4 * 2**20
+    path = _zip(tmp_path / "liar.zip", {"train.jsonl": b"{}\n", "img/a.bin": os.urandom(real)}, level=0)
+    raw = bytearray(path.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")  # the central directory entry of img/a.bin (written last)
+    assert raw[central + 46:central + 46 + 9] == b"img/a.bin"
+    raw[central + 24:central + 28] = struct.pack("<I", 1000)  # declares 1000 bytes, holds 4 MiB
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError):
+        unpack_dataset(path)
+    assert _unpacked(home_is) == []
