@@ -31,6 +31,10 @@ def parse_args(argv=None):
     p.add_argument("--auth", metavar="SOURCE", help="Require a login. SOURCE is a file with one "
                    "'user:password' per line, or env:NAME for an environment variable holding 'user:password'. "
                    f"Never the password itself. Without --auth, ${AUTH_ENV_DEFAULT} is used when set.")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="Also answer requests addressed to NAME (a reverse proxy's name, this machine's LAN name); "
+                   "repeat for several. Requests for any other Host are refused (DNS rebinding). Loopback names "
+                   "are always answered; bound to 0.0.0.0 without this flag, every Host is (use --auth then).")
     p.add_argument("--max-file-size", default="200mb", help="Largest upload, e.g. 200mb or 2gb (default 200mb).")
     p.add_argument("--share", action="store_true", help="Create a public Gradio share link (off by default; "
                    "anyone with the link can use the app and your GPUs).")
@@ -89,8 +93,11 @@ def allowed_folders() -> list[str]:
 
 def make_app(args):
     """The Blocks app and the keyword arguments for ``launch`` (separate so tests can check both)."""
+    from starlette.middleware import Middleware
+
     from workbench.ui.app import build_app
     from workbench.ui.app import LaunchOptions
+    from workbench.ui.hosts import HostCheck, allowed_hosts
 
     if args.dataset and not Path(args.dataset).expanduser().is_file():
         raise SystemExit(f"error: --dataset {args.dataset} is not a file: pass a .jsonl or .json dataset file.")
@@ -100,7 +107,9 @@ def make_app(args):
               file=sys.stderr)
     app = build_app(LaunchOptions(model=args.model, dataset=args.dataset, max_file_size=args.max_file_size))
     app.queue(default_concurrency_limit=4)
-    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+    hosts = None if args.share else allowed_hosts(args.host, args.allowed_host)  # a share link has its own name
+    app_kwargs = {"middleware": [Middleware(HostCheck, allowed=hosts)]} if hosts else {}
+    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth, app_kwargs=app_kwargs,
                   max_file_size=args.max_file_size, allowed_paths=allowed_folders(),
                   footer_links=["gradio"], ssr_mode=False, enable_monitoring=False, mcp_server=False)
     return app, kwargs

@@ -79,3 +79,32 @@ def test_the_dataset_tab_still_shows_its_thumbnails(app_url, beside):
     path = shown.get("path") if isinstance(shown, dict) else shown
     status, body = status_of(url or f"{app_url}/gradio_api/file={path}")
     assert status == 200 and body.startswith(b"\x89PNG")
+
+
+def _get_with_host(app_url: str, host: str) -> int:
+    port = int(app_url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/config", headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_requests_for_another_host_are_refused(app_url):
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 reaches the app with its own Host."""
+    port = app_url.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", f"localhost.evil:{port}", ""):
+        assert _get_with_host(app_url, host) == 400, host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        assert _get_with_host(app_url, host) == 200, host
+
+
+def test_the_allowed_hosts_follow_the_bind_address():
+    from workbench.ui.hosts import allowed_hosts, host_name
+
+    assert host_name("Example.COM.:7860") == "example.com" and host_name("[::1]:80") == "::1"
+    assert allowed_hosts("127.0.0.1") == ["localhost", "127.0.0.1", "::1"]
+    assert allowed_hosts("0.0.0.0") is None  # a LAN name or proxy cannot be guessed: --auth protects it
+    assert allowed_hosts("0.0.0.0", ["app.example.org"])[-1] == "app.example.org"
+    assert "192.168.1.5" in allowed_hosts("192.168.1.5")
