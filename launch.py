@@ -1,7 +1,7 @@
 """Start the workbench: ``python launch.py`` (the embedded demo, on http://127.0.0.1:7860).
 
 Safe by default: loopback only, no public share link, analytics off, uploads capped, and
-only the workbench's own folder plus the chosen dataset's folder served to the browser.
+only the thumbnails the app shows served from disk (docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,11 +26,15 @@ def parse_args(argv=None):
                    "7860 is taken.")
     p.add_argument("--model", default="demo", help="Base model: 'demo' (default, embedded tiny "
                    "Qwen2-VL), a preset, a local folder or a hub id already downloaded.")
-    p.add_argument("--dataset", default="", help="Dataset file to open (default: the demo's). Its folder "
-                   "is served to the browser so the Dataset tab can show the images.")
+    p.add_argument("--dataset", default="", help="Dataset file to open (default: the demo's). Its images "
+                   "are shown as thumbnails; its folder is never served to the browser.")
     p.add_argument("--auth", metavar="SOURCE", help="Require a login. SOURCE is a file with one "
                    "'user:password' per line, or env:NAME for an environment variable holding 'user:password'. "
                    f"Never the password itself. Without --auth, ${AUTH_ENV_DEFAULT} is used when set.")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="Also answer requests addressed to NAME (a reverse proxy's name, this machine's LAN name); "
+                   "repeat for several. Requests for any other Host are refused (DNS rebinding). Loopback names "
+                   "are always answered; bound to 0.0.0.0 without this flag, every Host is (use --auth then).")
     p.add_argument("--max-file-size", default="200mb", help="Largest upload, e.g. 200mb or 2gb (default 200mb).")
     p.add_argument("--share", action="store_true", help="Create a public Gradio share link (off by default; "
                    "anyone with the link can use the app and your GPUs).")
@@ -74,20 +78,26 @@ def read_auth(source: str | None, environ=os.environ) -> list[tuple[str, str]] |
     return parse_credentials(lines, f"--auth file {path}")
 
 
-def allowed_folders(dataset: str) -> list[str]:
-    """What the browser may fetch: the workbench's home (demo, runs) and the chosen dataset's folder."""
-    from workbench.paths import home
+def allowed_folders() -> list[str]:
+    """What the browser may fetch from disk: the thumbnails the app made to show, nothing else.
 
-    allowed = [str(home())]
-    if dataset:
-        allowed.append(str(Path(dataset).expanduser().resolve().parent))
-    return allowed
+    Not the dataset's folder (``--dataset ~/train.jsonl`` would serve the home folder) nor the
+    workbench home (its log, runs, unpacked uploads)."""
+    from workbench.data.preview import shown_folders
+
+    folders = shown_folders()
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return [str(folder) for folder in folders]
 
 
 def make_app(args):
     """The Blocks app and the keyword arguments for ``launch`` (separate so tests can check both)."""
+    from starlette.middleware import Middleware
+
     from workbench.ui.app import build_app
     from workbench.ui.app import LaunchOptions
+    from workbench.ui.hosts import HostCheck, allowed_hosts
 
     if args.dataset and not Path(args.dataset).expanduser().is_file():
         raise SystemExit(f"error: --dataset {args.dataset} is not a file: pass a .jsonl or .json dataset file.")
@@ -97,8 +107,10 @@ def make_app(args):
               file=sys.stderr)
     app = build_app(LaunchOptions(model=args.model, dataset=args.dataset, max_file_size=args.max_file_size))
     app.queue(default_concurrency_limit=4)
-    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                  max_file_size=args.max_file_size, allowed_paths=allowed_folders(args.dataset),
+    hosts = None if args.share else allowed_hosts(args.host, args.allowed_host)  # a share link has its own name
+    app_kwargs = {"middleware": [Middleware(HostCheck, allowed=hosts)]} if hosts else {}
+    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth, app_kwargs=app_kwargs,
+                  max_file_size=args.max_file_size, allowed_paths=allowed_folders(),
                   footer_links=["gradio"], ssr_mode=False, enable_monitoring=False, mcp_server=False)
     return app, kwargs
 

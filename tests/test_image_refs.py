@@ -17,6 +17,15 @@ def turn(content, answer="red"):
     return {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]}
 
 
+@pytest.fixture(autouse=True)
+def loopback_is_public(monkeypatch):
+    """These tests serve their images from 127.0.0.1, which the address check refuses by default
+    (tests/test_hardening_net.py tests that check); in-process, loopback counts as public here."""
+    from workbench.data import fetching
+
+    monkeypatch.setattr(fetching, "PUBLIC_FOR_TESTS", {"127.0.0.1"})
+
+
 def image_part(**part):
     return turn([{"type": "image", **part} if "type" not in part else part, {"type": "text", "text": "Colour?"}])
 
@@ -220,7 +229,7 @@ def test_data_uri_is_decoded_once_per_check(world, monkeypatch):
 def test_data_check_cli_on_every_form(world, home_is):
     bad = image_part(image="data:image/png;base64," + "%" * 9000)
     path = write_jsonl(world["root"] / "every-cli.jsonl", every_form(world) + [bad])
-    result = run_cli("data", "check", path)
+    result = run_cli("data", "check", path, "--allow-private-urls")
     out = result.stdout
     assert result.returncode == 1 and "16 rows, 15 valid, 1 with problems" in out, out + result.stderr
     assert "row 16: image data URI data:image/png;base64,%%%" in out and "is not valid base64" in out

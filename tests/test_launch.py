@@ -51,14 +51,11 @@ def test_auth_from_file_or_env_never_in_clear(tmp_path):
         read_auth(str(bad), {})
 
 
-def test_served_folders_are_home_and_the_dataset_folder(tmp_path):
+def test_served_folders_are_only_the_shown_thumbnails(tmp_path):
     from launch import allowed_folders, make_app, parse_args
     from workbench.paths import home
 
-    data = tmp_path / "mine" / "train.jsonl"
-    data.parent.mkdir()
-    data.write_text("{}\n")
-    assert allowed_folders(str(data)) == [str(home()), str(data.parent.resolve())]
+    assert allowed_folders() == [str(home() / "thumbnails"), str(home() / "previews")]
     with pytest.raises(SystemExit, match="is not a file"):
         make_app(parse_args(["--dataset", str(tmp_path / "missing.jsonl")]))
 
@@ -79,7 +76,7 @@ def test_launched_app_binds_loopback_and_serves_only_allowed_files(launched, dem
     url = launched.local_url.rstrip("/")
     assert url.startswith("http://127.0.0.1:")
     image = sorted((demo.data / "images").glob("heldout_*.png"))[0]
-    assert status_of(f"{url}/gradio_api/file={image}") == 200
+    assert status_of(f"{url}/gradio_api/file={image}") == 403  # shown as a thumbnail copy, never itself
     outside = tmp_path / "secret.png"
     outside.write_bytes(image.read_bytes())
     assert status_of(f"{url}/gradio_api/file={outside}") in (403, 404)

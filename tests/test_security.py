@@ -47,11 +47,13 @@ def test_the_file_route_refuses_paths_outside_the_served_folders(app_url, demo, 
     from workbench.paths import home
 
     assert Path("/etc/passwd").read_text().startswith("root:")  # the secret is there to be stolen
-    inside = sorted((demo.data / "images").glob("heldout_*.png"))[0]
-    status, body = fetch(f"{app_url}/gradio_api/file={inside}")
+    from workbench.data.images import thumbnail
+
+    shown = thumbnail(str(sorted((demo.data / "images").glob("heldout_*.png"))[0]), home() / "thumbnails")
+    status, body = fetch(f"{app_url}/gradio_api/file={shown}")
     assert status == 200 and body.startswith(b"\x89PNG")  # the route works for what it should serve
 
-    link = home() / f"escape-{uuid.uuid4().hex[:8]}"
+    link = home() / "thumbnails" / f"escape-{uuid.uuid4().hex[:8]}"
     link.symlink_to("/etc/passwd")  # a link inside a served folder pointing out of it
     try:
         crafted = [

@@ -112,7 +112,8 @@ class Comparer:
         self.adapter_dir = None
         from workbench.data.downloads import Downloads
 
-        self.downloads = Downloads()  # URL images: fetched once; a failure is not retried for every answer
+        # URL images: fetched once; a failure is not retried for every answer
+        self.downloads = Downloads(allow_private=self.config.data.allow_private_urls)
         self._encoder = None
         if adapter_dir:
             self.attach(adapter_dir)
@@ -209,10 +210,12 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = "") -> tuple[list[Sample], list[dict]]:
+def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = "",
+                 allow_private_urls: bool = False) -> tuple[list[Sample], list[dict]]:
     """The first ``limit`` usable rows of a dataset file (the demo's held-out rows when no path is
     given), and the rows skipped on the way: ``{"row", "reason"}``, images checked as ``data check`` does
     (grounding boxes written as ``model``'s family writes them)."""
+    from workbench.data.downloads import Downloads
     from workbench.data.formats import load_samples
     from workbench.data.grounding import grounding_style
     from workbench.data.images import ImageHeaders
@@ -226,7 +229,7 @@ def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = ""
 
         path = ensure_demo().heldout
     loaded = load_samples(Path(str(path).strip()).expanduser())
-    headers = ImageHeaders()
+    headers = ImageHeaders(downloads=Downloads(allow_private=allow_private_urls))
     candidates = loaded.samples[:limit * 2]
     headers.prefetch(ref for sample in candidates for ref in sample.images)
     problems = {p.row: p.reason for p in loaded.problems}

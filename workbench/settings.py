@@ -85,6 +85,10 @@ class DataSettings:
                          "Rarely changed.")
     max_pixels: int = _f(1003520, "Largest image area in pixels after resizing; every 28x28 block is "
                          "one visual token. Lower it first when memory is short.")
+    allow_private_urls: bool = _f(False, "Fetch image URLs that point into this machine or its private network "
+                                  "(127.0.0.1, 10.x, 192.168.x, link-local, ...). Off: a dataset's URLs may only "
+                                  "name public hosts, so a downloaded dataset cannot probe your network. Turn on "
+                                  "only for datasets you trust that use an image server of your own.")
 
 
 @dataclass
@@ -187,11 +191,14 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
+        from workbench.data.reading import read_bounded
+
         path = Path(path)
         if not path.is_file():
             raise UserError(f"Config file {path} does not exist or is not a file: pass a YAML file written by the workbench.")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_bounded(path, MAX_CONFIG_BYTES, "Config file",
+                                "far more than a run config; pass the run.yaml the LoRA tab saves").decode("utf-8")
         except UnicodeDecodeError:
             raise UserError(f"Config file {path} is not UTF-8 text: save it again as UTF-8 YAML (the LoRA tab writes one).") from None
         except OSError as exc:

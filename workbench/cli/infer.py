@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--system", help="Optional system prompt.")
     p.add_argument("--dataset", help="Held-out check: score base and adapter on this dataset's rows "
                    "('demo': the demo's held-out rows).")
+    p.add_argument("--allow-private-urls", action="store_true", help="Held-out check: also fetch image URLs on "
+                   "this machine or its private network (off by default so a dataset cannot probe your network).")
     p.add_argument("--limit", type=int, default=50, help="Held-out check: at most N rows (default 50).")
     p.add_argument("--max-new-tokens", type=int, default=32, help="Longest answer in tokens (default 32).")
     p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default); >0 samples.")
@@ -72,7 +74,8 @@ def run(args) -> int:
     if not base:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
-        samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit, base)
+        samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit, base,
+                                        args.allow_private_urls)
         with Workbench().inference(base, adapter, run_config) as comparer:
             result = heldout_check(comparer, samples, decoding, skipped)
         result["adapter_dir"] = adapter

@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
     p.add_argument("--save-steps", type=int, help="Checkpoint every N steps (overrides training.save_steps).")
     p.add_argument("--resume", action="store_true", help="Continue the run in --output-dir from its newest complete checkpoint.")
+    p.add_argument("--allow-private-urls", action="store_true", help=field_help("data", "allow_private_urls"))
     p.add_argument("--strategy", choices=STRATEGIES, help=field_help("training", "strategy"))
     p.add_argument("--nproc", type=int, help="Processes on this machine for ddp/fsdp (overrides training.nproc_per_node; "
                                              "0: every GPU, or 2 CPU processes without GPUs).")
@@ -57,6 +58,8 @@ def config_from_args(args) -> RunConfig:
         overrides["training"]["max_steps"] = args.max_steps
     if args.save_steps is not None:
         overrides["training"]["save_steps"] = args.save_steps
+    if args.allow_private_urls:
+        overrides["data"]["allow_private_urls"] = True
     if args.strategy:
         overrides["training"]["strategy"] = args.strategy
     if args.nproc is not None:

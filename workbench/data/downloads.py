@@ -12,7 +12,9 @@ URLs after one connection timeout, not 10,000. The next check (a new ``Downloads
 
 Plain ``urllib`` (proxies from the environment, redirects between http and https only): one
 GET per image needs no session or retry policy, and no dependency (``requests``, which
-qwen-vl-utils pulls in, would add nothing here).
+qwen-vl-utils pulls in, would add nothing here). ``workbench.data.fetching`` connects only to
+public addresses (unless allowed) and enforces the total deadline; a URL carrying a user name
+or password is refused before any connection.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import http.client
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 import warnings
@@ -30,12 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from workbench.data.problems import IMAGE_UNREACHABLE, BadImage
+from workbench.data.fetching import CONNECT_TIMEOUT_S, DeadlinePassed, Fetch, Refused
+from workbench.data.problems import IMAGE_REFERENCE, IMAGE_UNREACHABLE, BadImage
 from workbench.data.refs import short
 
 MAX_BYTES = 64 * 2**20  # far above any training image; a larger answer is not an image worth fetching
-TIMEOUT_S = 30.0  # the whole download
-CONNECT_TIMEOUT_S = 10.0  # each blocking socket operation
+TIMEOUT_S = 30.0  # the whole download, redirects included
 WORKERS = 8  # parallel downloads in a check
 
 
@@ -46,10 +48,15 @@ def cache_folder() -> Path:
 
 
 class Downloads:
-    """Fetches http(s) images into the cache; remembers failures (per URL and per host) while it lives."""
+    """Fetches http(s) images into the cache; remembers failures (per URL and per host) while it lives.
 
-    def __init__(self, folder: Path | None = None):
+    ``allow_private``: also fetch from loopback, private-network and link-local addresses
+    (``data.allow_private_urls``); ``timeout_s``: the deadline of each whole download."""
+
+    def __init__(self, folder: Path | None = None, allow_private: bool = False, timeout_s: float = TIMEOUT_S):
         self.folder = Path(folder) if folder else cache_folder()
+        self.allow_private = allow_private
+        self.timeout_s = timeout_s
         self.fetched = 0  # downloads that reached the network (tests and stats read it)
         self._failed: dict[str, BadImage] = {}
         self._hosts: dict[tuple, str] = {}  # (scheme, host, port) -> why it could not be reached
@@ -74,6 +81,11 @@ class Downloads:
             unreachable = self._hosts.get(host)
         if failed:
             raise failed
+        if _credentials(url):  # refused before the host key is used: one such URL says nothing about the host
+            raise self._remember(url, BadImage(IMAGE_REFERENCE, f"image URL {_credentials(url)} carries a user name "
+                                                                "or password: remove it (the workbench sends no "
+                                                                "credentials), or download the image and give its "
+                                                                "local path"), None)
         if unreachable:
             raise self._remember(url, _offline(url, unreachable, earlier=True), None)
         try:
@@ -121,49 +133,66 @@ class Downloads:
         with self._lock:
             self.fetched += 1
         request = urllib.request.Request(url, headers={"User-Agent": "qwen-vl-workbench", "Accept": "image/*"})
-        deadline = time.monotonic() + TIMEOUT_S
+        fetch = Fetch(self.allow_private, self.timeout_s)
         try:
-            with _OPENER.open(request, timeout=CONNECT_TIMEOUT_S) as response:
+            with fetch, fetch.opener.open(request, timeout=CONNECT_TIMEOUT_S) as response:
                 kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > MAX_BYTES:
                     raise _too_large(url)
                 chunks, size = [], 0
-                while chunk := response.read(1 << 16):
+                while chunk := response.read1(1 << 16):  # read1: what arrived, without waiting for 64 KiB
                     size += len(chunk)
                     if size > MAX_BYTES:
                         raise _too_large(url)
-                    if time.monotonic() > deadline:
-                        raise BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} took longer than {TIMEOUT_S:.0f} s "
-                                                          "to download: download it yourself and give its local path")
+                    if fetch.remaining() < 0:
+                        raise DeadlinePassed()
                     chunks.append(chunk)
-        except urllib.error.HTTPError as exc:
-            raise BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} answered HTTP {exc.code} ({exc.reason}): "
-                                              "check the address") from None
-        except urllib.error.URLError as exc:
-            raise _Unreachable(_reason(exc.reason)) from None
-        except (TimeoutError, socket.timeout):
-            raise BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} stopped sending data for "
-                                              f"{CONNECT_TIMEOUT_S:.0f} s: try again, or download it and give its "
-                                              "local path") from None
-        except (ConnectionError, OSError) as exc:  # reset mid-transfer, bad chunked encoding, ...
-            raise BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} broke off while downloading "
-                                              f"({_reason(exc)}): try again, or give a local path") from None
+                if fetch.expired:  # the watchdog shut the socket: what arrived is cut short
+                    raise DeadlinePassed()
+                if response.length:  # read1 ends quietly when the server closes before Content-Length
+                    raise http.client.IncompleteRead(b"".join(chunks), response.length)
+        except Refused as exc:
+            raise BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} was not fetched: {exc}; {_ALLOW}") from None
+        except BadImage:
+            raise
+        except Exception as exc:
+            if fetch.expired or isinstance(exc, DeadlinePassed):
+                raise BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} took longer than {self.timeout_s:g} s "
+                                                  "to download: download it yourself and give its local path") from None
+            raise _failure(url, exc) from None
         body = b"".join(chunks)
         _check_is_image(url, kind, body)
         return body
 
 
-class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
-    """urllib also follows redirects to ftp://; an image URL may only lead to another http(s) URL."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.HTTPError(newurl, code, f"redirect to {urlsplit(newurl).scheme}: refused", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+_ALLOW = ("a dataset's URLs may only name public hosts: if this server is yours, set data.allow_private_urls "
+          "(--allow-private-urls), or download the image and give its local path")
 
 
-_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)  # proxies from the environment, as urlopen
+def _failure(url: str, exc: Exception) -> Exception:
+    """The sentence (or ``_Unreachable`` for the host memo) for an exception of urllib or http.client."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} answered HTTP {exc.code} ({exc.reason}): "
+                                           "check the address")
+    if isinstance(exc, urllib.error.URLError):
+        return _Unreachable(_reason(exc.reason))
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} stopped sending data for "
+                                           f"{CONNECT_TIMEOUT_S:.0f} s: try again, or download it and give its "
+                                           "local path")
+    if isinstance(exc, (OSError, http.client.HTTPException)):  # reset mid-transfer, bad chunked encoding, ...
+        return BadImage(IMAGE_UNREACHABLE, f"image URL {short(url)} broke off while downloading "
+                                           f"({_reason(exc) or type(exc).__name__}): try again, or give a local path")
+    raise exc
+
+
+def _credentials(url: str) -> str | None:
+    """The URL with its user and password masked, when it carries any; None otherwise."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return None
+    return short(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl())
 
 
 class _Unreachable(Exception):

@@ -29,6 +29,7 @@ from workbench.data.problems import (  # noqa: F401  (the kinds are part of this
 from workbench.data.parsers import (  # noqa: F401  (parsers are part of this module's interface)
     RowError, loose_text, sample_from_messages, sample_from_sharegpt, sample_from_swift)
 from workbench.data.layouts import ALPACA, CAULDRON, QUERY_RESPONSE, as_swift, layout_of
+from workbench.data.reading import read_bounded
 from workbench.data.refs import FILE, URL, kind_of, short
 from workbench.data.sample import Sample
 from workbench.data.tables import is_table, read_table_records
@@ -58,7 +59,7 @@ def read_records(path: str | Path):
         raise UserError(f"Dataset file {path} does not exist: check the path.")
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a dataset file: pass the .jsonl or .json file inside it.")
-    raw = path.read_bytes()
+    raw = read_bounded(path)  # a regular file of bounded size, read in chunks (/dev/zero: a sentence)
     if raw[:4] == b"PK\x03\x04":  # what zipfile.is_zipfile finds first, without reading the archive again
         raise UserError(f"Dataset file {path} is a .zip archive: unpack it with `python -m workbench data check "
                         f"{path}` (it prints the dataset file it unpacked) and give that file.")

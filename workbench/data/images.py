@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ def open_image(ref, downloads=None):
         source = str(_downloads(downloads).get(ref))
     else:
         source = ref
+        _refuse_special_file(ref)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
@@ -77,6 +79,17 @@ def open_image(ref, downloads=None):
         raise BadImage(IMAGE_UNREADABLE, _not_an_image(ref, kind, media, source, exc)) from None
     with image:
         yield image
+
+
+def _refuse_special_file(path) -> None:
+    """A FIFO named as an image would block Pillow's open forever; a device is no image either."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # Pillow's open says what is wrong (missing, no permission) in its own words
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise BadImage(IMAGE_UNREADABLE, f"image {short(path)} is a device or a pipe, not an image file: name the "
+                                         "image file itself")
 
 
 def _not_an_image(ref, kind: str, media: str, source, exc: Exception) -> str:

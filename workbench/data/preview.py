@@ -24,6 +24,14 @@ TEXT_PREVIEW = 80
 IMAGE_PAD = "<|image_pad|>"
 
 
+def shown_folders() -> list:
+    """The folders of the small copies the Dataset tab shows: the only files the app serves from disk.
+
+    A dataset's own folder is never served (it may be the home folder, .ssh included); each
+    image shown is a thumbnail made here, then copied by Gradio into its own cache."""
+    return [home() / "thumbnails", home() / "previews"]
+
+
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= TEXT_PREVIEW else text[: TEXT_PREVIEW - 1] + "…"
@@ -77,7 +85,7 @@ def preview_page(report: DatasetReport, table, number: int, page_size: int = PAG
     pages = page_count(table, page_size)
     number = min(max(1, int(number)), pages)
     part = table.iloc[(number - 1) * page_size: number * page_size]
-    folder = home() / "thumbnails"
+    folder = shown_folders()[0]
     downloads = Downloads()  # reads the cache only: the check downloaded what it could
     thumbs = []
     for row in part["row"]:
@@ -92,7 +100,7 @@ def preview_page(report: DatasetReport, table, number: int, page_size: int = PAG
 def image_sources(sample, downloads=None) -> list[tuple[str | None, str]]:
     """(preview PNG or None, where it came from) per image of a row, for the row view's gallery; a
     grounding row's boxes are drawn on its images, each with its label."""
-    folder = home() / "previews"
+    folder = shown_folders()[1]
     downloads = downloads or Downloads()
     out = []
     for i, ref in enumerate(sample.images, start=1):

@@ -27,11 +27,14 @@ def load_valid_samples(path: str, config: RunConfig, tokenizer):
     exact lengths near max_length): seconds for 100k rows, where encoding every image
     through the processor up front would take as long as an epoch of preprocessing."""
     from workbench.data.stats import model_context
+    from workbench.data.downloads import Downloads
+    from workbench.data.images import ImageHeaders
     from workbench.data.validation import check_dataset
 
     d, model = config.data, config.model.name_or_path
     report = check_dataset(path, d.format, d.max_length, d.min_pixels, d.max_pixels, tokenizer=tokenizer,
-                           image_folder=d.image_folder or None, context=model_context(model), model=model)
+                           image_folder=d.image_folder or None, context=model_context(model), model=model,
+                           headers=ImageHeaders(downloads=Downloads(allow_private=d.allow_private_urls)))
     if report.problems:
         first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
         raise UserError(f"{path} has {len(report.problems)} problem row(s) ({first}). "

@@ -95,6 +95,8 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
     """Check the file; returns (holder, summary, problems, stats, histogram, page, page label, table, gallery)."""
     import pandas as pd
 
+    from workbench.data.downloads import Downloads
+    from workbench.data.images import ImageHeaders
     from workbench.data.preview import preview_page, rows_table
     from workbench.data.stats import histogram
     from workbench.data.validation import check_dataset
@@ -106,7 +108,8 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
         path, note = dataset_path(path, upload)
         report = check_dataset(path, fmt or "auto", d["max_length"], d["min_pixels"], d["max_pixels"],
                                tokenizer=_tokenizer(model), image_folder=(image_folder or "").strip() or None,
-                               context=_context(model), model=model)
+                               context=_context(model), model=model,
+                               headers=ImageHeaders(downloads=Downloads(allow_private=d.get("allow_private_urls", False))))
     except UserError as exc:
         gr.Warning(str(exc))
         return _empty_outputs(f"**Cannot read this dataset.** {_escape(exc)}")
