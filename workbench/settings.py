@@ -85,6 +85,10 @@ class DataSettings:
                          "Rarely changed.")
     max_pixels: int = _f(1003520, "Largest image area in pixels after resizing; every 28x28 block is "
                          "one visual token. Lower it first when memory is short.")
+    skip_problem_rows: bool = _f(False, "Train on the valid rows only: rows the data check refuses (a missing "
+                                 "image, too long, malformed) are skipped, their count said when the run starts "
+                                 "and their list kept in the run folder (skipped-rows.jsonl). Off: any problem "
+                                 "row refuses the start, so nothing is left out unnoticed.")
 
 
 @dataclass
