@@ -176,3 +176,59 @@ def test_launch_writes_the_flag_into_run_yaml(tmp_path, flag):
     plan = write_launch(args)
     assert plan["config"].data.skip_problem_rows is bool(flag)
     assert f"skip_problem_rows: {'true' if flag else 'false'}" in (tmp_path / "l" / "run.yaml").read_text()
+
+
+def _agree(rank: int, port: int, values: list, answers):
+    import os
+
+    import torch.distributed as dist
+
+    from workbench.training.distributed import Rank
+    from workbench.training.placement import RankPlacement
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        placement = RankPlacement(Rank(rank=rank, local_rank=rank, world=2, node=0), "ddp")
+        answers.put((rank, [placement.same_on_every_rank(v[rank]) for v in values]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mine, other, same", [(7, 7, True), (7, 8, False), (8, 7, False),
+                                              (2**31 - 1, 0, False), (0, 0, True)])
+def test_a_rank_learns_whether_every_rank_left_out_the_same_rows(mine, other, same, monkeypatch):
+    """The collective's arithmetic, with the other rank's value standing in for the gloo all-reduce."""
+    from workbench.training.distributed import Rank
+    from workbench.training.placement import RankPlacement
+
+    placement = RankPlacement(Rank(rank=0, local_rank=0, world=2, node=0), "ddp")
+    monkeypatch.setattr(placement, "all_reduce_max", lambda value: max(value, other if value >= 0 else -other))
+    assert placement.same_on_every_rank(mine) is same
+
+
+@pytest.mark.slow
+def test_ranks_that_left_out_different_rows_are_told_apart():
+    """Every rank checks the file itself; the job compares their row sets through this collective."""
+    import torch.multiprocessing as mp
+
+    from workbench.training.distributed import free_port
+
+    values = [(7, 7), (7, 8), (2**31 - 1, 0), (0, 0)]
+    context = mp.get_context("spawn")
+    answers = context.Queue()
+    mp.start_processes(_agree, args=(free_port(), values, answers), nprocs=2, start_method="spawn")
+    got = dict(answers.get(timeout=60) for _ in range(2))
+    assert got[0] == got[1] == [True, False, False, True]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_skip_the_same_rows(demo, tmp_path):
+    out = tmp_path / "ddp"
+    result = run_cli("train", "--dataset", broken_dataset(demo, tmp_path), "--output-dir", out, "--max-steps", 2,
+                     "--strategy", "ddp", "--nproc", 2, "--skip-problem-rows", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "skipping 2 of 12 rows with problems" in result.stderr
+    assert [json.loads(line)["row"] for line in (out / "skipped-rows.jsonl").read_text().splitlines()] == [3, 7]
+    events = (out / "events.log").read_text()
+    assert "(10 rows; 2 problem row(s) skipped)" in events and "[finished]" in events
