@@ -232,3 +232,18 @@ def test_ddp_ranks_skip_the_same_rows(demo, tmp_path):
     assert [json.loads(line)["row"] for line in (out / "skipped-rows.jsonl").read_text().splitlines()] == [3, 7]
     events = (out / "events.log").read_text()
     assert "(10 rows; 2 problem row(s) skipped)" in events and "[finished]" in events
+
+
+def test_the_app_wires_the_checkbox_to_the_shared_config():
+    from workbench.ui.app import build_app
+
+    app = build_app()
+    box = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "training-skip-problem-rows")
+    assert box.value is False and "Train on the valid rows only" in box.label
+    names = {}
+    for fn in app.fns.values():
+        names.setdefault(getattr(fn.fn, "__name__", ""), []).append(fn)
+    (setter,) = names["set_skip"]
+    assert [b._id for b in setter.inputs][-1] == box._id and len(setter.outputs) == 1  # writes the config
+    (labeller,) = names["skip_choice"]
+    assert [b._id for b in labeller.outputs] == [box._id]
