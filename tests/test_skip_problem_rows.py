@@ -73,10 +73,22 @@ def test_skipping_trains_the_valid_rows_and_lists_the_others(demo, demo_config, 
     assert lines.index(said[0]) < next(i for i, line in enumerate(lines) if "Loading demo" in line)
     events = (tmp_path / "run" / "events.log").read_text()
     assert f"skipping 2 of {rows}" in events and "2 problem row(s) skipped" in events
-    listed = [json.loads(line) for line in (tmp_path / "run" / "skipped-rows.jsonl").read_text().splitlines()]
+    listed = job.folder.skipped_rows()
     assert [(r["row"], r["kind"]) for r in listed] == sorted(BROKEN.items())
     assert all(r["file"] == str(path) and r["reason"] for r in listed)
     assert job.folder.config().data.skip_problem_rows is True  # run.yaml carries it
+
+
+def test_a_clean_file_with_skipping_on_lists_nothing(demo, demo_config, tmp_path):
+    path = write_jsonl(tmp_path / "clean.jsonl", demo.train.read_text().splitlines()[:6])
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "skipped-rows.jsonl").write_text('{"row": 1}\n')  # left by an earlier try of this run folder
+    job = TrainingJob(config_for(demo_config, demo, path, out, skip_problem_rows=True, image_folder=str(demo.data)),
+                      resume=False, prepared=True)
+    assert job.run() == JobState.FINISHED, job.message
+    assert not (out / "skipped-rows.jsonl").exists() and job.folder.skipped_rows() == []
+    assert "skipping" not in (out / "events.log").read_text()
 
 
 def test_every_row_broken_is_still_refused(demo, demo_config, tmp_path):

@@ -161,7 +161,11 @@ class RunFolder:
         return self.path / SKIPPED_ROWS_NAME
 
     def write_skipped_rows(self, rows: list[dict]) -> None:
-        """The rows a run left out, one JSON object a line (written whole: a resume rewrites the same list)."""
+        """The rows a run left out, one JSON object a line, written whole (a resume writes its own list;
+        none left out: no file)."""
+        if not rows:
+            self.skipped_rows_file.unlink(missing_ok=True)
+            return
         fsync_write(self.skipped_rows_file, "".join(json.dumps(row) + "\n" for row in rows))
 
     def skipped_rows(self) -> list[dict]:

@@ -328,10 +328,10 @@ class TrainingJob:
             raise UserError("The processes of this launch disagree on which rows have problems (a dataset file "
                             "or image that differs, or cannot be read, on some nodes): make the data the same on "
                             "every node, then start again.")
+        if self.placement.is_main:  # a resume after the data was fixed leaves no stale list behind
+            self.folder.write_skipped_rows([record for s in skipped for record in s.records()])
         if not skipped:
             return
-        if self.placement.is_main:
-            self.folder.write_skipped_rows([record for s in skipped for record in s.records()])
         self._say(JobState.LOADING, "Training on the valid rows only: " + "; ".join(s.sentence() for s in skipped)
                   + f". Every skipped row is listed in {self.folder.skipped_rows_file.name}.")
 
