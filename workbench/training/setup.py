@@ -62,7 +62,7 @@ def load_valid_samples(path: str, config: RunConfig, tokenizer) -> tuple[list, S
                            image_folder=d.image_folder or None, context=model_context(model), model=model)
     first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
     if report.problems and not report.samples:
-        raise UserError(f"Every row of {path} has a problem ({len(report.problems)} of {report.rows}: {first}), so "
+        raise UserError(f"Every row of {path} is a problem row ({len(report.problems)} of {report.rows}: {first}), so "
                         f"there is nothing to train on: fix them (see `python -m workbench data check {path}`).")
     if not report.samples:
         raise UserError(f"{path} has no usable rows.")
