@@ -4,6 +4,7 @@
     metrics.jsonl             one JSON row per log step (written by rank 0 only)
     status.json               the job's last state and sentence: training | finished | stopped | failed
     events.log                every status line the job said, newest last
+    skipped-rows.jsonl        the dataset rows left out (data.skip_problem_rows): file, row, kind, reason
     checkpoint-N/             Trainer's checkpoint; it counts only once its COMPLETE marker exists
     adapter_config.json       the final adapter, published last (weights file moved in last)
     adapter_model.safetensors
@@ -34,6 +35,7 @@ CONFIG_NAME = "run.yaml"
 METRICS_NAME = "metrics.jsonl"
 STATUS_NAME = "status.json"
 EVENTS_NAME = "events.log"
+SKIPPED_ROWS_NAME = "skipped-rows.jsonl"
 LOCK_NAME = ".live.json"
 COMPLETE = "COMPLETE"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -153,6 +155,25 @@ class RunFolder:
     def append_event(self, line: str) -> None:
         with open(self.events_file, "a", encoding="utf-8") as f:
             f.write(line.rstrip("\n") + "\n")
+
+    @property
+    def skipped_rows_file(self) -> Path:
+        return self.path / SKIPPED_ROWS_NAME
+
+    def write_skipped_rows(self, rows: list[dict]) -> None:
+        """The rows a run left out, one JSON object a line, written whole (a resume writes its own list;
+        none left out: no file)."""
+        if not rows:
+            self.skipped_rows_file.unlink(missing_ok=True)
+            return
+        fsync_write(self.skipped_rows_file, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def skipped_rows(self) -> list[dict]:
+        try:
+            text = self.skipped_rows_file.read_text(encoding="utf-8")
+        except OSError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def events(self, last: int = 40) -> list[str]:
         try:

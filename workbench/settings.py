@@ -89,6 +89,10 @@ class DataSettings:
                                   "(127.0.0.1, 10.x, 192.168.x, link-local, ...). Off: a dataset's URLs may only "
                                   "name public hosts, so a downloaded dataset cannot probe your network. Turn on "
                                   "only for datasets you trust that use an image server of your own.")
+    skip_problem_rows: bool = _f(False, "Train on the valid rows only: rows the data check refuses (a missing "
+                                 "image, too long, malformed) are skipped, their count said when the run starts "
+                                 "and their list kept in the run folder (skipped-rows.jsonl). Off: any problem "
+                                 "row refuses the start, so nothing is left out unnoticed.")
 
 
 @dataclass

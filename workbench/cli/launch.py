@@ -37,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="The run folder to create: the same path on every node (a shared disk).")
     p.add_argument("--model", help="Base model (overrides model.name_or_path).")
     p.add_argument("--dataset", help="Training dataset file (overrides data.train_path; the same path on every node).")
+    p.add_argument("--skip-problem-rows", action="store_true",
+                   help="Sets data.skip_problem_rows. " + field_help("data", "skip_problem_rows"))
     p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
     p.set_defaults(func=run)
 
@@ -67,6 +69,8 @@ def config_for(args):
         overrides["model"]["name_or_path"] = args.model
     if args.dataset:
         overrides["data"]["train_path"] = str(Path(args.dataset).expanduser().resolve())
+    if args.skip_problem_rows:
+        overrides["data"]["skip_problem_rows"] = True
     if args.max_steps is not None:
         if args.max_steps <= 0:
             raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")

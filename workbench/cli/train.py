@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("config", nargs="?", help="RunConfig YAML (saved by the LoRA tab or a previous run's run.yaml).")
     p.add_argument("--model", help="Base model: 'demo', a preset, a local folder or a hub id (overrides the config).")
     p.add_argument("--dataset", help="Training dataset file (overrides data.train_path).")
+    p.add_argument("--skip-problem-rows", action="store_true",
+                   help="Sets data.skip_problem_rows. " + field_help("data", "skip_problem_rows"))
     p.add_argument("--output-dir", help="Run folder. New runs need a new or empty folder; with --resume, the run to continue.")
     p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
     p.add_argument("--save-steps", type=int, help="Checkpoint every N steps (overrides training.save_steps).")
@@ -52,6 +54,8 @@ def config_from_args(args) -> RunConfig:
         overrides["model"]["name_or_path"] = args.model
     if args.dataset:
         overrides["data"]["train_path"] = args.dataset
+    if args.skip_problem_rows:
+        overrides["data"]["skip_problem_rows"] = True
     if args.output_dir:
         overrides["training"]["output_dir"] = args.output_dir
     if args.max_steps is not None:

@@ -254,7 +254,10 @@ class TrainingJob:
         self._say(JobState.LOADING, "Checking the settings and the dataset.")
         placement.check(self.config)
         model_path = self._fetch_model()
-        train_set, eval_set, processor = build_datasets(self.config, model_path)
+        skipped: list = []
+        train_set, eval_set, processor = build_datasets(self.config, model_path, skipped)
+        if self.config.data.skip_problem_rows:
+            self._leave_out(skipped, train_set, eval_set)
         resume_from = None
         self.metrics = MetricsBuffer(self.folder.metrics_file if writes else None)
         if self.resume:
@@ -297,7 +300,9 @@ class TrainingJob:
         trainer.remove_callback(PrinterCallback)
         self.step = start_step
         where = f" from {resume_from.name}" if resume_from else ""
-        self._say(JobState.TRAINING, f"Training{where}: {trainable:,} of {total:,} parameters trainable.")
+        left_out = sum(len(s.problems) for s in skipped)
+        rows = f" ({len(train_set):,} rows; {left_out:,} problem row(s) skipped)" if left_out else ""
+        self._say(JobState.TRAINING, f"Training{where}{rows}: {trainable:,} of {total:,} parameters trainable.")
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
         if self._stop.is_set() and self.step == start_step:
@@ -313,6 +318,22 @@ class TrainingJob:
         else:
             self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
         return model, trainer
+
+    def _leave_out(self, skipped: list, train_set, eval_set) -> None:
+        """data.skip_problem_rows: the rows left out are said before anything loads, listed in the run
+        folder, and the same on every rank (each rank checked the files itself)."""
+        from workbench.training.setup import row_fingerprint
+
+        if not self.placement.same_on_every_rank(row_fingerprint(train_set, eval_set)):
+            raise UserError("The processes of this launch disagree on which rows have problems (a dataset file "
+                            "or image that differs, or cannot be read, on some nodes): make the data the same on "
+                            "every node, then start again.")
+        if self.placement.is_main:  # a resume after the data was fixed leaves no stale list behind
+            self.folder.write_skipped_rows([record for s in skipped for record in s.records()])
+        if not skipped:
+            return
+        self._say(JobState.LOADING, "Training on the valid rows only: " + "; ".join(s.sentence() for s in skipped)
+                  + f". Every skipped row is listed in {self.folder.skipped_rows_file.name}.")
 
     def _fetch_model(self) -> str:
         """The base model's local folder, downloading it (with progress in the status) when needed."""

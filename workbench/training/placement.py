@@ -71,6 +71,9 @@ class SingleProcess:
             job._say(job.state, "Stop requested from another process: saving the adapter at the end of this step.")
         return job.stop_requested
 
+    def same_on_every_rank(self, value: int) -> bool:
+        return True
+
     def save_adapter(self, model, trainer, folder) -> None:
         from workbench.training.job import save_adapter_atomically
 
@@ -156,6 +159,10 @@ class RankPlacement(SingleProcess):
         flag = torch.tensor([value], dtype=torch.int32, device=self.device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
+
+    def same_on_every_rank(self, value: int) -> bool:
+        """``value`` (below 2**31) is the same on every rank: a collective, every rank calls it."""
+        return self.all_reduce_max(value) == -self.all_reduce_max(-value)
 
     def save_adapter(self, model, trainer, folder) -> None:
         from workbench.training.job import save_adapter_atomically

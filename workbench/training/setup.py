@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.settings import RunConfig
@@ -20,12 +24,36 @@ def dataset_paths(config: RunConfig) -> tuple[str, str]:
     return train, evaluation
 
 
-def load_valid_samples(path: str, config: RunConfig, tokenizer):
-    """All rows, checked before any weights load, so a broken row fails now, not at step 5000.
+FIX_BY_SKIPPING = ("or train on the valid rows only: pass --skip-problem-rows (data.skip_problem_rows: true) or "
+                   "tick 'Train on the valid rows only' on the Training tab")
+
+
+@dataclass
+class Skipped:
+    """The rows of one dataset file a run leaves out (data.skip_problem_rows)."""
+
+    path: str
+    rows: int  # every record of the file, the skipped ones included
+    problems: list  # workbench.data.problems.Problem, sorted by row
+
+    def sentence(self) -> str:
+        first = self.problems[0]
+        return (f"skipping {len(self.problems)} of {self.rows} rows with problems in {Path(self.path).name} "
+                f"(first: row {first.row}: {first.reason})")
+
+    def records(self) -> list[dict]:
+        return [{"file": self.path, "row": p.row, "kind": p.kind, "reason": p.reason} for p in self.problems]
+
+
+def load_valid_samples(path: str, config: RunConfig, tokenizer) -> tuple[list, Skipped | None]:
+    """(the rows training uses, the rows it leaves out or None), checked before any weights load,
+    so a broken row fails now, not at step 5000.
 
     The same check as the Dataset tab and ``data check`` (image headers, visual tokens,
     exact lengths near max_length): seconds for 100k rows, where encoding every image
-    through the processor up front would take as long as an epoch of preprocessing."""
+    through the processor up front would take as long as an epoch of preprocessing. Under a
+    launch every rank runs it on the same file, so every rank leaves out the same rows
+    (``TrainingJob`` checks that they agree)."""
     from workbench.data.stats import model_context
     from workbench.data.downloads import Downloads
     from workbench.data.images import ImageHeaders
@@ -35,17 +63,24 @@ def load_valid_samples(path: str, config: RunConfig, tokenizer):
     report = check_dataset(path, d.format, d.max_length, d.min_pixels, d.max_pixels, tokenizer=tokenizer,
                            image_folder=d.image_folder or None, context=model_context(model), model=model,
                            headers=ImageHeaders(downloads=Downloads(allow_private=d.allow_private_urls)))
-    if report.problems:
-        first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
-        raise UserError(f"{path} has {len(report.problems)} problem row(s) ({first}). "
-                        f"Fix them (see `python -m workbench data check {path}`) and start again.")
+    first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
+    if report.problems and not report.samples:
+        raise UserError(f"Every row of {path} is a problem row ({len(report.problems)} of {report.rows}: {first}), so "
+                        f"there is nothing to train on: fix them (see `python -m workbench data check {path}`).")
     if not report.samples:
         raise UserError(f"{path} has no usable rows.")
-    return report.samples
+    if not report.problems:
+        return report.samples, None
+    if not d.skip_problem_rows:
+        raise UserError(f"{path} has {len(report.problems)} problem row(s) ({first}). Fix them (see "
+                        f"`python -m workbench data check {path}`) and start again, {FIX_BY_SKIPPING}.")
+    return report.samples, Skipped(str(path), report.rows, report.problems)
 
 
-def build_datasets(config: RunConfig, model_path: str):
-    """(train set, eval set or None, processor) for the model in the local folder ``model_path``."""
+def build_datasets(config: RunConfig, model_path: str, skipped: list | None = None):
+    """(train set, eval set or None, processor) for the model in the local folder ``model_path``.
+
+    With data.skip_problem_rows, each file's left-out rows are appended to ``skipped`` (``Skipped``)."""
     from workbench.data.collate import SampleDataset, SampleEncoder
     from workbench.training.loading import load_processor
 
@@ -53,8 +88,13 @@ def build_datasets(config: RunConfig, model_path: str):
     d = config.data
     encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels)
     train_path, eval_path = dataset_paths(config)
-    train = load_valid_samples(train_path, config, processor.tokenizer)
-    evaluation = load_valid_samples(eval_path, config, processor.tokenizer) if eval_path else None
+    skipped = [] if skipped is None else skipped
+    train, left_out = load_valid_samples(train_path, config, processor.tokenizer)
+    skipped += [left_out] if left_out else []
+    evaluation = None
+    if eval_path:
+        evaluation, left_out = load_valid_samples(eval_path, config, processor.tokenizer)
+        skipped += [left_out] if left_out else []
     if evaluation is None and d.eval_split > 0:
         shuffled = train[:]
         random.Random(config.training.seed).shuffle(shuffled)
@@ -62,6 +102,12 @@ def build_datasets(config: RunConfig, model_path: str):
         evaluation, train = shuffled[:cut], shuffled[cut:]
     eval_set = SampleDataset(evaluation, encoder) if evaluation else None
     return SampleDataset(train, encoder), eval_set, processor
+
+
+def row_fingerprint(*datasets) -> int:
+    """A number that differs when the rows of ``datasets`` (SampleDataset or None) differ: ranks compare it."""
+    rows = [[sample.row for sample in dataset.samples] if dataset is not None else None for dataset in datasets]
+    return zlib.crc32(json.dumps(rows).encode()) & 0x7FFFFFFF
 
 
 def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):

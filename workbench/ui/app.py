@@ -85,14 +85,17 @@ def build_app(options: LaunchOptions | None = None, session=None) -> gr.Blocks:
         with gr.Tab("LoRA", id="lora"):
             lora = lora_tab.build(ctx)
         with gr.Tab("Training", id="training"):
-            training_tab.build(ctx, plan=planner["plan"])
+            training = training_tab.build(ctx, plan=planner["plan"])
         with gr.Tab("Inference", id="inference"):
             inference_tab.build(ctx)
         with gr.Tab("Export", id="export"):
             export_tab.build(ctx)
         # The LoRA form re-renders only when another tab (or a loaded file) replaced the config.
-        for replaced in (dataset["used"], planner["applied"], lora.loaded):
+        for replaced in (dataset["used"], planner["applied"], lora.loaded, training.skip_set):
             replaced.then(lora_tab.refill, inputs=ctx.config, outputs=lora.outputs, show_progress="hidden")
+        # the Training tab's checkbox counts the problem rows of the file the Dataset tab chose
+        dataset["used"].then(training_tab.skip_choice, inputs=[ctx.config, dataset["report"]],
+                             outputs=training.skip, show_progress="hidden")
     for block_fn in app.fns.values():
         if block_fn.fn is not None:
             block_fn.fn = answer_with_a_sentence(block_fn.fn)

@@ -223,7 +223,8 @@ def use_as_training(holder, which: str, config: dict):
 
 
 def build(state) -> dict:
-    """The tab's widgets and events; returns {"used": the "Use as training data" event}."""
+    """The tab's widgets and events; returns {"used": the "Use as training data" event, "report": the
+    checked file's report holder}."""
     config = state.config
     holder = gr.State(None)
     with gr.Row():
@@ -284,4 +285,4 @@ def build(state) -> dict:
 
     if path.value and Context.root_block is not None:
         Context.root_block.load(check, inputs, outputs)
-    return {"used": used_event}
+    return {"used": used_event, "report": holder}

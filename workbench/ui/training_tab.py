@@ -35,7 +35,28 @@ def start(session, config: dict) -> str:
         return f"**Not started:** {exc}"
     processes = getattr(job, "nproc", 1)
     how = f" {processes} processes ({job.config.training.strategy.upper()}, accelerate launch)" if processes > 1 else ""
-    return f"Started{how}: run folder `{job.output_dir}`.{batch_note(job.config)}"
+    skipping = (" Problem rows are skipped: the status below says how many, before the model loads."
+                if job.config.data.skip_problem_rows else "")
+    return f"Started{how}: run folder `{job.output_dir}`.{batch_note(job.config)}{skipping}"
+
+
+SKIP_LABEL = "Train on the valid rows only (skip {} problem rows)"
+
+
+def set_skip(config: dict, skip: bool) -> dict:
+    """The checkbox into the shared config (data.skip_problem_rows); other keys (a plan) stay."""
+    cfg = config_from_raw(config).replace(data={"skip_problem_rows": bool(skip)})
+    return {**(config or {}), **cfg.to_dict()}
+
+
+def skip_choice(config: dict, holder=None):
+    """The checkbox as the config has it; its label counts the problem rows when the Dataset tab
+    checked the file the run trains on (``holder``: that tab's checked report)."""
+    data = (config or {}).get("data") or {}
+    report = (holder or {}).get("report")
+    known = report is not None and report.path == data.get("train_path")
+    return gr.update(value=bool(data.get("skip_problem_rows")),
+                     label=SKIP_LABEL.format(len(report.problems) if known else "the"))
 
 
 def batch_note(cfg) -> str:
@@ -155,6 +176,8 @@ def duration(seconds: float) -> str:
 @dataclass
 class TrainingTab:
     finished_run: object  # textbox holding the folder of the run that ended last
+    skip: object  # the "train on the valid rows only" checkbox
+    skip_set: object  # its event: the user changed data.skip_problem_rows in the shared config
 
 
 def build(ctx, plan=None) -> TrainingTab:
@@ -165,6 +188,11 @@ def build(ctx, plan=None) -> TrainingTab:
     with gr.Row():
         start_button = gr.Button("Start", variant="primary", elem_id="training-start")
         stop_button = gr.Button("Stop", variant="stop", elem_id="training-stop")
+    skip = gr.Checkbox(value=bool(ctx.config.value["data"].get("skip_problem_rows")), label=SKIP_LABEL.format("the"),
+                       info="Off (the default): a dataset with any problem row is refused at Start. On: those rows "
+                            "are left out, their count said when the run starts and their list kept in the run "
+                            "folder (skipped-rows.jsonl). The same setting as data.skip_problem_rows on the LoRA tab.",
+                       elem_id="training-skip-problem-rows")
     resumable = resumable_runs(session)
     with gr.Accordion("Continue a run that stopped early", open=bool(resumable)) as continue_box:
         with gr.Row():
@@ -193,6 +221,7 @@ def build(ctx, plan=None) -> TrainingTab:
     timer.tick(partial(tick, session), inputs=inputs,
                outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir, runs, continue_box],
                show_progress="hidden", queue=False)
+    skip_set = skip.input(set_skip, inputs=[ctx.config, skip], outputs=ctx.config, show_progress="hidden")
     start_button.click(partial(start, session), inputs=ctx.config, outputs=action)
     stop_button.click(partial(stop, session), outputs=action)
     refresh.click(partial(refresh_resumable, session), inputs=runs, outputs=runs)
@@ -203,4 +232,6 @@ def build(ctx, plan=None) -> TrainingTab:
     tab = Context.block
     if tab is not None and hasattr(tab, "select"):
         tab.select(partial(refresh_resumable, session), inputs=runs, outputs=runs)
-    return TrainingTab(finished_run=run_dir)
+        tab.select(lambda config: gr.update(value=bool(config["data"].get("skip_problem_rows"))),
+                   inputs=ctx.config, outputs=skip)  # the LoRA form may have changed it
+    return TrainingTab(finished_run=run_dir, skip=skip, skip_set=skip_set)
