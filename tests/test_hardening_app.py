@@ -5,29 +5,11 @@ requests addressed to the host it is bound to (DNS rebinding)."""
 from __future__ import annotations
 
 import http.client
-import json
-import urllib.error
-import urllib.request
 
 import pytest
 
-from tests.data_helpers import png, swift, write_jsonl
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status_of(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+from data_helpers import png, swift, write_jsonl
+from test_security import fetch as status_of, free_port
 
 
 @pytest.fixture(scope="module")
