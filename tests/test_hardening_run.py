@@ -67,3 +67,76 @@ def test_node_scripts_never_run_what_a_hostile_out_folder_holds(demo, tmp_path, 
             assert line.startswith("# ") or line.startswith("set "), line
     assert not marker.exists()
     assert sys.executable  # the stub stood in for it
+
+
+# ---- 2. resume and fresh runs never touch a folder another tool wrote -------------------
+def foreign_folder(root):
+    """What a plain Trainer run leaves: checkpoints without COMPLETE markers, metrics, notes."""
+    root.mkdir()
+    for step in (500, 1000):
+        (root / f"checkpoint-{step}").mkdir()
+        (root / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights %d" % step)
+        (root / f"checkpoint-{step}" / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (root / "metrics.jsonl").write_text('{"step": 1000, "loss": 0.5}\n')
+    (root / "notes.txt").write_text("my notes\n")
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def files_of(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_resume_refuses_a_folder_another_tool_wrote_and_touches_nothing(demo, tmp_path, capsys):
+    out = tmp_path / "theirs"
+    before = foreign_folder(out)
+    code, _, stderr = cli(capsys, "train", "--resume", "--output-dir", out, "--max-steps", 2)
+    assert code == 2 and "Cannot resume" in stderr and str(out) in stderr and "new --output-dir" in stderr, stderr
+    assert files_of(out) == before
+
+
+def test_a_fresh_run_refuses_a_folder_holding_files_and_touches_nothing(demo, tmp_path, capsys):
+    out = tmp_path / "theirs"
+    before = foreign_folder(out)
+    code, _, stderr = cli(capsys, "train", "--output-dir", out, "--max-steps", 2)
+    assert code == 2 and str(out) in stderr and "already holds files" in stderr, stderr
+    assert files_of(out) == before
+
+
+def test_cleanup_removes_only_half_written_checkpoints_the_workbench_began(tmp_path):
+    from workbench.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    folder.mark_complete(tmp_path / "checkpoint-2")
+    folder.note_checkpoint_started(2)
+    folder.note_checkpoint_started(4)  # ours, killed mid-write; 6 was copied in by hand
+    assert folder.remove_incomplete() == [tmp_path / "checkpoint-4"]
+    assert sorted(p.name for _, p in folder.checkpoints()) == ["checkpoint-2", "checkpoint-6"]
+    assert folder.newest_complete() == tmp_path / "checkpoint-2" and folder.started_here()
+    assert not RunFolder(tmp_path / "checkpoint-6").started_here()
+
+
+@pytest.fixture(scope="module")
+def fast(demo_config):
+    """Demo settings with one small row per step, so each step takes a fraction of a second."""
+    return demo_config.replace(training={"per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
+                                         "logging_steps": 1, "warmup_ratio": 0.0, "save_steps": 2})
+
+
+def test_a_run_records_each_checkpoint_before_writing_it_and_resume_clears_only_those(fast, tmp_path):
+    from workbench.run_folder import COMPLETE, RunFolder
+    from workbench.training import JobState, TrainingJob
+
+    out = tmp_path / "run"
+    config = fast.replace(training={"max_steps": 4, "output_dir": str(out)})
+    assert TrainingJob(config).run() == JobState.FINISHED
+    folder = RunFolder(out)
+    assert folder.started_checkpoints() == {2, 4} == {n for n, _ in folder.checkpoints()}
+    (out / "checkpoint-4" / COMPLETE).unlink()  # as if killed while writing it
+    (out / "checkpoint-9").mkdir()  # someone's own folder, never written by this run
+    (out / "checkpoint-9" / "mine.txt").write_text("keep me")
+    resumed = TrainingJob(config.replace(training={"max_steps": 6}), resume=True)
+    assert resumed.run() == JobState.FINISHED, resumed.message
+    assert any("from checkpoint-2" in line for line in resumed.log_tail)
+    assert (out / "checkpoint-9" / "mine.txt").read_text() == "keep me"

@@ -62,6 +62,10 @@ def prepare_output_dir(config: RunConfig, resume: bool) -> Path:
     if resume:
         if not path.is_dir():
             raise UserError(f"Cannot resume: {path} does not exist. Check --output-dir.")
+        if any(path.iterdir()) and not RunFolder(path).started_here():
+            raise UserError(f"Cannot resume: {path} holds files but no run this workbench started (no status.json, "
+                            "events.log or COMPLETE checkpoint), so nothing there was touched: train into a new "
+                            "--output-dir instead.")
         return path
     if path.is_dir() and any(path.iterdir()):
         raise UserError(f"training.output_dir {path} already holds files: continue that run with --resume, "
@@ -88,6 +92,12 @@ def trainer_class():
             if isinstance(self.compute_loss_func, TrainedTokenLoss) and "labels" in inputs:
                 inputs = self.compute_loss_func.forward_inputs(inputs)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _save_checkpoint(self, model, trial):
+            # recorded first: after a kill mid-write, resume knows this half-written folder is its own
+            if self.is_world_process_zero():
+                RunFolder(self.args.output_dir).note_checkpoint_started(self.state.global_step)
+            return super()._save_checkpoint(model, trial)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
