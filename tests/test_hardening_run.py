@@ -140,3 +140,92 @@ def test_a_run_records_each_checkpoint_before_writing_it_and_resume_clears_only_
     assert resumed.run() == JobState.FINISHED, resumed.message
     assert any("from checkpoint-2" in line for line in resumed.log_tail)
     assert (out / "checkpoint-9" / "mine.txt").read_text() == "keep me"
+
+
+# ---- 5. a paused run keeps its lock; a run whose lock was taken stops writing ------------
+def lock_body(pid, host, proc_start, owner="the CLI"):
+    import json
+
+    return json.dumps({"pid": pid, "host": host, "started": 0, "owner": owner, "proc_start": proc_start,
+                       "token": "theirs"})
+
+
+def test_a_lock_is_held_while_its_process_lives_whatever_its_heartbeat(tmp_path):
+    import socket
+
+    from workbench.errors import UserError
+    from workbench.live_lock import process_start
+    from workbench.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        old = 1_000_000_000  # a heartbeat from 2001: paused for years
+        folder.lock_file.write_text(lock_body(sleeper.pid, socket.gethostname(), process_start(sleeper.pid)))
+        os.utime(folder.lock_file, (old, old))
+        assert folder.live() is not None and folder.live().pid == sleeper.pid and folder.state() == "training"
+        with pytest.raises(UserError, match=f"pid {sleeper.pid}"):
+            folder.acquire("the app")
+        # the same pid started at another time is a reused pid: the lock's process is gone
+        folder.lock_file.write_text(lock_body(sleeper.pid, socket.gethostname(), process_start(sleeper.pid) - 3600))
+        os.utime(folder.lock_file, (old, old))
+        assert folder.live() is None
+        # another host's lock cannot be asked about: its heartbeat decides
+        folder.lock_file.write_text(lock_body(sleeper.pid, "another-host", 0.0))
+        assert folder.live() is not None
+        os.utime(folder.lock_file, (old, old))
+        assert folder.live() is None
+        with folder.acquire("the app"):
+            assert folder.live().owner == "the app"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_paused_run_keeps_its_folder_and_a_taken_run_stops_writing(demo, fast, tmp_path):
+    """A real CLI run paused with SIGSTOP: its lock holds past any heartbeat; when another host
+    takes its folder anyway, it wakes, writes nothing more and says why."""
+    import json
+    import signal
+    import time
+
+    from workbench.errors import UserError
+    from workbench.run_folder import RunFolder
+
+    out = tmp_path / "run"
+    config = fast.replace(training={"max_steps": 400, "save_steps": 2, "output_dir": str(out)}).save(
+        tmp_path / "run.yaml")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", str(config)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    folder = RunFolder(out)
+    try:
+        deadline = time.monotonic() + 240
+        while len(folder.metrics()) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None and folder.newest_complete() is not None, proc.communicate()
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)
+        old = time.time() - 3600  # as if paused for an hour
+        os.utime(folder.lock_file, (old, old))
+        assert folder.live() is not None and folder.live().pid == proc.pid
+        with pytest.raises(UserError, match="being trained by the CLI"):
+            folder.acquire("a resume elsewhere")
+        # a process on another host (a shared disk) takes the folder anyway
+        taken = lock_body(4242, "another-host", 0.0, owner="a resume on another-host")
+        folder.lock_file.write_text(taken)
+        before = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "status.json", "events.log")}
+        checkpoints = folder.checkpoints()
+        proc.send_signal(signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "no longer this process's" in stderr and "a resume on another-host" in stderr, stderr[-2000:]
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert folder.checkpoints() == checkpoints and not folder.has_final_adapter()
+    assert json.loads(folder.lock_file.read_text())["token"] == "theirs"
+    folder.lock_file.unlink()  # the pretend holder on another host would beat for 20 s: not in later tests

@@ -18,6 +18,7 @@ from enum import Enum
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.live_lock import LockLost, ensure_held
 from workbench.paths import runs_root
 from workbench.run_folder import ADAPTER_FILES, RunFolder
 from workbench.settings import RunConfig
@@ -96,6 +97,7 @@ def trainer_class():
         def _save_checkpoint(self, model, trial):
             # recorded first: after a kill mid-write, resume knows this half-written folder is its own
             if self.is_world_process_zero():
+                ensure_held(self.args.output_dir)
                 RunFolder(self.args.output_dir).note_checkpoint_started(self.state.global_step)
             return super()._save_checkpoint(model, trial)
 
@@ -191,7 +193,7 @@ class TrainingJob:
         line = f"{time.strftime('%H:%M:%S')} [{state.value}] {message}"
         self.log_tail.append(line)
         log.info(line)
-        if self.placement.is_main and self.folder.exists():  # watchers in other processes read the same sentence
+        if self.placement.is_main and self.folder.exists() and self._holds_folder():  # watchers read it too
             try:
                 self.folder.write_status(state.value, message, self.step, self.max_steps)
                 self.folder.append_event(line)
@@ -200,10 +202,14 @@ class TrainingJob:
         if self.on_message is not None:
             self.on_message(line)
 
+    def _holds_folder(self) -> bool:
+        """False once another process took the run's live lock: from then on nothing is written there."""
+        return self._lock is None or self._lock.holder() is None
+
     def _set_progress(self, step: int, max_steps: int) -> None:
         first = self.max_steps == 0 and max_steps > 0
         self.step, self.max_steps = step, max_steps
-        if first and self.placement.is_main:  # watchers learn the run's length once, not every step
+        if first and self.placement.is_main and self._holds_folder():  # watchers learn the length once
             self.folder.write_status(self.state.value, self.message, step, max_steps)
 
     def run(self) -> JobState:
@@ -222,6 +228,9 @@ class TrainingJob:
         model = trainer = None
         try:
             model, trainer = self._train()
+        except LockLost as exc:
+            self.error = exc
+            self._say(JobState.FAILED, str(exc))
         except UserError as exc:
             self.exit_code, self.error = 2, exc
             message = str(exc)
@@ -314,6 +323,7 @@ class TrainingJob:
             self._say(JobState.STOPPED, f"Stopped before the first step (at step {self.step}); nothing new was saved.")
             return model, trainer
         self._say(JobState.SAVING, "Saving the adapter.")
+        ensure_held(self.folder.path)
         placement.save_adapter(model, trainer, self.folder)
         if writes:
             processor.save_pretrained(self.folder.processor_dir)
@@ -347,6 +357,7 @@ class TrainingJob:
         Trainer would train one more step, so the checkpoint's adapter becomes the run's."""
         self._say(JobState.SAVING, f"{checkpoint.name} already reached max_steps: saving its adapter.")
         if self.placement.is_main:
+            ensure_held(self.folder.path)
             staging = self.folder.staging_dir
             staging.mkdir(exist_ok=True)
             for name in ADAPTER_FILES:
