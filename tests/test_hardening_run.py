@@ -229,3 +229,72 @@ def test_a_paused_run_keeps_its_folder_and_a_taken_run_stops_writing(demo, fast,
     assert folder.checkpoints() == checkpoints and not folder.has_final_adapter()
     assert json.loads(folder.lock_file.read_text())["token"] == "theirs"
     folder.lock_file.unlink()  # the pretend holder on another host would beat for 20 s: not in later tests
+
+
+# ---- 6. export never deletes a finished export, never writes through a link or into its source ----
+def test_export_to_a_link_to_an_empty_folder_writes_into_that_folder(trained_run, tmp_path):
+    from workbench.export import export, plan_export
+
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert "leads (through a link) to" in plan_export(trained_run.output_dir, link).summary()
+    written = export(trained_run.output_dir, link)
+    assert written == target.resolve() and link.is_symlink() and link.resolve() == target.resolve()
+    assert (target / "adapter_model.safetensors").read_bytes() == (
+        trained_run.output_dir / "adapter_model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no staging folder left
+
+
+def test_an_out_folder_filled_during_the_export_keeps_both_and_says_where(trained_run, tmp_path, monkeypatch):
+    import workbench.export as export_module
+    from workbench.errors import UserError
+
+    out = tmp_path / "out"
+    real_copy = export_module.copy_files
+
+    def copy_then_someone_writes(names, dest):
+        real_copy(names, dest)
+        out.mkdir()
+        (out / "theirs.txt").write_text("someone else's")
+
+    monkeypatch.setattr(export_module, "copy_files", copy_then_someone_writes)
+    with pytest.raises(UserError, match="finished export is in") as refused:
+        export_module.export(trained_run.output_dir, out)
+    staging = [p for p in tmp_path.iterdir() if p.name.startswith(".out.exporting-")]
+    assert len(staging) == 1 and str(staging[0]) in str(refused.value)
+    assert (staging[0] / "adapter_model.safetensors").read_bytes() == (
+        trained_run.output_dir / "adapter_model.safetensors").read_bytes()
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+
+
+def test_an_out_link_swapped_in_during_the_export_is_left_alone(trained_run, tmp_path, monkeypatch):
+    import workbench.export as export_module
+    from workbench.errors import UserError
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real_copy = export_module.copy_files
+
+    def copy_then_link(names, dest):
+        real_copy(names, dest)
+        out.symlink_to(elsewhere)
+
+    monkeypatch.setattr(export_module, "copy_files", copy_then_link)
+    with pytest.raises(UserError, match="finished export is in"):
+        export_module.export(trained_run.output_dir, out)
+    assert out.is_symlink() and list(elsewhere.iterdir()) == []
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".out.exporting-")]) == 1
+
+
+def test_export_inside_the_run_it_reads_is_refused(trained_run, tmp_path):
+    from workbench.errors import UserError
+    from workbench.export import plan_export
+
+    run = trained_run.output_dir
+    checkpoint = sorted(run.glob("checkpoint-*"))[-1]
+    for adapter, out in [(run, run / "export"), (run, run), (checkpoint, checkpoint / "x"), (checkpoint, run / "y")]:
+        with pytest.raises(UserError, match="inside .*the run the export reads"):
+            plan_export(adapter, out)
+        assert not out.exists() or out in (run,)
