@@ -298,3 +298,60 @@ def test_export_inside_the_run_it_reads_is_refused(trained_run, tmp_path):
         with pytest.raises(UserError, match="inside .*the run the export reads"):
             plan_export(adapter, out)
         assert not out.exists() or out in (run,)
+
+
+# ---- 4. YAML: aliases, duplicated keys, values of the wrong shape ---------------------------
+ALIAS_BOMB = """lora:
+  target_modules: &a [q_proj, q_proj, q_proj, q_proj, q_proj, q_proj, q_proj, q_proj, q_proj]
+  modules_to_save: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+training:
+  seed: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+"""
+
+
+def test_a_yaml_alias_is_refused_with_a_sentence_before_it_expands(tmp_path):
+    import time
+
+    from workbench.errors import UserError
+    from workbench.run_folder import RunFolder
+    from workbench.settings import RunConfig
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+    for n, text in enumerate([ALIAS_BOMB, "training:\n" + "".join("  " + line + "\n" for line in bomb.splitlines())]):
+        path = tmp_path / f"bomb{n}.yaml"
+        path.write_text(text)
+        started = time.monotonic()
+        with pytest.raises(UserError, match=r"uses the alias \*a \(line \d\)") as refused:
+            RunConfig.load(path)
+        assert time.monotonic() - started < 2 and str(path) in str(refused.value)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text(ALIAS_BOMB)
+    assert RunFolder(run).config_summary() == ("", 0)  # listing runs never expands one
+
+
+def test_a_duplicated_yaml_key_is_refused_naming_it(tmp_path):
+    from workbench.errors import UserError
+    from workbench.settings import RunConfig
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("training:\n  max_steps: 5\nlora:\n  rank: 4\ntraining:\n  max_steps: 7\n")
+    with pytest.raises(UserError, match="the key 'training' appears twice in one mapping \\(lines 1 and 5\\)"):
+        RunConfig.load(path)
+    path.write_text("lora:\n  rank: 4\n  alpha: 8\n  rank: 16\n")
+    with pytest.raises(UserError, match="'rank' appears twice"):
+        RunConfig.load(path)
+
+
+def test_a_saved_config_reads_back_and_modules_to_save_must_be_names(demo_config, tmp_path):
+    from workbench.errors import UserError
+    from workbench.settings import RunConfig
+
+    config = demo_config.replace(lora={"modules_to_save": ["lm_head"]},
+                                 model={"device_map": {"model.visual": 0, "model.language_model": 0, "lm_head": 0}})
+    assert RunConfig.load(config.save(tmp_path / "run.yaml")) == config
+    path = tmp_path / "nested.yaml"
+    path.write_text("lora:\n  modules_to_save: [[lm_head, lm_head], [lm_head]]\n")
+    with pytest.raises(UserError, match="lora.modules_to_save must be a list of module names"):
+        RunConfig.load(path)

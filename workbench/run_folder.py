@@ -126,8 +126,10 @@ class RunFolder:
         """(base model, max_steps) from run.yaml without validating it ("" and 0 when unreadable)."""
         import yaml
 
+        from workbench.settings import StrictLoader  # an alias bomb in a run.yaml must not hang the runs list
+
         try:
-            raw = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(self.config_file.read_text(encoding="utf-8"), Loader=StrictLoader) or {}  # noqa: S506
             return (str(raw.get("model", {}).get("name_or_path") or ""),
                     int(raw.get("training", {}).get("max_steps") or 0))
         except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):

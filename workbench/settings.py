@@ -44,6 +44,39 @@ STRATEGIES = ("device_map", "ddp", "fsdp")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML as a person writes a run config: no aliases (a few nested ``&a``/``*a`` expand a small
+    file into gigabytes) and no key twice in one mapping (YAML keeps the last one silently)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"it uses the alias *{event.anchor} (line {event.start_mark.line + 1}); write the value "
+                "out in full, as the workbench reads no aliases", None)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_scalar(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key '{key[:80]}' appears twice in one mapping (lines {seen[key]} and "
+                        f"{key_node.start_mark.line + 1}); keep one of them, as YAML would silently drop the first",
+                        None)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+class PlainDumper(yaml.SafeDumper):
+    """Writes every value in full, so what the workbench saves its own loader reads back."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def _f(default, help: str, **kw):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
@@ -178,7 +211,7 @@ class RunConfig:
         return config
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=PlainDumper, sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -202,7 +235,11 @@ class RunConfig:
             raise UserError(f"Config file {path} is {len(text) // 1024} KiB, far more than a run config: pass the "
                             "run.yaml the LoRA tab saves.")
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader, stricter
+        except (yaml.composer.ComposerError, yaml.constructor.ConstructorError) as exc:
+            if exc.problem and (" alias " in exc.problem or "appears twice" in exc.problem):
+                raise UserError(f"Config file {path} is refused: {exc.problem}.") from None
+            raise UserError(f"Config file {path} is not readable YAML ({str(exc).splitlines()[0]}): fix the syntax or save it again from the LoRA tab.") from None
         except yaml.YAMLError as exc:
             raise UserError(f"Config file {path} is not readable YAML ({str(exc).splitlines()[0]}): fix the syntax or save it again from the LoRA tab.") from None
         except RecursionError:
@@ -256,8 +293,8 @@ class RunConfig:
                 raise UserError(f"lora.target_modules '{l.target_modules}' is not a preset ({', '.join(TARGET_PRESETS)}): pick one or give a list of module names.")
         elif not (isinstance(l.target_modules, list) and l.target_modules and all(isinstance(x, str) and x for x in l.target_modules)):
             raise UserError("lora.target_modules must be a preset name or a non-empty list of module names such as [q_proj, v_proj].")
-        if not isinstance(l.modules_to_save, list):
-            raise UserError("lora.modules_to_save must be a list of module names (or empty).")
+        if not (isinstance(l.modules_to_save, list) and all(isinstance(x, str) and x for x in l.modules_to_save)):
+            raise UserError("lora.modules_to_save must be a list of module names such as [lm_head] (or empty).")
         if not 0 < t.learning_rate <= 1:  # also refuses nan
             raise UserError(f"training.learning_rate {t.learning_rate} is outside (0, 1]: LoRA usually uses 1e-4 to 2e-4.")
         if t.lr_scheduler_type not in SCHEDULERS:
