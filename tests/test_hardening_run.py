@@ -355,3 +355,51 @@ def test_a_saved_config_reads_back_and_modules_to_save_must_be_names(demo_config
     path.write_text("lora:\n  modules_to_save: [[lm_head, lm_head], [lm_head]]\n")
     with pytest.raises(UserError, match="lora.modules_to_save must be a list of module names"):
         RunConfig.load(path)
+
+
+# ---- 12. numbers nobody can mean ---------------------------------------------------------
+def test_a_lora_rank_above_the_smallest_targeted_layer_is_refused(demo, demo_config):
+    import json
+
+    from workbench.errors import UserError
+    from workbench.training.loading import load_model
+    from workbench.training.lora import apply_lora
+
+    text = json.loads((demo.model / "config.json").read_text())
+    text = text.get("text_config", text)
+    kv_width = text["num_key_value_heads"] * text["hidden_size"] // text["num_attention_heads"]  # k_proj's output
+    model = load_model(str(demo.model), demo_config, device_map={"": "cpu"})
+    for rank in (100000, kv_width + 1):
+        with pytest.raises(UserError, match=rf"lora.rank {rank} is larger than the smallest layer it targets "
+                                            rf"\(.*k_proj: {text['hidden_size']} in, {kv_width} out\).*to {kv_width} or less"):
+            apply_lora(model, demo_config.replace(lora={"rank": rank}).lora, False)
+    assert not any("lora_" in name for name, _ in model.named_modules())  # refused before peft built anything
+    lora = apply_lora(model, demo_config.replace(lora={"rank": kv_width}).lora, False)
+    assert any("lora_A" in name for name, _ in lora.named_parameters())
+
+
+@pytest.mark.parametrize("args, words", [
+    (("launch", "--strategy", "ddp", "--nodes", 100000, "--nproc-per-node", 1, "--main-ip", "10.0.0.1"),
+     "training.nodes 100000 is more than the 256 nodes"),
+    (("launch", "--strategy", "ddp", "--nodes", 200, "--nproc-per-node", 8, "--main-ip", "10.0.0.1"),
+     "is 1,600 processes, more than the 1024 GPUs"),
+    (("launch", "--strategy", "ddp", "--nodes", 1, "--nproc-per-node", 100000),
+     "is 100,000 processes, more than the 1024 GPUs"),
+    (("launch", "--strategy", "ddp", "--nodes", 1, "--nproc-per-node", 1, "--max-steps", 99999999999999999999),
+     "training.max_steps 99,999,999,999,999,999,999 is more than 1,000,000,000"),
+    (("train", "--max-steps", 99999999999999999999), "training.max_steps 99,999,999,999,999,999,999 is more than"),
+])
+def test_counts_past_any_cluster_or_schedule_are_refused(demo, tmp_path, capsys, args, words):
+    code, _, stderr = cli(capsys, *args, "--out" if args[0] == "launch" else "--output-dir", tmp_path / "run")
+    assert code == 2 and words in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_seed_past_every_generator_is_a_sentence(demo, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"training:\n  seed: {2**70}\n")
+    code, _, stderr = cli(capsys, "train", config, "--output-dir", tmp_path / "run")
+    assert code == 2 and f"training.seed {2**70} is outside 0..4294967295" in stderr, stderr
+    from workbench.settings import RunConfig
+
+    assert RunConfig.from_dict({"training": {"seed": 2**32 - 1}}).training.seed == 2**32 - 1

@@ -126,7 +126,7 @@ class RunFolder:
         """(base model, max_steps) from run.yaml without validating it ("" and 0 when unreadable)."""
         import yaml
 
-        from workbench.settings import StrictLoader  # an alias bomb in a run.yaml must not hang the runs list
+        from workbench.strict_yaml import StrictLoader  # an alias bomb in a run.yaml must not hang the runs list
 
         try:
             raw = yaml.load(self.config_file.read_text(encoding="utf-8"), Loader=StrictLoader) or {}  # noqa: S506

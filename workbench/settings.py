@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from workbench.errors import UserError
+from workbench.strict_yaml import PlainDumper, StrictLoader
 from workbench.models.families import QWEN2_VL
 
 DEMO_MODEL = "demo"
@@ -41,40 +42,13 @@ QUANTIZATIONS = ("none", "nf4", "int8")
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_PATH_CHARS = 4096
 STRATEGIES = ("device_map", "ddp", "fsdp")
+# The largest cluster the workbench plans for; a launch beyond it writes a script per node for nothing.
+MAX_NODES = 256
+MAX_PROCESSES = 1024
+# A billion optimizer steps is years of training: a larger count is a typo (and past int64 a crash).
+MAX_STEP_COUNT = 10**9
+SEED_LIMIT = 2**32  # numpy's seed range, which transformers' set_seed seeds too
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-
-
-class StrictLoader(yaml.SafeLoader):
-    """YAML as a person writes a run config: no aliases (a few nested ``&a``/``*a`` expand a small
-    file into gigabytes) and no key twice in one mapping (YAML keeps the last one silently)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"it uses the alias *{event.anchor} (line {event.start_mark.line + 1}); write the value "
-                "out in full, as the workbench reads no aliases", None)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = self.construct_scalar(key_node)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"the key '{key[:80]}' appears twice in one mapping (lines {seen[key]} and "
-                        f"{key_node.start_mark.line + 1}); keep one of them, as YAML would silently drop the first",
-                        None)
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-class PlainDumper(yaml.SafeDumper):
-    """Writes every value in full, so what the workbench saves its own loader reads back."""
-
-    def ignore_aliases(self, data):
-        return True
 
 
 def _f(default, help: str, **kw):
@@ -316,6 +290,29 @@ class RunConfig:
         for name in ("eval_steps", "save_steps", "save_total_limit"):
             if getattr(t, name) < 0:
                 raise UserError(f"training.{name} {getattr(t, name)} is negative: use 0 or a positive number.")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Counts past anything that can be meant: refused before they reach a script, a schedule or a seed."""
+        d, l, t = self.data, self.lora, self.training
+        if t.nodes > MAX_NODES:
+            raise UserError(f"training.nodes {t.nodes} is more than the {MAX_NODES} nodes the workbench plans for: "
+                            "check --nodes.")
+        if t.nodes * t.nproc_per_node > MAX_PROCESSES:
+            raise UserError(f"training.nodes x training.nproc_per_node is {t.nodes * t.nproc_per_node:,} processes, "
+                            f"more than the {MAX_PROCESSES} GPUs the workbench plans for: check --nodes and "
+                            "--nproc-per-node (processes on each node, usually its GPU count).")
+        for name in ("max_steps", "save_steps", "eval_steps", "logging_steps", "gradient_accumulation_steps",
+                     "per_device_train_batch_size"):
+            if getattr(t, name) > MAX_STEP_COUNT:
+                raise UserError(f"training.{name} {getattr(t, name):,} is more than {MAX_STEP_COUNT:,}, beyond any run "
+                                "the schedule is meant for: check the number.")
+        if not 0 <= t.seed < SEED_LIMIT:
+            raise UserError(f"training.seed {t.seed} is outside 0..{SEED_LIMIT - 1} (the range every random number "
+                            "generator the run seeds accepts): use a smaller seed such as 42.")
+        for name, value in (("lora.rank", l.rank), ("lora.alpha", l.alpha), ("data.max_length", d.max_length)):
+            if value > 2**31 - 1:
+                raise UserError(f"{name} {value:,} is beyond any model's size: check the number.")
 
 
 def _positive(name: str, value) -> None:
