@@ -403,3 +403,93 @@ def test_a_seed_past_every_generator_is_a_sentence(demo, tmp_path, capsys):
     from workbench.settings import RunConfig
 
     assert RunConfig.from_dict({"training": {"seed": 2**32 - 1}}).training.seed == 2**32 - 1
+
+
+# ---- 11. a full disk and a damaged checkpoint are sentences -------------------------------
+def test_a_full_disk_during_a_checkpoint_save_is_the_disk_full_sentence(fast, tmp_path, monkeypatch):
+    """The optimizer's torch.save fails as it does on a full disk (the message torch gives, seen in
+    the probe with 0 bytes free)."""
+    from transformers import Trainer
+
+    from workbench.training import JobState, TrainingJob
+
+    def save_onto_a_full_disk(self, output_dir):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save_onto_a_full_disk)
+    out = tmp_path / "run"
+    job = TrainingJob(fast.replace(training={"max_steps": 4, "output_dir": str(out)}))
+    assert job.run() == JobState.FAILED
+    assert job.message.startswith(f"The disk holding {out} is full; no complete checkpoint was saved yet."), job.message
+    assert "inline_container" not in job.message
+
+
+@pytest.fixture(scope="module")
+def four_steps(fast, tmp_path_factory):
+    """A finished 4-step run with complete checkpoint-2 and checkpoint-4."""
+    from workbench.training import JobState, TrainingJob
+
+    out = tmp_path_factory.mktemp("damaged") / "run"
+    config = fast.replace(training={"max_steps": 4, "output_dir": str(out)})
+    assert TrainingJob(config).run() == JobState.FINISHED
+    return config, out
+
+
+def damage_truncated_weights(checkpoint):
+    path = checkpoint / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return "adapter_model.safetensors is truncated"
+
+
+def damage_random_optimizer(checkpoint):
+    (checkpoint / "optimizer.pt").write_bytes(os.urandom(4096))
+    return "optimizer.pt is not a whole torch.save file"
+
+
+def damage_trainer_state(checkpoint):
+    path = checkpoint / "trainer_state.json"
+    path.write_text(path.read_text()[:40])
+    return "trainer_state.json is not valid JSON"
+
+
+@pytest.mark.parametrize("spoil", [damage_truncated_weights, damage_random_optimizer, damage_trainer_state])
+def test_a_damaged_newest_checkpoint_is_named_kept_and_the_previous_one_resumed(four_steps, tmp_path, spoil):
+    import json
+    import shutil
+
+    from workbench.training import JobState, TrainingJob
+    from workbench.training.resume import damage
+
+    config, trained = four_steps
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    assert damage(out / "checkpoint-4") is None and damage(out / "checkpoint-2") is None
+    problem = spoil(out / "checkpoint-4")
+    spoiled = {p.name: p.read_bytes() for p in (out / "checkpoint-4").iterdir()}
+    job = TrainingJob(config.replace(training={"max_steps": 6, "output_dir": str(out)}), resume=True)
+    assert job.run() == JobState.FINISHED, job.message
+    said = "\n".join(job.log_tail)
+    assert f"checkpoint-4 is damaged ({problem}): continuing from checkpoint-2 instead" in said
+    assert "kept as checkpoint-4.damaged" in said and "Training from checkpoint-2" in said
+    assert {p.name: p.read_bytes() for p in (out / "checkpoint-4.damaged").iterdir()} == spoiled
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_damaged_only_checkpoint_is_refused_and_left_as_it_is(four_steps, tmp_path):
+    import shutil
+
+    from workbench.errors import UserError
+    from workbench.run_folder import RunFolder
+    from workbench.training.resume import usable_checkpoint
+
+    _, trained = four_steps
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    damage_trainer_state(out / "checkpoint-4")
+    damage_random_optimizer(out / "checkpoint-2")
+    with pytest.raises(UserError, match="checkpoint-4 .* is damaged \\(trainer_state.json is not valid JSON\\) and no "
+                                        "earlier complete checkpoint is whole"):
+        usable_checkpoint(RunFolder(out), move_aside=True)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

@@ -277,9 +277,13 @@ class TrainingJob:
         resume_from = None
         self.metrics = MetricsBuffer(self.folder.metrics_file if writes else None)
         if self.resume:
+            from workbench.training.resume import usable_checkpoint
+
             if writes:
                 self.folder.remove_incomplete()
-            resume_from = self.folder.newest_complete()
+            resume_from, notes = usable_checkpoint(self.folder, move_aside=writes)
+            for note in notes:
+                self._say(JobState.LOADING, note)
             if writes:
                 kept = self.folder.truncate_metrics(int(resume_from.name.split("-")[1]) if resume_from else 0)
                 self.metrics = MetricsBuffer(self.folder.metrics_file, rows=kept)
