@@ -183,6 +183,35 @@ def test_a_lock_is_held_while_its_process_lives_whatever_its_heartbeat(tmp_path)
         sleeper.wait()
 
 
+def test_a_run_whose_lock_is_taken_between_steps_stops_writing(fast, tmp_path, monkeypatch):
+    """In-process and deterministic: another host takes the lock right after step 2 is logged."""
+    import json
+
+    from workbench.training import JobState, TrainingJob
+    from workbench.training.bridge import WorkbenchCallback
+
+    out = tmp_path / "run"
+    seen = {}
+    real_step_end = WorkbenchCallback.on_step_end
+
+    def step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3 and not seen:
+            (out / ".live.json").write_text(lock_body(4242, "another-host", 0.0, owner="a resume elsewhere"))
+            seen.update({n: (out / n).read_bytes() for n in ("metrics.jsonl", "status.json", "events.log")})
+        return real_step_end(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(WorkbenchCallback, "on_step_end", step_end)
+    job = TrainingJob(fast.replace(training={"max_steps": 8, "save_steps": 2, "output_dir": str(out)}))
+    assert job.run() == JobState.FAILED and job.exit_code == 1
+    assert "no longer this process's" in job.message and "a resume elsewhere (pid 4242 on another-host)" in job.message
+    assert {n: (out / n).read_bytes() for n in seen} == seen
+    assert [json.loads(r)["step"] for r in seen["metrics.jsonl"].decode().splitlines()] == [1, 2]
+    assert [n for n, _ in job.folder.checkpoints()] == [2] and not job.folder.has_final_adapter()
+    assert json.loads((out / ".live.json").read_text())["token"] == "theirs"
+    (out / ".live.json").unlink()  # the pretend holder on another host would count as live for 20 s
+
+
+@pytest.mark.slow
 def test_a_paused_run_keeps_its_folder_and_a_taken_run_stops_writing(demo, fast, tmp_path):
     """A real CLI run paused with SIGSTOP: its lock holds past any heartbeat; when another host
     takes its folder anyway, it wakes, writes nothing more and says why."""
