@@ -6,6 +6,8 @@
     events.log                every status line the job said, newest last
     skipped-rows.jsonl        the dataset rows left out (data.skip_problem_rows): file, row, kind, reason
     checkpoint-N/             Trainer's checkpoint; it counts only once its COMPLETE marker exists
+    .checkpoints-started      the step of every checkpoint this workbench began to write (only
+                              those may be removed as half-written)
     adapter_config.json       the final adapter, published last (weights file moved in last)
     adapter_model.safetensors
     processor/                the processor the run used
@@ -37,6 +39,7 @@ STATUS_NAME = "status.json"
 EVENTS_NAME = "events.log"
 SKIPPED_ROWS_NAME = "skipped-rows.jsonl"
 LOCK_NAME = ".live.json"
+STARTED_NAME = ".checkpoints-started"
 COMPLETE = "COMPLETE"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -103,6 +106,13 @@ class RunFolder:
     def exists(self) -> bool:
         return self.path.is_dir()
 
+    def started_here(self) -> bool:
+        """A run this workbench started: a job writes status.json and events.log from its first
+        moment (before any checkpoint), a launch writes launch/accelerate.yaml, and only the
+        workbench marks checkpoints COMPLETE. Another tool's folder has none of these."""
+        own = (STATUS_NAME, EVENTS_NAME, LOCK_NAME, STARTED_NAME, "launch/accelerate.yaml")
+        return any((self.path / name).is_file() for name in own) or bool(self.complete_checkpoints())
+
     def is_run(self) -> bool:
         """A folder the workbench wrote (run.yaml) or a bare adapter folder."""
         return self.config_file.is_file() or (self.path / ADAPTER_CONFIG).is_file()
@@ -118,8 +128,10 @@ class RunFolder:
         """(base model, max_steps) from run.yaml without validating it ("" and 0 when unreadable)."""
         import yaml
 
+        from workbench.strict_yaml import StrictLoader  # an alias bomb in a run.yaml must not hang the runs list
+
         try:
-            raw = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(self.config_file.read_text(encoding="utf-8"), Loader=StrictLoader) or {}  # noqa: S506
             return (str(raw.get("model", {}).get("name_or_path") or ""),
                     int(raw.get("training", {}).get("max_steps") or 0))
         except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
@@ -200,14 +212,33 @@ class RunFolder:
     def mark_complete(checkpoint: str | Path) -> None:
         fsync_write(Path(checkpoint) / COMPLETE, "ok\n")
 
+    def note_checkpoint_started(self, step: int) -> None:
+        """Recorded before Trainer writes checkpoint-<step>, so a half-written one is known to be ours."""
+        with open(self.path / STARTED_NAME, "a", encoding="utf-8") as f:
+            f.write(f"{int(step)}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def started_checkpoints(self) -> set[int]:
+        try:
+            lines = (self.path / STARTED_NAME).read_text(encoding="utf-8").split()
+        except OSError:
+            return set()
+        return {int(line) for line in lines if line.isdigit()}
+
     def remove_incomplete(self) -> list[Path]:
-        """Delete half-written checkpoints (the workbench's own partial writes, never user files)."""
-        removed = []
-        for _, path in self.checkpoints():
-            if not (path / COMPLETE).is_file():
-                log.warning("removing incomplete checkpoint %s", path)
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+        """Delete half-written checkpoints this workbench began to write; any other checkpoint-N
+        without a COMPLETE marker (copied in, another tool's) is left alone and never resumed."""
+        removed, ours = [], self.started_checkpoints()
+        for step, path in self.checkpoints():
+            if (path / COMPLETE).is_file():
+                continue
+            if step not in ours:
+                log.warning("leaving %s alone: not a checkpoint this workbench wrote", path)
+                continue
+            log.warning("removing incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
         return removed
 
     def keep_newest_complete(self, keep: int) -> list[Path]:

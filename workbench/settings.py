@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from workbench.errors import UserError
+from workbench.strict_yaml import PlainDumper, StrictLoader
 from workbench.models.families import QWEN2_VL
 
 DEMO_MODEL = "demo"
@@ -41,6 +42,12 @@ QUANTIZATIONS = ("none", "nf4", "int8")
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_PATH_CHARS = 4096
 STRATEGIES = ("device_map", "ddp", "fsdp")
+# The largest cluster the workbench plans for; a launch beyond it writes a script per node for nothing.
+MAX_NODES = 256
+MAX_PROCESSES = 1024
+# A billion optimizer steps is years of training: a larger count is a typo (and past int64 a crash).
+MAX_STEP_COUNT = 10**9
+SEED_LIMIT = 2**32  # numpy's seed range, which transformers' set_seed seeds too
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -186,7 +193,7 @@ class RunConfig:
         return config
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=PlainDumper, sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -213,7 +220,11 @@ class RunConfig:
             raise UserError(f"Config file {path} is {len(text) // 1024} KiB, far more than a run config: pass the "
                             "run.yaml the LoRA tab saves.")
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader, stricter
+        except (yaml.composer.ComposerError, yaml.constructor.ConstructorError) as exc:
+            if exc.problem and (" alias " in exc.problem or "appears twice" in exc.problem):
+                raise UserError(f"Config file {path} is refused: {exc.problem}.") from None
+            raise UserError(f"Config file {path} is not readable YAML ({str(exc).splitlines()[0]}): fix the syntax or save it again from the LoRA tab.") from None
         except yaml.YAMLError as exc:
             raise UserError(f"Config file {path} is not readable YAML ({str(exc).splitlines()[0]}): fix the syntax or save it again from the LoRA tab.") from None
         except RecursionError:
@@ -267,8 +278,8 @@ class RunConfig:
                 raise UserError(f"lora.target_modules '{l.target_modules}' is not a preset ({', '.join(TARGET_PRESETS)}): pick one or give a list of module names.")
         elif not (isinstance(l.target_modules, list) and l.target_modules and all(isinstance(x, str) and x for x in l.target_modules)):
             raise UserError("lora.target_modules must be a preset name or a non-empty list of module names such as [q_proj, v_proj].")
-        if not isinstance(l.modules_to_save, list):
-            raise UserError("lora.modules_to_save must be a list of module names (or empty).")
+        if not (isinstance(l.modules_to_save, list) and all(isinstance(x, str) and x for x in l.modules_to_save)):
+            raise UserError("lora.modules_to_save must be a list of module names such as [lm_head] (or empty).")
         if not 0 < t.learning_rate <= 1:  # also refuses nan
             raise UserError(f"training.learning_rate {t.learning_rate} is outside (0, 1]: LoRA usually uses 1e-4 to 2e-4.")
         if t.lr_scheduler_type not in SCHEDULERS:
@@ -290,6 +301,29 @@ class RunConfig:
         for name in ("eval_steps", "save_steps", "save_total_limit"):
             if getattr(t, name) < 0:
                 raise UserError(f"training.{name} {getattr(t, name)} is negative: use 0 or a positive number.")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Counts past anything that can be meant: refused before they reach a script, a schedule or a seed."""
+        d, l, t = self.data, self.lora, self.training
+        if t.nodes > MAX_NODES:
+            raise UserError(f"training.nodes {t.nodes} is more than the {MAX_NODES} nodes the workbench plans for: "
+                            "check --nodes.")
+        if t.nodes * t.nproc_per_node > MAX_PROCESSES:
+            raise UserError(f"training.nodes x training.nproc_per_node is {t.nodes * t.nproc_per_node:,} processes, "
+                            f"more than the {MAX_PROCESSES} GPUs the workbench plans for: check --nodes and "
+                            "--nproc-per-node (processes on each node, usually its GPU count).")
+        for name in ("max_steps", "save_steps", "eval_steps", "logging_steps", "gradient_accumulation_steps",
+                     "per_device_train_batch_size"):
+            if getattr(t, name) > MAX_STEP_COUNT:
+                raise UserError(f"training.{name} {getattr(t, name):,} is more than {MAX_STEP_COUNT:,}, beyond any run "
+                                "the schedule is meant for: check the number.")
+        if not 0 <= t.seed < SEED_LIMIT:
+            raise UserError(f"training.seed {t.seed} is outside 0..{SEED_LIMIT - 1} (the range every random number "
+                            "generator the run seeds accepts): use a smaller seed such as 42.")
+        for name, value in (("lora.rank", l.rank), ("lora.alpha", l.alpha), ("data.max_length", d.max_length)):
+            if value > 2**31 - 1:
+                raise UserError(f"{name} {value:,} is beyond any model's size: check the number.")
 
 
 def _positive(name: str, value) -> None:

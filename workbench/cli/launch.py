@@ -13,6 +13,9 @@ that talk over gloo, so a multi-node launch can be rehearsed on one laptop (two 
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import shlex
 import stat
 import sys
 from pathlib import Path
@@ -21,6 +24,8 @@ from workbench.errors import UserError
 from workbench.settings import field_help
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# RFC 1123 host names: what every node's resolver accepts, and nothing a shell reads as code.
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def register(sub) -> None:
@@ -106,8 +111,8 @@ def write_launch(args) -> dict:
                         "reach (127.0.0.1 to rehearse on this machine).")
     if not 0 < args.main_port < 65536:
         raise UserError(f"--main-port must be a port number between 1 and 65535, got {args.main_port}.")
-    main_ip = args.main_ip or "127.0.0.1"
-    folder = Path(args.out).expanduser().resolve()
+    main_ip = check_address(args.main_ip or "127.0.0.1")
+    folder = check_script_path(Path(args.out).expanduser().resolve(), "--out")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"--out {folder} already exists and is not an empty folder: choose a new run folder "
                         "(nothing was overwritten); to continue a run, start its node scripts with --resume.")
@@ -123,24 +128,54 @@ def write_launch(args) -> dict:
     return {"config": config, "folder": folder, "scripts": scripts, "main_ip": main_ip, "main_port": args.main_port}
 
 
+def check_address(value: str) -> str:
+    """--main-ip as an IP address or a host name; anything else is refused before it reaches a script."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    if 0 < len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        return value
+    raise UserError(f"--main-ip {value!r} is neither an IP address nor a host name: give the address of node 0 "
+                    "that every node can reach, e.g. 10.0.0.5 or node0.cluster.")
+
+
+def check_script_path(path: Path, flag: str) -> Path:
+    """A path the node scripts name: quoted everywhere, but a control character (a newline) would
+    still break a comment line and is never part of a folder someone means."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+        raise UserError(f"{flag} {str(path)!r} holds a control character (a newline or tab): choose a folder "
+                        "name without one.")
+    return path
+
+
 def write_node_script(folder: Path, config_file: Path, node: int, nodes: int, main_ip: str, main_port: int,
                       strategy: str, nproc: int) -> Path:
     from workbench.training.distributed import LAUNCH_DIR, LAUNCH_LOG, shell_line, worker_command
 
+    # Every value reaches the script through shlex.quote (comments included), so a path or an
+    # address holding $(...), a backtick or a quote is text to bash, never a command.
     argv = worker_command(config_file, folder, machine_rank=node, python="$PYTHON")
     command = shell_line(argv).replace("'$PYTHON'", '"$PYTHON"')
     log = folder / LAUNCH_DIR / (LAUNCH_LOG if nodes == 1 else f"node-{node}.log")
+    q = shlex.quote
+    address = q(f"{main_ip}:{main_port}")
+    hello = (f"node {node} of {nodes}: waiting for every node to join at {main_ip}:{main_port}, then training "
+             f"(a silent wait means another node's script has not started yet; Ctrl-C gives up). Output: {log}")
     text = f"""#!/usr/bin/env bash
 # Node {node} of {nodes}: {strategy.upper()} over {nodes} node(s) x {nproc} process(es) ({nodes * nproc} in all),
-# rendezvous at {main_ip}:{main_port} (node 0). Written by `python -m workbench launch`.
-# Start it on node {node}, every node at about the same time. {folder} must be the same path on
-# every node (a shared disk): rank 0 writes the run there. Arguments are passed on to the worker
-# (--resume continues from the newest complete checkpoint). Output goes to {log.name} in launch/.
+# rendezvous at {address} (node 0). Written by `python -m workbench launch`.
+# Start it on node {node}, every node at about the same time. The run folder {q(str(folder))} must be the same
+# path on every node (a shared disk): rank 0 writes the run there. Arguments are passed on to the worker
+# (--resume continues from the newest complete checkpoint). Output goes to {q(log.name)} in launch/.
 set -euo pipefail
-PYTHON="${{PYTHON:-{sys.executable}}}"
-export PYTHONPATH="{PACKAGE_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"
-echo "node {node} of {nodes}: waiting for every node to join at {main_ip}:{main_port}, then training (a silent wait means another node's script has not started yet; Ctrl-C gives up). Output: {log}" | tee -a {shell_line([str(log)])}
-{command} "$@" 2>&1 | tee -a {shell_line([str(log)])}
+DEFAULT_PYTHON={q(sys.executable)}
+WORKBENCH_ROOT={q(str(PACKAGE_ROOT))}
+PYTHON="${{PYTHON:-$DEFAULT_PYTHON}}"
+export PYTHONPATH="$WORKBENCH_ROOT${{PYTHONPATH:+:$PYTHONPATH}}"
+printf '%s\\n' {q(hello)} | tee -a {q(str(log))}
+{command} "$@" 2>&1 | tee -a {q(str(log))}
 """
     path = folder / LAUNCH_DIR / f"node-{node}.sh"
     path.write_text(text, encoding="utf-8")

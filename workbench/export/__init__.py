@@ -21,11 +21,13 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.export.card import model_card
-from workbench.export.folder import check_disk, check_out_folder, copy_files, human, new_staging, publish
+from workbench.export.folder import (OutFilled, check_disk, check_out_folder, copy_files, human, new_staging,
+                                     out_folder, publish)
 from workbench.export.keys import ADAPTER_WEIGHTS, FAMILIES
 from workbench.export.merge import (DEFAULT_MAX_SHARD, DTYPES, MergePlan, match_adapter, merged_config,
                                     plan_merge, read_config, write_shards)
 from workbench.export.source import ExportSource, base_folder, check_mergeable, read_source
+from workbench.run_folder import RunFolder
 
 log = logging.getLogger("workbench.export")
 # A model folder's processor and tokenizer files, taken from the base when the run saved none.
@@ -78,7 +80,9 @@ def plan_export(adapter: str | Path, out: str | Path, merge: bool = False, dtype
     if dtype != "auto" and not merge:
         raise UserError("--dtype applies to a merged export: add --merge (an adapter export keeps the adapter as trained).")
     source = read_source(adapter, base)
-    out = Path(str(out).strip()).expanduser().absolute()
+    given = Path(str(out).strip()).expanduser().absolute()
+    out = out_folder(str(out).strip())
+    check_outside_source(out, source)
     check_out_folder(out)
     if merge:
         check_mergeable(source.adapter_config, source.adapter_dir)
@@ -98,6 +102,8 @@ def plan_export(adapter: str | Path, out: str | Path, merge: bool = False, dtype
         notes = [] if source.processor_dir or folder else [
             "No processor files: the run saved none and the base is not on this machine; load the processor "
             "from the base."]
+    if out != given:
+        notes.append(f"--out {given} leads (through a link) to {out}: the export is written there.")
     free = check_disk(out, needed)
     return ExportPlan(source, out, merge, dtype, copies, needed, free, merge_plan, notes)
 
@@ -123,6 +129,8 @@ def run_export(plan: ExportPlan, progress=None) -> Path:
         copy_files(plan.copies, staging)
         (staging / "README.md").write_text(model_card(plan.source, plan.merge, dtype), encoding="utf-8")
         publish(staging, plan.out)
+    except OutFilled:
+        raise  # the finished export stays in staging, where the sentence points
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         fault = _fault_message(exc, plan.out)
@@ -138,6 +146,16 @@ def run_export(plan: ExportPlan, progress=None) -> Path:
 def export(adapter: str | Path, out: str | Path, merge: bool = False, dtype: str = "auto", base: str | None = None,
            max_shard_size: int | str = DEFAULT_MAX_SHARD, progress=None) -> Path:
     return run_export(plan_export(adapter, out, merge, dtype, base, max_shard_size), progress)
+
+
+def check_outside_source(out: Path, source: ExportSource) -> None:
+    """An export inside the folder it reads would be listed (and later exported) as part of it."""
+    adapter = source.adapter_dir.resolve()
+    sources = [adapter] + ([adapter.parent] if RunFolder(adapter.parent).is_run() else [])
+    for folder in sources:
+        if out == folder or folder in out.parents:
+            raise UserError(f"The output folder (--out) {out} is inside {folder}, the run the export reads: choose "
+                            "a folder outside it.")
 
 
 def _fault_message(exc: BaseException, out: Path) -> str | None:

@@ -23,7 +23,20 @@ STAGING_TAG = ".exporting-"
 DISK_MARGIN_BYTES = 64 * 2**20
 
 
+class OutFilled(UserError):
+    """--out stopped being an empty folder while the export ran: the finished export stays in staging."""
+
+
+def out_folder(value: str) -> Path:
+    """--out as the real folder it names: a link (or a linked parent) is followed, so the staging
+    folder sits beside the folder that will hold the export and the final rename replaces no link."""
+    given = Path(value).expanduser().absolute()
+    return given.resolve()
+
+
 def check_out_folder(out: Path) -> None:
+    if out.is_symlink():
+        raise UserError(f"The output folder (--out) {out} is a link: give the folder it points to instead.")
     if out.is_file():
         raise UserError(f"The output folder (--out) {out} is a file: choose a new folder for the export.")
     if out.is_dir() and any(out.iterdir()):
@@ -91,16 +104,22 @@ def fsync_dir(path: Path) -> None:
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to ``out`` in one rename (an empty ``out`` is replaced)."""
+    """Move the finished staging folder to ``out`` in one rename (an empty ``out`` is replaced).
+    When ``out`` stopped being an empty folder meanwhile, both stay as they are: the export is
+    kept in ``staging`` and the sentence says where."""
     for path in staging.iterdir():
         fsync_file(path)
     fsync_dir(staging)
+    filled = OutFilled(f"The output folder (--out) {out} was filled or replaced by something else while exporting, "
+                       f"so it was left as it is; the finished export is in {staging}: move or rename that folder "
+                       "yourself.")
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        raise filled
     try:
         os.replace(staging, out)
     except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-            raise UserError(f"The output folder (--out) {out} was filled by something else while exporting; the "
-                            f"export is complete in {staging}: rename that folder yourself.") from None
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise filled from None
         raise
     fsync_dir(out.parent)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from workbench.live_lock import ensure_held
 from workbench.run_folder import RunFolder
 
 # Throughput and ETA come from the last few log rows, not the average since the start:
@@ -91,6 +92,7 @@ class WorkbenchCallback(TrainerCallback):
             raise NonFiniteError(f"gradient became NaN or infinite at step {state.global_step + 1}")
 
     def on_step_end(self, args, state, control, **kwargs):
+        ensure_held(args.output_dir)  # a paused process whose run was taken over stops here
         self.job._set_progress(state.global_step, state.max_steps)
         if self.job.should_stop():
             # a checkpoint at the stop step keeps the run resumable from exactly here
@@ -101,6 +103,7 @@ class WorkbenchCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if path.is_dir():
+            ensure_held(args.output_dir)
             folder = RunFolder(args.output_dir)
             folder.mark_complete(path)
             folder.keep_newest_complete(self.job.config.training.save_total_limit)
@@ -108,6 +111,7 @@ class WorkbenchCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         row = self.row(args, state, dict(logs or {}))
         if row is not None:
+            ensure_held(args.output_dir)
             self.job.metrics.append(row)
 
     def row(self, args, state, logs: dict) -> dict | None:

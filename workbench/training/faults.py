@@ -33,7 +33,7 @@ def failure_message(exc: BaseException, folder: RunFolder, log) -> str:
         log.warning("training failed: %r", exc)
         return (f"A file disappeared during training ({exc.filename or first_line(exc)}); {kept}. "
                 f"Put it back, then continue with {resume}.")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if is_disk_full(exc):
         log.warning("training failed: %r", exc)
         return f"The disk holding {folder.path} is full; {kept}. Free some space, then continue with {resume}."
     if is_out_of_memory(exc):
@@ -51,6 +51,26 @@ def in_launch() -> bool:
 def first_line(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# How a full disk reaches Python when the write happens in C++ or Rust, without an errno:
+# torch.save ("[enforce fail at inline_container.cc:672] . unexpected pos ..." or "file write
+# failed") and safetensors ("IoError(Os { code: 28, kind: StorageFull ... })").
+_DISK_FULL_WORDS = ("inline_container.cc", "PytorchStreamWriter failed writing", "file write failed",
+                    "No space left on device", "StorageFull")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` (or what it was raised from) is a write that failed for lack of disk space."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if any(word in str(exc) for word in _DISK_FULL_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

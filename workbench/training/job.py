@@ -18,6 +18,7 @@ from enum import Enum
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.live_lock import LockLost, ensure_held
 from workbench.paths import runs_root
 from workbench.run_folder import ADAPTER_FILES, RunFolder
 from workbench.settings import RunConfig
@@ -62,6 +63,10 @@ def prepare_output_dir(config: RunConfig, resume: bool) -> Path:
     if resume:
         if not path.is_dir():
             raise UserError(f"Cannot resume: {path} does not exist. Check --output-dir.")
+        if any(path.iterdir()) and not RunFolder(path).started_here():
+            raise UserError(f"Cannot resume: {path} holds files but no run this workbench started (no status.json, "
+                            "events.log or COMPLETE checkpoint), so nothing there was touched: train into a new "
+                            "--output-dir instead.")
         return path
     if path.is_dir() and any(path.iterdir()):
         raise UserError(f"training.output_dir {path} already holds files: continue that run with --resume, "
@@ -88,6 +93,13 @@ def trainer_class():
             if isinstance(self.compute_loss_func, TrainedTokenLoss) and "labels" in inputs:
                 inputs = self.compute_loss_func.forward_inputs(inputs)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _save_checkpoint(self, model, trial):
+            # recorded first: after a kill mid-write, resume knows this half-written folder is its own
+            if self.is_world_process_zero():
+                ensure_held(self.args.output_dir)
+                RunFolder(self.args.output_dir).note_checkpoint_started(self.state.global_step)
+            return super()._save_checkpoint(model, trial)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -181,7 +193,7 @@ class TrainingJob:
         line = f"{time.strftime('%H:%M:%S')} [{state.value}] {message}"
         self.log_tail.append(line)
         log.info(line)
-        if self.placement.is_main and self.folder.exists():  # watchers in other processes read the same sentence
+        if self.placement.is_main and self.folder.exists() and self._holds_folder():  # watchers read it too
             try:
                 self.folder.write_status(state.value, message, self.step, self.max_steps)
                 self.folder.append_event(line)
@@ -190,10 +202,14 @@ class TrainingJob:
         if self.on_message is not None:
             self.on_message(line)
 
+    def _holds_folder(self) -> bool:
+        """False once another process took the run's live lock: from then on nothing is written there."""
+        return self._lock is None or self._lock.holder() is None
+
     def _set_progress(self, step: int, max_steps: int) -> None:
         first = self.max_steps == 0 and max_steps > 0
         self.step, self.max_steps = step, max_steps
-        if first and self.placement.is_main:  # watchers learn the run's length once, not every step
+        if first and self.placement.is_main and self._holds_folder():  # watchers learn the length once
             self.folder.write_status(self.state.value, self.message, step, max_steps)
 
     def run(self) -> JobState:
@@ -212,6 +228,9 @@ class TrainingJob:
         model = trainer = None
         try:
             model, trainer = self._train()
+        except LockLost as exc:
+            self.error = exc
+            self._say(JobState.FAILED, str(exc))
         except UserError as exc:
             self.exit_code, self.error = 2, exc
             message = str(exc)
@@ -261,9 +280,13 @@ class TrainingJob:
         resume_from = None
         self.metrics = MetricsBuffer(self.folder.metrics_file if writes else None)
         if self.resume:
+            from workbench.training.resume import usable_checkpoint
+
             if writes:
                 self.folder.remove_incomplete()
-            resume_from = self.folder.newest_complete()
+            resume_from, notes = usable_checkpoint(self.folder, move_aside=writes)
+            for note in notes:
+                self._say(JobState.LOADING, note)
             if writes:
                 kept = self.folder.truncate_metrics(int(resume_from.name.split("-")[1]) if resume_from else 0)
                 self.metrics = MetricsBuffer(self.folder.metrics_file, rows=kept)
@@ -309,6 +332,7 @@ class TrainingJob:
             self._say(JobState.STOPPED, f"Stopped before the first step (at step {self.step}); nothing new was saved.")
             return model, trainer
         self._say(JobState.SAVING, "Saving the adapter.")
+        ensure_held(self.folder.path)
         placement.save_adapter(model, trainer, self.folder)
         if writes:
             processor.save_pretrained(self.folder.processor_dir)
@@ -358,6 +382,7 @@ class TrainingJob:
         Trainer would train one more step, so the checkpoint's adapter becomes the run's."""
         self._say(JobState.SAVING, f"{checkpoint.name} already reached max_steps: saving its adapter.")
         if self.placement.is_main:
+            ensure_held(self.folder.path)
             staging = self.folder.staging_dir
             staging.mkdir(exist_ok=True)
             for name in ADAPTER_FILES:

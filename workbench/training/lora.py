@@ -28,6 +28,25 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def check_rank(model, config) -> None:
+    """A rank above min(in, out) of a targeted layer adds parameters, never capacity: B @ A has at
+    most that rank. Refused before peft builds (and allocates) the adapters."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    smallest = None
+    for name, module in model.named_modules():
+        dims = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        if not all(isinstance(d, int) for d in dims) or not check_target_module_exists(config, name):
+            continue
+        if smallest is None or min(dims) < min(smallest[1]):
+            smallest = (name, dims)
+    if smallest is not None and config.r > min(smallest[1]):
+        name, (n_in, n_out) = smallest
+        raise UserError(f"lora.rank {config.r} is larger than the smallest layer it targets ({name}: {n_in} in, "
+                        f"{n_out} out), where an update can have rank {min(n_in, n_out)} at most: set lora.rank to "
+                        f"{min(n_in, n_out)} or less (8 to 64 is usual).")
+
+
 def apply_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
     """Freeze the base, switch on checkpointing, wrap the targets in LoRA.
 
@@ -46,9 +65,11 @@ def apply_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
         # non-reentrant checkpointing; input grads so frozen embeddings still pass gradients on
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    try:
-        from workbench.models.families import family_of
+    from workbench.models.families import family_of
 
-        return get_peft_model(model, lora_config(settings, family_of(model)))
+    config = lora_config(settings, family_of(model))
+    check_rank(model, config)
+    try:
+        return get_peft_model(model, config)
     except ValueError as exc:
         raise UserError(f"lora.target_modules matched nothing usable in this model ({exc}): pick a preset or list module names that exist.") from None
