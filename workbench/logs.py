@@ -5,7 +5,7 @@ import logging
 from workbench.paths import log_file
 
 _configured = False
-QUIET_LIBRARIES = ("bitsandbytes",)
+QUIET_LIBRARIES = ("bitsandbytes", "kernels")  # kernels: the hub kernel package transformers brings
 
 
 def setup_logging(verbose: bool = False) -> logging.Logger:
@@ -16,7 +16,7 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        # bitsandbytes warns through its logger on import where it finds no optional CPU
+        # bitsandbytes (and the kernels package it asks) warn through their loggers on import where they find no optional CPU
         # kernel package; with no handler of its own that reaches the terminal. It is a
         # detail for the log, not a sentence for people.
         for name in QUIET_LIBRARIES:
