@@ -255,3 +255,58 @@ def test_grounding_row_shows_its_boxes_and_the_family_s_box_text(tmp_path, confi
     trained = "".join(text for text, label in segments if label == "trained")
     # 200 x 100 image: (50, 20) -> (250, 200), (150, 80) -> (750, 800) in 0-1000
     assert trained == "<|object_ref_start|>cup<|object_ref_end|><|box_start|>(250,200),(750,800)<|box_end|><|im_end|>"
+
+
+def test_an_unreadable_path_is_said_under_the_check_button_not_in_a_toast(tmp_path, config, monkeypatch):
+    """Seen in the browser: the warning toast lay over the Check button for seconds after each bad path."""
+    import gradio as gr
+
+    from workbench.ui.dataset_tab import check
+
+    toasts = []
+    monkeypatch.setattr(gr, "Warning", lambda *args, **kwargs: toasts.append(args))
+    summary = check(str(tmp_path / "nope.jsonl"), None, "auto", config)[1]
+    assert "**Cannot read this dataset.**" in summary and "nope.jsonl does not exist" in summary
+    assert toasts == []
+
+
+def test_each_box_is_labelled_with_the_ref_placed_before_it(tmp_path, config, monkeypatch):
+    """ms-swift rows pair refs and boxes in the text, with more refs than boxes or one ref for many boxes."""
+    from data_helpers import png
+    from workbench.ui.dataset_tab import check
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    png(tmp_path / "img" / "g.png", 200, 100)
+    paired = {"messages": [{"role": "user", "content": "<image>Where are the <ref-object> and the <ref-object>?"},
+                           {"role": "assistant", "content": "<ref-object><bbox> and <ref-object><bbox>"}],
+              "images": ["img/g.png"],
+              "objects": {"ref": ["cup", "fork", "cup", "fork"], "bbox": [[10, 10, 50, 50], [60, 10, 90, 40]]}}
+    every = {"messages": [{"role": "user", "content": "<image>Find every <ref-object>."},
+                          {"role": "assistant", "content": "<bbox><bbox>"}], "images": ["img/g.png"],
+             "objects": {"ref": ["sheep"], "bbox": [[10, 10, 50, 50], [60, 10, 90, 40]]}}
+    report = check(str(write_jsonl(tmp_path / "g.jsonl", [paired, every])), None, "auto", config)[0]["report"]
+    assert [b.label for b in report.parsed[1].boxes] == ["cup", "fork"]
+    assert [b.label for b in report.parsed[2].boxes] == ["sheep", "sheep"]
+
+
+def test_trained_newlines_are_visible_in_the_row_view(tmp_path, config, monkeypatch):
+    """An answer starting with "\\n\\n" trains those newlines; the highlighted text showed them as nothing."""
+    from data_helpers import png
+    from workbench.ui.dataset_tab import TRAINED_NEWLINE, check, show_row
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    png(tmp_path / "img" / "a.png")
+    answer = "\n\n- red\n- white"
+    holder = check(str(write_jsonl(tmp_path / "nl.jsonl", [swift(answer=answer)])), None, "auto", config)[0]
+    segments = show_row(holder, 1, config)[1]
+    trained = "".join(text for text, label in segments if label == "trained")
+    assert trained == answer.replace("\n", TRAINED_NEWLINE + "\n") + "<|im_end|>"
+    assert all(TRAINED_NEWLINE not in text for text, label in segments if label != "trained")
+
+
+def test_row_images_are_shown_whole():
+    """A box at an image's edge must not be cropped away by the gallery (Gradio's default fit is cover)."""
+    from workbench.ui.app import build_app
+
+    gallery = next(b for b in build_app().blocks.values() if getattr(b, "elem_id", None) == "dataset-row-images")
+    assert gallery.object_fit == "contain"

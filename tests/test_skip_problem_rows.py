@@ -259,3 +259,23 @@ def test_the_app_wires_the_checkbox_to_the_shared_config():
     assert [b._id for b in setter.inputs][-1] == box._id and len(setter.outputs) == 1  # writes the config
     (labeller,) = names["skip_choice"]
     assert [b._id for b in labeller.outputs] == [box._id]
+
+
+def test_the_checkbox_counts_the_rows_start_will_skip(demo, demo_config, tmp_path):
+    """Seen in the browser: "Use as training data" (p95) set max_length below the longest rows; the box said
+    "skip 2 problem rows", Start skipped 3. The label must give the count Start's own check finds."""
+    from workbench.data.stats import load_tokenizer
+    from workbench.training.setup import load_valid_samples
+    from workbench.ui.dataset_tab import check, use_as_training
+    from workbench.ui import training_tab
+
+    path = broken_dataset(demo, tmp_path, rows=40)
+    holder = check(str(path), None, "auto", demo_config.to_dict())[0]
+    config, _ = use_as_training(holder, "p95", demo_config.to_dict())
+    config = training_tab.set_skip(config, True)
+    label = training_tab.skip_choice(config, holder)["label"]
+    from workbench.training.checks import config_from_raw
+
+    _, skipped = load_valid_samples(str(path), config_from_raw(config), load_tokenizer("demo"))
+    assert len(skipped.problems) > len(BROKEN)  # p95 left some valid rows too long
+    assert f"skip {len(skipped.problems)} problem rows" in label

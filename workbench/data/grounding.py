@@ -20,6 +20,7 @@ Boxes need the image's size, so the text is written when the check has read the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from workbench.data.problems import MISSING_FIELD, WRONG_TYPE
@@ -99,6 +100,7 @@ def read_objects(objects, turns: list[Turn], images: int) -> tuple[list[str], li
         if text.count(placeholder) != len(found):
             raise GroundingError(MISSING_FIELD, f"the text has {text.count(placeholder)} {placeholder} placeholder(s) "
                                                 f"but objects gives {len(found)}: one each, in order")
+    labels = _box_labels(text, refs, len(bboxes))
     boxes = []
     for i, (bbox, image) in enumerate(zip(bboxes, image_ids), start=1):
         if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
@@ -106,9 +108,23 @@ def read_objects(objects, turns: list[Turn], images: int) -> tuple[list[str], li
         if not isinstance(image, int) or not 0 <= image < images:
             raise GroundingError(MISSING_FIELD, f"objects.image_id entry {i} ({image}) names no image of the row "
                                                 f"({images} image(s), counted from 0)")
-        label = refs[i - 1] if len(refs) == len(bboxes) else ""
-        boxes.append(Box(image, tuple(float(v) for v in bbox), unit, label))
+        boxes.append(Box(image, tuple(float(v) for v in bbox), unit, labels[i - 1]))
     return refs, boxes
+
+
+def _box_labels(text: str, refs: list[str], count: int) -> list[str]:
+    """The label drawn on each box: the refs in order when there is one per box ("Find <ref-object> and
+    <ref-object>" / "<bbox><bbox>"); else the ref placed last before the box ("<ref-object><bbox> and
+    <ref-object><bbox>"), or the only ref of the row ("Find every <ref-object>" / "<bbox><bbox>")."""
+    if len(refs) == count:
+        return list(refs)
+    words, labels, last = iter(refs), [], ""
+    for placeholder in re.findall(f"{re.escape(REF)}|{re.escape(BOX)}", text):
+        if placeholder == REF:
+            last = next(words, "")
+        else:
+            labels.append(last or (refs[0] if len(set(refs)) == 1 else ""))
+    return labels + [""] * (count - len(labels))
 
 
 def ground(sample: Sample, refs: list[str], sizes: list[tuple[int, int]], style: Style, resized) -> Sample:

@@ -111,7 +111,7 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
                                context=_context(model), model=model,
                                headers=ImageHeaders(downloads=Downloads(allow_private=d.get("allow_private_urls", False))))
     except UserError as exc:
-        gr.Warning(str(exc))
+        # The summary, right under the Check button, says it; a toast would cover that button.
         return _empty_outputs(f"**Cannot read this dataset.** {_escape(exc)}")
     table = rows_table(report)
     holder = {"report": report, "table": table}
@@ -188,7 +188,17 @@ def show_row(holder, row, config: dict):
         view = render_row(sample, encoder)
     except (OSError, ValueError, UserError) as exc:
         return gallery, [], _escape(f"Row {sample.row} cannot be rendered: {exc}") + where
-    return gallery, view.segments, row_markdown_summary(view) + where
+    return gallery, visible_newlines(view.segments), row_markdown_summary(view) + where
+
+
+TRAINED_NEWLINE = "↵"
+
+
+def visible_newlines(segments: list) -> list:
+    """The segments with each trained newline marked: the highlighted text shows a blank line as
+    nothing, so an answer starting with "\\n\\n" would look as if its newlines were not trained."""
+    return [(text.replace("\n", TRAINED_NEWLINE + "\n"), label) if label == "trained" else (text, label)
+            for text, label in segments]
 
 
 def select_row(holder, evt: gr.SelectData):
@@ -262,10 +272,13 @@ def build(state) -> dict:
         row = gr.Number(label="Row", value=1, precision=0, scale=1)
         show = gr.Button("Show row", scale=1)
     with gr.Row():
-        row_images = gr.Gallery(label="Row images (caption: where each came from)", columns=2, height=240, scale=1)
+        # contain: the whole image, so a box at its edge is not cropped away
+        row_images = gr.Gallery(label="Row images (caption: where each came from)", columns=2, height=240, scale=1,
+                                object_fit="contain", elem_id="dataset-row-images")
         with gr.Column(scale=3):
             counts = gr.Markdown()
-            rendered = gr.HighlightedText(label="As the model sees it (trained tokens highlighted)",
+            rendered = gr.HighlightedText(label="As the model sees it (trained tokens highlighted, "
+                                                f"{TRAINED_NEWLINE} a trained newline)",
                                           color_map={"trained": "green", "image": "blue"}, show_legend=True)
 
     outputs = [holder, summary, problems, stats, plot, page, pages, table, gallery]

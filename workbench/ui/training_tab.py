@@ -56,7 +56,16 @@ def skip_choice(config: dict, holder=None):
     report = (holder or {}).get("report")
     known = report is not None and report.path == data.get("train_path")
     return gr.update(value=bool(data.get("skip_problem_rows")),
-                     label=SKIP_LABEL.format(len(report.problems) if known else "the"))
+                     label=SKIP_LABEL.format(skipped_rows(report, data.get("max_length")) if known else "the"))
+
+
+def skipped_rows(report, max_length) -> int:
+    """The rows Start leaves out: the report's problem rows, and the valid rows longer than the run's
+    max_length ("Use as training data" with p95 sets it below the longest rows)."""
+    lengths = getattr(report, "lengths", {})
+    longer = sum(1 for s in getattr(report, "samples", []) if max_length and s.row in lengths
+                 and lengths[s.row].total > max_length)
+    return len(report.problems) + longer
 
 
 def batch_note(cfg) -> str:
