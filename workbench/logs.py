@@ -16,9 +16,9 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        # bitsandbytes (and the kernels package it asks) warn through their loggers on import where they find no optional CPU
-        # kernel package; with no handler of its own that reaches the terminal. It is a
-        # detail for the log, not a sentence for people.
+        # bitsandbytes (and the kernels package it asks) warn through their loggers on import
+        # where they find no optional CPU kernel; with no handler of their own that reaches the
+        # terminal. It is a detail for the log, not a sentence for people.
         for name in QUIET_LIBRARIES:
             library = logging.getLogger(name)
             library.addHandler(handler)
