@@ -11,11 +11,12 @@ means adding a table to ``FAMILIES`` (docs/families.md says how).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib.resources import files
 
 from workbench.errors import UserError
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "assets" / "templates"
+# Package data (workbench/assets), read through importlib.resources so an installed wheel finds it too.
+TEMPLATES = files("workbench") / "assets" / "templates"
 # The language model's linears, named alike in every family; a regex so the vision tower's own
 # projections (which may also be called gate_proj/up_proj/down_proj) are never matched.
 LANGUAGE_LINEARS = r"language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -61,7 +62,7 @@ class Family:
     vision_units_out: tuple[str, ...]   # modules after the blocks ("{i}" = one per deepstack level)
     vision_linears: str         # regex (below the tower) of the blocks' LoRA-able linears
     merger_linears: str         # regex (below the tower) of the mergers' linears
-    chat_template: str          # file under assets/templates: the published checkpoints' template
+    chat_template: str          # file under workbench/assets/templates: the published checkpoints' template
     vision: VisionTerms = VisionTerms()
     qk_norm: bool = False       # RMSNorm on each head's q and k (Qwen3): two more saved tensors
     visual: str = "model.visual"
