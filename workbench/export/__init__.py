@@ -22,10 +22,11 @@ from pathlib import Path
 from workbench.errors import UserError
 from workbench.export.card import model_card
 from workbench.export.folder import check_disk, check_out_folder, copy_files, human, new_staging, publish
-from workbench.export.keys import ADAPTER_WEIGHTS, FAMILIES
+from workbench.export.keys import ADAPTER_WEIGHTS
 from workbench.export.merge import (DEFAULT_MAX_SHARD, DTYPES, MergePlan, match_adapter, merged_config,
                                     plan_merge, read_config, write_shards)
 from workbench.export.source import ExportSource, base_folder, check_mergeable, read_source
+from workbench.models.families import FAMILIES
 
 log = logging.getLogger("workbench.export")
 # A model folder's processor and tokenizer files, taken from the base when the run saved none.
