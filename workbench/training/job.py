@@ -112,6 +112,10 @@ class TrainingJob:
         self.placement = placement or SingleProcess()
         self.output_dir = prepare_output_dir(config, resume or prepared)
         self.folder = RunFolder(self.output_dir)
+        # A new run failing before its first step leaves no folder behind (one per failed Start).
+        self._discard_on_failure = not (resume or prepared)
+        self._folder_existed = self.output_dir.exists()
+        self._trained = False
         self.config = config.replace(training={"output_dir": str(self.output_dir)})
         self.state = JobState.IDLE
         self.message = "Not started."
@@ -178,6 +182,7 @@ class TrainingJob:
     # ---- internals ----------------------------------------------------------------
     def _say(self, state: JobState, message: str) -> None:
         self.state, self.message = state, message
+        self._trained = self._trained or state == JobState.TRAINING
         line = f"{time.strftime('%H:%M:%S')} [{state.value}] {message}"
         self.log_tail.append(line)
         log.info(line)
@@ -234,7 +239,17 @@ class TrainingJob:
             _release_memory()
             if self._lock is not None:
                 self._lock.release()
+            if self._discard_on_failure and self.state == JobState.FAILED and not self._trained:
+                self._discard_folder()
         return self.state
+
+    def _discard_folder(self) -> None:
+        """Remove what this failed start wrote (status, events, run.yaml); a folder the user made stays."""
+        if not self.placement.is_main or self.folder.newest_complete() is not None:
+            return
+        log.info("removing what %s holds: the run failed before its first step", self.output_dir)
+        for child in [self.output_dir] if not self._folder_existed else list(self.output_dir.iterdir()):
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     def _train(self):
         """Load, train, save. Returns (model, trainer) so ``run`` frees them in one place."""
