@@ -44,7 +44,7 @@ def check_run_config(config: RunConfig, check_output_dir: bool = True, check_fil
     check_targets(config)
     check_device_map(config)
     if check_output_dir and t.output_dir:
-        from workbench.training.job import prepare_output_dir
+        from workbench.training.output import prepare_output_dir
 
         prepare_output_dir(config, resume=False)
 

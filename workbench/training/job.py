@@ -18,11 +18,12 @@ from enum import Enum
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.paths import runs_root
 from workbench.run_folder import ADAPTER_FILES, RunFolder
 from workbench.settings import RunConfig
 from workbench.training.bridge import MetricsBuffer, NonFiniteError, WorkbenchCallback
 from workbench.training.faults import failure_message
+# where a run writes: also imported from here by the launcher
+from workbench.training.output import new_run_dir, prepare_output_dir, save_adapter_atomically  # noqa: F401
 
 log = logging.getLogger("workbench.training")
 
@@ -38,35 +39,6 @@ class JobState(str, Enum):
 
 
 TERMINAL = {JobState.FINISHED, JobState.STOPPED, JobState.FAILED}
-
-
-def new_run_dir(config: RunConfig) -> Path:
-    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(config.model.name_or_path).name or "model")[:40]
-    base = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    return path
-
-
-def prepare_output_dir(config: RunConfig, resume: bool) -> Path:
-    """A new run gets a new folder; an existing run is only ever continued (--resume)."""
-    if not config.training.output_dir:
-        if resume:
-            raise UserError("--resume needs --output-dir: the run folder to continue.")
-        return new_run_dir(config)
-    path = Path(config.training.output_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"training.output_dir {path} is a file: choose a folder for the run.")
-    if resume:
-        if not path.is_dir():
-            raise UserError(f"Cannot resume: {path} does not exist. Check --output-dir.")
-        return path
-    if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"training.output_dir {path} already holds files: continue that run with --resume, "
-                        "or choose a new output directory (nothing was overwritten).")
-    return path
 
 
 def trainer_class():
@@ -381,16 +353,6 @@ class TrainingJob:
             processor.save_pretrained(self.folder.processor_dir)
         self.step = self.max_steps = int(checkpoint.name.split("-")[1])
         self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
-
-
-def save_adapter_atomically(model, folder: RunFolder, state_dict: dict | None = None) -> None:
-    """Write the adapter beside the run, then move it in: a kill mid-write never leaves a
-    damaged adapter_model.safetensors that looks finished. ``state_dict``: weights gathered
-    from a sharded model (FSDP2)."""
-    staging = folder.staging_dir
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=state_dict)
-    folder.publish_adapter(staging)
 
 
 def _release_memory() -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from workbench.cli.train import headless_command
 from workbench.errors import UserError
 from workbench.paths import configs_root
+from workbench.runs import headless_command
 from workbench.settings import DTYPES, QUANTIZATIONS, SCHEDULERS, STRATEGIES, TARGET_PRESETS, RunConfig
 from workbench.training.checks import check_run_config, config_from_raw
 
