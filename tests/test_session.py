@@ -227,6 +227,8 @@ def test_a_preset_not_downloaded_answers_within_seconds_naming_the_hub_id(tmp_pa
     with pytest.raises(UserError, match="Qwen/Qwen2-VL-7B-Instruct is not in the Hugging Face cache"):
         fetch_model("qwen2-vl-7b-instruct")
     assert time.monotonic() - started < 10  # the resolution itself: no retries, no long timeout
+    (tmp_path / "x.jsonl").write_text('{"messages": [{"role": "user", "content": "Hi?"}, '
+                                      '{"role": "assistant", "content": "Hi."}]}\n')
     proc = cli_train("--model", "qwen2-vl-7b-instruct", "--dataset", tmp_path / "x.jsonl", "--max-steps", 1,
                      "--output-dir", tmp_path / "run", env={"HF_HOME": str(tmp_path / "hf"), **env})
     out, err = proc.communicate(timeout=120)
