@@ -289,7 +289,7 @@ def test_dataset_tab_previews_a_parquet_row_with_its_image(tmp_path, demo_config
     blue = png_bytes(tmp_path, 56, 84, (0, 0, 255))
     path = _parquet(tmp_path / "tab.parquet", SWIFT, [swift_row("<image>What color?", "blue", [{"bytes": blue,
                                                                                                "path": "x.png"}])])
-    holder, summary, problems, *_, gallery = check(str(path), None, "auto", config)
+    holder, summary, problems, *_, gallery, _, _, _ = check(str(path), None, "auto", config)
     assert "**1** rows, **1** valid" in summary and problems.empty and len(gallery) == 1
     images, segments, counts = show_row(holder, 1, config)
     [(shown, caption)] = images

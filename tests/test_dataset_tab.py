@@ -29,7 +29,7 @@ def test_default_path_is_the_demo_train_file(demo):
 
 
 def test_check_summarises_and_pages(checked, demo):
-    holder, summary, problems, stats, hist, page, pages, table, gallery = checked
+    holder, summary, problems, stats, hist, page, pages, table, gallery, *row_panel = checked
     assert "**320** rows, **320** valid, **0** with problems" in summary
     assert problems.empty and hist["visible"] is True and int(hist["value"]["rows"].sum()) == 320
     assert "p95" in stats and "visual share" in stats
@@ -52,6 +52,30 @@ def test_show_row_highlights_the_answer(checked, config):
     assert [text for text, label in segments if label == "trained"] == [answer + "<|im_end|>"]
     assert "**Row 3**" in counts and "trained" in counts
     assert "no row 999" in show_row(checked[0], 999, config)[2]
+
+
+def test_checking_another_file_clears_the_row_panel(tmp_path, config, demo):
+    # The Dataset tab kept the previous file's row (its images and text) beside the new file's table.
+    from workbench.ui.dataset_tab import build, check
+
+    path = write_jsonl(tmp_path / "other.jsonl", [swift(images=["nope.png"])])
+    for outputs in (check(str(path), None, "auto", config), check("", None, "auto", config),
+                    check(str(tmp_path / "none.jsonl"), None, "auto", config)):
+        images, segments, counts = outputs[-3:]
+        assert images == [] and segments == [] and "Click a row" in counts
+    import gradio as gr
+
+    from workbench.session import Workbench
+    from workbench.ui.app import LaunchOptions, TabContext
+
+    with gr.Blocks() as app:
+        build(TabContext(LaunchOptions(dataset=str(demo.train)), Workbench(), gr.State(config)))
+    labels = {b["id"]: b.get("props", {}).get("label") for b in app.config["components"]}
+    check_events = [d for d in app.config["dependencies"] if len(d["outputs"]) == len(outputs)]
+    assert check_events  # Check, upload, image folder, page load: each writes the row panel
+    for event in check_events:
+        assert [labels[i] for i in event["outputs"][-3:]] == [
+            "Row images (caption: where each came from)", "As the model sees it (trained tokens highlighted)", None]
 
 
 def test_broken_file_lists_problems_and_unusable_file_warns(tmp_path, config):
@@ -161,7 +185,7 @@ def test_problem_rows_show_their_text_and_tags_survive(tmp_path, config):
         swift(question="<image><image>Two tags, one image", answer="square"),
         {"messages": [{"role": "user", "content": "Where is the <image>?"}]},
     ])
-    holder, summary, problems, stats, hist, page, pages, table, gallery = check(str(tmp_path / "p.jsonl"), None,
+    holder, summary, problems, stats, hist, page, pages, table, gallery, *_ = check(str(tmp_path / "p.jsonl"), None,
                                                                                 "auto", config)
     assert list(table["status"]) == ["image-missing", "image-count", "no-assistant"]
     assert list(table["user"]) == ["<image>Which shape?", "<image><image>Two tags, one image", "Where is the <image>?"]

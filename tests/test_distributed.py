@@ -55,7 +55,21 @@ def test_the_planned_batch_is_split_over_the_processes(batch, accumulation, worl
     assert split.per_device <= batch
     sentence = split.sentence()
     assert f"= {effective} rows per step" in sentence
-    assert ("does not divide" in sentence) == (effective != batch * accumulation)
+    assert ("cannot be split evenly" in sentence) == (effective != batch * accumulation)
+
+
+def test_a_batch_that_cannot_be_split_says_what_to_change():
+    # Was: "the planned 1 x 1 = 1 does not divide over 4 processes", with no way out.
+    for batch, accumulation, world, fits in [(1, 1, 4, 4), (3, 1, 2, 2), (2, 3, 4, 4), (1, 5, 4, 8)]:
+        split = dist_plan.split_batch(TrainingSettings(per_device_train_batch_size=batch,
+                                                       gradient_accumulation_steps=accumulation), world)
+        sentence = split.sentence()
+        assert f"not the planned {batch} x {accumulation} = {batch * accumulation}" in sentence
+        assert f"set training.gradient_accumulation_steps to {fits} ({batch * fits} rows per step)" in sentence
+        assert "training.nproc_per_node" in sentence
+        exact = dist_plan.split_batch(TrainingSettings(per_device_train_batch_size=batch,
+                                                       gradient_accumulation_steps=fits), world)
+        assert exact.exact  # the advice is right: that accumulation splits evenly
 
 
 def test_the_start_message_says_how_the_batch_is_divided(demo_config):

@@ -130,7 +130,7 @@ def test_both_checkpoint_namings_and_both_adapter_namings(demo, inputs, tmp_path
     the base's own names."""
     from safetensors import safe_open
 
-    from workbench.export.keys import FAMILIES, module_name
+    from workbench.models.families import FAMILIES
 
     adapter = random_adapter(demo.model, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=WITH_MERGER)
     expected = logits(load_with_adapter(demo.model, adapter), inputs[:2])
@@ -142,7 +142,7 @@ def test_both_checkpoint_namings_and_both_adapter_namings(demo, inputs, tmp_path
 
     old_adapter = rewrite_keys(adapter, tmp_path / "adapter-old", legacy, files=("adapter_model.safetensors",))
     assert any(k.startswith("base_model.model.visual.") for k in safe_open(str(old_adapter / "adapter_model.safetensors"), "pt").keys())
-    new_base = rewrite_keys(demo.model, tmp_path / "base-new", lambda k: module_name(k, FAMILIES["qwen2_vl"]))
+    new_base = rewrite_keys(demo.model, tmp_path / "base-new", FAMILIES["qwen2_vl"].module_name)
     for base, base_keys in ((demo.model, r"^(model\.layers|visual\.|model\.embed|model\.norm|lm_head)"),
                             (new_base, r"^(model\.language_model\.|model\.visual\.|lm_head)")):
         for name, folder in (("new", adapter), ("old", old_adapter)):

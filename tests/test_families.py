@@ -146,3 +146,39 @@ def test_planner_resolves_presets_with_the_family_names(name):
     assert layout.vision_trained and all(u.lora_params > 0 for u in blocks)
     # Qwen2.5-VL: qkv, proj and the three SwiGLU linears; Qwen3-VL: qkv, proj, linear_fc1, linear_fc2
     assert len(blocks[0].lora_inputs) == (5 if name.startswith("qwen2.5") else 4)
+
+
+# The hub's checkpoints of these families name the text weights model.* and the tower visual.* (their
+# model.safetensors.index.json); Qwen3-VL's already use the module names.
+HUB_NAMING = {"qwen2_vl": True, "qwen2_5_vl": True, "qwen3_vl": False}
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl-2b-instruct", "qwen2.5-vl-3b-instruct", "qwen3-vl-2b-instruct"])
+def test_checkpoint_renames_are_the_ones_transformers_loads_with(name):
+    """export reads a base's tensors and peft's pieces through the family's renames: they must give
+    what transformers' own conversion mapping gives for the same names, for both namings."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, rename_source_key
+
+    config = load_model_config(name)
+    family = family_of(config)
+    model = build_meta_model(config)
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+
+    def theirs(key):
+        return rename_source_key(key, renamings, converters)[0]
+
+    modules = list(model.state_dict())
+    assert any(k.startswith("model.visual.") for k in modules) and any(k.startswith("model.language_model.") for k in modules)
+    for key in modules:
+        assert family.module_name(key) == theirs(key) == key
+    if HUB_NAMING[family.model_type]:
+        for key in modules:
+            hub = key.replace("model.language_model.", "model.", 1).replace("model.visual.", "visual.", 1)
+            assert family.module_name(hub) == theirs(hub) == key, hub
+        # peft adapters of older transformers: module names without the parameter
+        assert family.module_name("model.layers.3.self_attn.q_proj") == theirs("model.layers.3.self_attn.q_proj") \
+            == "model.language_model.layers.3.self_attn.q_proj"
+    assert family.input_embedding in modules and family.output_embedding in modules

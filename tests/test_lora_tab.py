@@ -63,12 +63,12 @@ def test_an_existing_output_dir_is_refused_before_start(config, tmp_path):
     assert "already holds files" in message
 
 
-def test_other_tabs_changes_refill_the_form(config):
+def test_other_tabs_changes_refill_the_form(config, demo):
     planned = {**config, "model": {**config["model"], "device_map": {"": "cpu"}},
-               "data": {**config["data"], "train_path": "/data/mine.jsonl"}}
+               "data": {**config["data"], "train_path": str(demo.train)}}
     out = lora_tab.refill(planned)
     values = dict(zip(lora_tab.KEYS, out))
-    assert values["model.device_map"] == '{"": "cpu"}' and values["data.train_path"] == "/data/mine.jsonl"
+    assert values["model.device_map"] == '{"": "cpu"}' and values["data.train_path"] == str(demo.train)
     assert out[len(lora_tab.KEYS)] == "Settings are valid."
 
 
@@ -129,3 +129,33 @@ def test_the_form_is_refilled_only_when_something_replaced_the_config():
             assert dep["trigger_mode"] == "always_last", dep
     state_changes = [d for d in demo.config["dependencies"] if ctx.config._id in {t[0] for t in d["targets"]}]
     assert state_changes == []  # nothing listens to the config state itself
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"model__name_or_path": "qwen9-vl-13b"}, "Unknown model 'qwen9-vl-13b'"),
+    ({"model__name_or_path": "/nowhere/model"}, "does not exist"),
+    ({"data__train_path": "/etc/passwd"}, "data.train_path /etc/passwd is not a dataset"),
+    ({"data__train_path": "/etc"}, "data.train_path /etc is a folder"),
+    ({"data__train_path": "/nowhere/train.jsonl"}, "data.train_path /nowhere/train.jsonl does not exist"),
+    ({"data__eval_path": "/etc/passwd"}, "data.eval_path /etc/passwd is not a dataset"),
+])
+def test_a_model_or_dataset_that_cannot_be_is_not_valid(config, changes, words):
+    # These said "Settings are valid." and only Start failed (after making a run folder).
+    shared, message, _, _ = edit(config, **changes)
+    assert message.startswith("**Not applied:**") and words in message, message
+    assert shared is config
+
+
+def test_a_bare_yaml_name_saves_under_the_workbench_home_and_says_the_full_path(config, tmp_path, monkeypatch):
+    from workbench.paths import configs_root
+
+    monkeypatch.chdir(tmp_path)  # the server's working folder (a checkout, say) gets nothing
+    name = f"walk-{tmp_path.name}.yaml"
+    message = lora_tab.save_yaml(config, name, False)
+    target = configs_root() / name
+    assert message.startswith(f"Saved to {target.resolve()}.") and target.is_file()
+    assert not (tmp_path / name).exists()
+    target.write_text("# mine\n")
+    message = lora_tab.save_yaml(config, name, False)
+    assert "already exists and was not changed" in message and f"save as walk-{tmp_path.name}-2.yaml" in message
+    assert target.read_text() == "# mine\n"

@@ -66,12 +66,33 @@ def test_runs_say_how_they_ended(demo_config, tmp_path):
     stopped = run_info(job.output_dir)
     assert stopped.state == "stopped" and stopped.resumable and "Stopped at step" in stopped.message
 
+
+
+def test_a_failed_start_leaves_no_run_folder_behind(demo_config, tmp_path):
+    """Each failed Start used to leave a 'failed' folder in the run lists."""
+    from workbench.paths import runs_root
+    from workbench.ui.training_tab import tick
+
+    session = Workbench()
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
-    failed = session.start_training(steady(demo_config, tmp_path / "failed", 4).replace(data={"train_path": str(bad)}))
-    assert failed.wait(120) == JobState.FAILED
-    info = run_info(failed.output_dir)
-    assert info.state == "failed" and not info.resumable and "not JSON" in info.message
+    with pytest.raises(UserError, match="not JSON"):  # refused by the settings check: no job, no folder
+        session.start_training(steady(demo_config, tmp_path / "failed", 4).replace(data={"train_path": str(bad)}))
+    assert not (tmp_path / "failed").exists()
+
+    rows = tmp_path / "rows.jsonl"  # JSON records, every one a problem row: the job itself refuses it
+    rows.write_text('{"messages": []}\n' * 3)
+    before = set(runs_root().iterdir())
+    for out in (tmp_path / "failed", None, tmp_path / "mine"):
+        if out == tmp_path / "mine":
+            out.mkdir()  # a folder the user made stays, empty as it was
+        config = steady(demo_config, out or "", 4).replace(data={"train_path": str(rows)})
+        failed = session.start_training(config)
+        assert failed.wait(120) == JobState.FAILED and "problem row" in failed.message, failed.message
+        assert "problem row" in tick(session, {})[0]  # the Training tab still says why
+    assert not (tmp_path / "failed").exists()
+    assert set(runs_root().iterdir()) == before
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 def test_resume_from_the_training_tab_continues_from_the_newest_checkpoint(demo_config, tmp_path):
@@ -206,6 +227,8 @@ def test_a_preset_not_downloaded_answers_within_seconds_naming_the_hub_id(tmp_pa
     with pytest.raises(UserError, match="Qwen/Qwen2-VL-7B-Instruct is not in the Hugging Face cache"):
         fetch_model("qwen2-vl-7b-instruct")
     assert time.monotonic() - started < 10  # the resolution itself: no retries, no long timeout
+    (tmp_path / "x.jsonl").write_text('{"messages": [{"role": "user", "content": "Hi?"}, '
+                                      '{"role": "assistant", "content": "Hi."}]}\n')
     proc = cli_train("--model", "qwen2-vl-7b-instruct", "--dataset", tmp_path / "x.jsonl", "--max-steps", 1,
                      "--output-dir", tmp_path / "run", env={"HF_HOME": str(tmp_path / "hf"), **env})
     out, err = proc.communicate(timeout=120)

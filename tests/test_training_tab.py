@@ -39,7 +39,7 @@ def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path)
     finally:
         assert "Stop requested" in training_tab.stop(session)
         job.wait(120)
-    status, _, loss, memory, log, view, run_dir, runs, box = training_tab.tick(session, view, config)
+    status, _, loss, memory, log, view, run_dir, runs, box, _ = training_tab.tick(session, view, config)
     assert status.startswith("**stopped**") and run_dir == str(job.output_dir)
     assert "[stopped]" in log and "cpu resident" in set(memory["series"])
     # the run stopped while this page watched it: it is offered to continue at once
@@ -126,3 +126,43 @@ def test_predicted_peaks_only_for_devices_the_run_uses():
     frame = memory_frame(rows, predicted={"cuda:0": 5 * 2**30, "cpu": 2 * 2**30})
     assert "cuda:0 predicted peak" not in set(frame["series"])
     assert "cpu predicted peak" in set(frame["series"])
+
+
+class Scripted:
+    """A session whose snapshot the test sets: one run, then another."""
+
+    def __init__(self):
+        self.snap = None
+
+    def show(self, folder, state, running, rows=(), message="Loading."):
+        self.snap = {"status": {"state": state, "message": message, "step": len(rows), "max_steps": 5,
+                                "running": running, "elapsed_s": 1.0, "eta_s": None, "output_dir": folder},
+                     "rows": list(rows), "log": [], "external": False}
+
+    def snapshot(self):
+        return self.snap
+
+    def runs(self):
+        return []
+
+
+def test_the_status_line_shows_tags_as_text():
+    # "<image>" in a row's reason vanished: Markdown took it for an HTML tag.
+    session = Scripted()
+    session.show("/tmp/a", "failed", False, message="row 3 has 2 '<image>' tags but 1 image: fix the row.")
+    status = training_tab.tick(session, {}, {})[0]
+    assert "'&lt;image&gt;' tags" in status and "<image>" not in status
+    assert training_tab.status_markdown({"state": "x", "message": "a & <b>"}) == "**x**: a &amp; &lt;b&gt;"
+
+
+def test_another_run_without_rows_clears_the_last_runs_plots_and_an_ended_run_clears_the_action_line():
+    session, rows = Scripted(), [{"kind": "train", "step": s, "loss": 1.0 / s, "time": 10.0 + s} for s in (1, 2)]
+    session.show("/tmp/a", "training", True, rows)
+    _, _, loss, _, _, view, *_, action = training_tab.tick(session, {}, {})
+    assert isinstance(loss, pd.DataFrame) and len(loss) == 2 and is_skip(action)
+    session.show("/tmp/a", "finished", False, rows)
+    *_, view, _, _, _, action = training_tab.tick(session, view, {})
+    assert action == ""  # "Not resumed: it is training now" must not outlive the run it was about
+    session.show("/tmp/b", "failed", False, message="The dataset has problem rows.")  # a failed Start
+    _, _, loss, memory, _, view, *_, action = training_tab.tick(session, view, {})
+    assert loss is None and memory is None and is_skip(action)

@@ -22,3 +22,10 @@ def runs_root() -> Path:
 
 def log_file() -> Path:
     return home() / "workbench.log"
+
+
+def configs_root() -> Path:
+    """Where the app saves a run's YAML when given a bare file name (never the server's working folder)."""
+    path = home() / "configs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

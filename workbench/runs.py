@@ -86,3 +86,13 @@ def usable_adapter(folder: str | Path) -> str:
         raise UserError(f"{folder} holds no adapter (no adapter_config.json, no complete checkpoint): "
                         "pick a finished run or a checkpoint folder.")
     return info.adapter_dir
+
+
+def headless_command(config_path: str = "run.yaml", output_dir: str = "", resume: bool = False) -> str:
+    """The shell command that runs a saved config without the app (shown by the LoRA tab)."""
+    import shlex
+
+    parts = ["python", "-m", "workbench", "train", shlex.quote(str(config_path))]
+    if resume and output_dir:
+        parts += ["--output-dir", shlex.quote(str(output_dir)), "--resume"]
+    return " ".join(parts)

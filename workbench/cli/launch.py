@@ -118,7 +118,7 @@ def write_launch(args) -> dict:
                         "(nothing was overwritten); to continue a run, start its node scripts with --resume.")
     config = config.replace(training={"output_dir": str(folder)})
     check_strategy(config, nodes_allowed=True)
-    check_run_config(config, check_output_dir=False)
+    check_run_config(config, check_output_dir=False, check_files=False)  # the data lives on the nodes
     folder.mkdir(parents=True, exist_ok=True)
     config.save(folder / "run.yaml")
     config_file = write_yaml(folder / LAUNCH_DIR / ACCELERATE_CONFIG,

@@ -74,17 +74,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_targets(text: str):
-    """A preset or regex stays a string; 'a,b,c' becomes a list of module names."""
-    text = text.strip()
-    if "," in text and not any(ch in text for ch in "*.()|[]\\"):
-        return [t.strip() for t in text.split(",") if t.strip()]
-    return text
-
-
 def run(args) -> int:
     from workbench.hardware import detect_gpus, parse_gpu_spec, usable
     from workbench.planner import PlanRequest, format_plan, plan_memory
+    from workbench.planner.request import parse_targets
 
     gpus = parse_gpu_spec(args.gpus) if args.gpus is not None else usable(detect_gpus())
     if not gpus:

@@ -128,13 +128,3 @@ def run(args) -> int:
         return job.exit_code or 1
     print(job.message)
     return 0
-
-
-def headless_command(config_path: str = "run.yaml", output_dir: str = "", resume: bool = False) -> str:
-    """The shell command that runs a saved config without the app (shown by the LoRA tab)."""
-    import shlex
-
-    parts = ["python", "-m", "workbench", "train", shlex.quote(str(config_path))]
-    if resume and output_dir:
-        parts += ["--output-dir", shlex.quote(str(output_dir)), "--resume"]
-    return " ".join(parts)

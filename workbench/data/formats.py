@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,11 +61,7 @@ def read_records(path: str | Path):
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a dataset file: pass the .jsonl or .json file inside it.")
     raw = read_bounded(path)  # a regular file of bounded size, read in chunks (/dev/zero: a sentence)
-    if raw[:4] == b"PK\x03\x04":  # what zipfile.is_zipfile finds first, without reading the archive again
-        raise UserError(f"Dataset file {path} is a .zip archive: unpack it with `python -m workbench data check "
-                        f"{path}` (it prints the dataset file it unpacked) and give that file.")
-    if b"\x00" in raw[:8192]:
-        raise UserError(f"Dataset file {path} is binary, not JSON text: pass a .jsonl or .json file.")
+    _refuse_binary(path, raw)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -105,6 +102,42 @@ def read_records(path: str | Path):
             yield i, json.loads(line), None
         except (json.JSONDecodeError, RecursionError) as exc:
             yield i, None, f"line is not valid JSON ({exc.__class__.__name__}: {str(exc)[:80]})"
+
+
+def _refuse_binary(path: Path, head: bytes) -> None:
+    if head[:4] == b"PK\x03\x04":  # what zipfile.is_zipfile finds first, without reading the archive again
+        raise UserError(f"Dataset file {path} is a .zip archive: unpack it with `python -m workbench data check "
+                        f"{path}` (it prints the dataset file it unpacked) and give that file.")
+    if b"\x00" in head[:8192]:
+        raise UserError(f"Dataset file {path} is binary, not JSON text: pass a .jsonl or .json file.")
+
+
+def check_dataset_path(path: str | Path, field: str = "data.train_path") -> None:
+    """A look at the start of a dataset before a run is offered: the path is a table or a file that
+    starts like JSON. Settings are checked on every change, so this reads one small block; the rows
+    are read (and refused with their own sentences) when the run starts."""
+    path = Path(path).expanduser()
+    if is_table(path):
+        return
+    if not path.exists():
+        raise UserError(f"{field} {path} does not exist: check the path.")
+    if path.is_dir():
+        raise UserError(f"{field} {path} is a folder, not a dataset file: pass the .jsonl or .json file inside "
+                        "it (or a Parquet/Arrow file, or a save_to_disk folder).")
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # never open a FIFO or a device here
+            raise UserError(f"{field} {path} is not a regular file: save the data to a file and pass that.")
+        with open(path, "rb") as handle:
+            head = handle.read(8192)
+    except OSError as exc:
+        raise UserError(f"{field} {path} cannot be read ({exc.strerror}): check its permissions.") from None
+    _refuse_binary(path, head)
+    text = head.decode("utf-8-sig", errors="replace").lstrip()
+    if not text:
+        raise UserError(f"{field} {path} is empty: it needs at least one record.")
+    if text[0] not in "[{":
+        raise UserError(f"{field} {path} is not a dataset: it is not JSON (it starts with {text.splitlines()[0][:30]!r}); "
+                        "pass a .jsonl or .json file of records, or a Parquet/Arrow table.")
 
 
 def _jsonl_of_lists(text: str) -> bool:

@@ -23,10 +23,11 @@ from workbench.errors import UserError
 from workbench.export.card import model_card
 from workbench.export.folder import (OutFilled, check_disk, check_out_folder, copy_files, human, new_staging,
                                      out_folder, publish)
-from workbench.export.keys import ADAPTER_WEIGHTS, FAMILIES
+from workbench.export.keys import ADAPTER_WEIGHTS
 from workbench.export.merge import (DEFAULT_MAX_SHARD, DTYPES, MergePlan, match_adapter, merged_config,
                                     plan_merge, read_config, write_shards)
 from workbench.export.source import ExportSource, base_folder, check_mergeable, read_source
+from workbench.models.families import FAMILIES
 from workbench.run_folder import RunFolder
 
 log = logging.getLogger("workbench.export")

@@ -6,58 +6,24 @@ A Qwen2-VL checkpoint may name its text weights ``model.layers.*`` and its visio
 peft names adapter pieces after the modules of the transformers that trained them:
 ``base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight`` today,
 ``base_model.model.model.layers.0...`` with older releases. Both sides are brought to the
-current module names by the family's renames (the same patterns transformers applies when
-it loads a checkpoint); the merged output keeps the base checkpoint's own names.
-
-Families are data, chosen by config.json's ``model_type``; a new family is a new row.
+current module names by the family's ``checkpoint_renames`` (``workbench.models.families``: the
+same patterns transformers applies when it loads a checkpoint); the merged output keeps the base
+checkpoint's own names.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.models.families import Family
 from workbench.run_folder import ADAPTER_WEIGHTS
 
 ADAPTER_PREFIX = "base_model.model."
 # What peft saves per LoRA module (after the module's name); anything else is a full tensor.
 LORA_PIECES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-
-
-@dataclass(frozen=True)
-class Family:
-    renames: tuple[tuple[str, str], ...]  # (pattern, replacement): checkpoint name -> module name
-    input_embedding: str  # module names of the pair that tie_word_embeddings shares
-    output_embedding: str
-
-
-_QWEN_VL = Family(
-    renames=((r"^visual\.", "model.visual."), (r"^model\.(?!language_model\.|visual\.)", "model.language_model.")),
-    input_embedding="model.language_model.embed_tokens.weight",
-    output_embedding="lm_head.weight",
-)
-# Qwen2.5-VL checkpoints use Qwen2-VL's layout (transformers maps both with one pattern list);
-# Qwen3-VL checkpoints already use the module names (transformers maps nothing), which these
-# renames leave unchanged.
-FAMILIES = {"qwen2_vl": _QWEN_VL, "qwen2_5_vl": _QWEN_VL, "qwen3_vl": _QWEN_VL}
-
-
-def family_of(config: dict, where: Path) -> Family:
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise UserError(f"{where} holds a '{model_type}' model; export knows the weight names of "
-                        f"{', '.join(FAMILIES)} only: merge with a base of those families.")
-    return FAMILIES[model_type]
-
-
-def module_name(name: str, family: Family) -> str:
-    """A checkpoint or adapter name in the current module naming."""
-    for pattern, replacement in family.renames:
-        name = re.sub(pattern, replacement, name, count=1)
-    return name
 
 
 @dataclass(frozen=True)
@@ -149,12 +115,12 @@ def adapter_tensors(adapter_dir: Path, family: Family) -> AdapterTensors:
         at = next((i for i, p in enumerate(parts) if p in LORA_PIECES), None)
         if at is not None:
             own = ".".join(parts[:at])
-            module = module_name(own, family)
+            module = family.module_name(own)
             lora.setdefault(module, LoraModule(module, own)).pieces[".".join(parts[at:])] = ref
         elif parts[-1] in ("weight", "bias") and not any(p.startswith(("lora_", "trainable_tokens")) for p in parts):
             # bias="lora_only"/"all" and embedding layers save the wrapped layer's own tensor as X.base_layer.*
             own = ".".join(p for p in parts if p != "base_layer")
-            replaced[module_name(own, family)] = ref
+            replaced[family.module_name(own)] = ref
         else:
             raise UserError(f"The adapter in {adapter_dir} holds '{ref.name}', a kind of trained tensor export "
                             "does not merge (trainable tokens or another peft method): export it adapter-only.")

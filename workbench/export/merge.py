@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.export.keys import (AdapterTensors, Family, LoraModule, TensorRef, adapter_tensors, base_tensors,
-                                   family_of, module_name, natural_key)
+from workbench.export.keys import AdapterTensors, LoraModule, TensorRef, adapter_tensors, base_tensors, natural_key
+from workbench.models.families import Family, family_for
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_MAX_SHARD = "1GB"
@@ -109,8 +109,8 @@ def match_adapter(base_dir: Path, adapter_dir: Path, base_label: str) -> Match:
 
     Reads file headers only, so it is instant even for a 72B base."""
     config = read_config(base_dir)
-    family = family_of(config, base_dir)
-    base = {module_name(name, family): ref for name, ref in base_tensors(base_dir).items()}
+    family = family_for(config.get("model_type"), where=str(base_dir))
+    base = {family.module_name(name): ref for name, ref in base_tensors(base_dir).items()}
     match = Match(config, family, base, adapter_tensors(adapter_dir, family), _tied(config))
     fit = _Fit(adapter_dir, base_label)
     for name in sorted(match.adapter.lora, key=natural_key):

@@ -2,7 +2,7 @@
 
 The presets' configs are the published ``config.json`` of the Qwen2-VL, Qwen2.5-VL and
 Qwen3-VL Instruct checkpoints, written in transformers 5's nested layout (``text_config`` /
-``vision_config``) under ``assets/models/``. ``load_model_config`` accepts a preset name or
+``vision_config``) under ``workbench/assets/models/``. ``load_model_config`` accepts a preset name or
 its hub id, a demo name, a local folder holding a ``config.json``, or a hub id already in
 the Hugging Face cache; it never downloads. The family (``workbench.models.families``) comes
 from the config's ``model_type``.
@@ -77,7 +77,7 @@ def _cached_hub_config(repo_id: str) -> Path | None:
 
 def _from_json_file(path: Path):
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = json.loads((Path(path) if isinstance(path, str) else path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not a readable JSON config ({exc}): fix or replace the file.") from None
     if not isinstance(raw, dict):

@@ -5,17 +5,20 @@ planner, the data layer, training and inference read everything family-specific 
 here: the transformers classes, the no-split units (what device_map and FSDP place or wrap
 whole), the module names LoRA presets match, the pixels per visual token, the chat
 template, and the vision tower's terms for the memory model. Adding the next generation
-means adding a table to ``FAMILIES`` (docs/families.md says how).
+means adding a table to ``FAMILIES`` (docs/families.md says how): export reads checkpoints through its
+renames too.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib.resources import files
 
 from workbench.errors import UserError
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "assets" / "templates"
+# Package data (workbench/assets), read through importlib.resources so an installed wheel finds it too.
+TEMPLATES = files("workbench") / "assets" / "templates"
 # The language model's linears, named alike in every family; a regex so the vision tower's own
 # projections (which may also be called gate_proj/up_proj/down_proj) are never matched.
 LANGUAGE_LINEARS = r"language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -61,11 +64,16 @@ class Family:
     vision_units_out: tuple[str, ...]   # modules after the blocks ("{i}" = one per deepstack level)
     vision_linears: str         # regex (below the tower) of the blocks' LoRA-able linears
     merger_linears: str         # regex (below the tower) of the mergers' linears
-    chat_template: str          # file under assets/templates: the published checkpoints' template
+    chat_template: str          # file under workbench/assets/templates: the published checkpoints' template
     vision: VisionTerms = VisionTerms()
     qk_norm: bool = False       # RMSNorm on each head's q and k (Qwen3): two more saved tensors
     visual: str = "model.visual"
     language: str = "model.language_model"
+    # Checkpoint name -> module name, in order (pattern, replacement), as transformers renames this
+    # family's checkpoints when it loads them: export reads a base's tensors and peft's adapter pieces
+    # (older releases named them after older module names) through these (tests/test_families_keys.py
+    # pins them to transformers' own conversion mapping).
+    checkpoint_renames: tuple[tuple[str, str], ...] = ()
     demo: str = "demo"          # the tiny local model of this family
     # Its toy sizes: the vision config, and text-config keys beyond the demo's common ones.
     demo_vision: dict = field(default_factory=dict)
@@ -101,6 +109,19 @@ class Family:
     def template_text(self) -> str:
         return (TEMPLATES / self.chat_template).read_text(encoding="utf-8")
 
+    def module_name(self, name: str) -> str:
+        """A checkpoint's or an adapter's tensor name in the current module naming."""
+        for pattern, replacement in self.checkpoint_renames:
+            name = re.sub(pattern, replacement, name, count=1)
+        return name
+
+    @property
+    def input_embedding(self) -> str:
+        """The input embedding's weight: what tie_word_embeddings shares with the output embedding."""
+        return f"{self.language}.embed_tokens.weight"
+
+    output_embedding = "lm_head.weight"
+
     @property
     def no_split_modules(self) -> tuple[str, str]:
         return (self.decoder_layer, self.vision_block)
@@ -118,6 +139,12 @@ class Family:
         }
 
 
+# The hub's Qwen2-VL and Qwen2.5-VL checkpoints (and what transformers 5 writes back on save) name the
+# text weights model.layers.* and the tower visual.*; the modules are model.language_model.* and
+# model.visual.*. Qwen3-VL checkpoints already use the module names (transformers renames nothing).
+QWEN2_VL_CHECKPOINT = ((r"^visual\.", "model.visual."),
+                       (r"^model\.(?!language_model\.|visual\.)", "model.language_model."))
+
 QWEN2_VL = Family(
     name="Qwen2-VL", model_type="qwen2_vl", config_class="Qwen2VLConfig",
     model_class="Qwen2VLForConditionalGeneration", processor_class="Qwen2VLProcessor",
@@ -125,7 +152,8 @@ QWEN2_VL = Family(
     decoder_layer="Qwen2VLDecoderLayer", vision_block="Qwen2VLVisionBlock", pixels_per_token=28,
     vision_width_key="embed_dim", vision_units_in=("patch_embed", "rotary_pos_emb"), vision_units_out=("merger",),
     vision_linears=r"attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2", merger_linears=r"merger\.mlp\.(0|2)",
-    chat_template="qwen2_vl.jinja", vision=VisionTerms(mlp_activations=2, mlp_saved=3), demo="demo",
+    chat_template="qwen2_vl.jinja", vision=VisionTerms(mlp_activations=2, mlp_saved=3),
+    checkpoint_renames=QWEN2_VL_CHECKPOINT, demo="demo",
     demo_vision={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14},
 )
 
@@ -140,7 +168,7 @@ QWEN2_5_VL = Family(
     # Qwen2.5-VL's checkpoints ship Qwen2-VL's template unchanged.
     chat_template="qwen2_vl.jinja",
     vision=VisionTerms(mlp_activations=3, mlp_saved=4, window_patches=64, full_attention_key="fullatt_block_indexes"),
-    demo="demo-qwen2.5-vl",
+    checkpoint_renames=QWEN2_VL_CHECKPOINT, demo="demo-qwen2.5-vl",
     # 112-pixel windows (8 x 8 patches) as in the real tower; block 1 attends over the whole image.
     demo_vision={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
                  "patch_size": 14, "window_size": 112, "fullatt_block_indexes": [1]},

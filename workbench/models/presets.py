@@ -7,9 +7,14 @@ its weights from the hub id, through the Hugging Face cache (``workbench.models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from typing import TYPE_CHECKING
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
+if TYPE_CHECKING:  # importlib.resources.abc is 3.11+
+    from importlib.resources.abc import Traversable
+
+# Package data (workbench/assets), read through importlib.resources so an installed wheel finds it too.
+ASSETS = files("workbench") / "assets" / "models"
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,7 @@ class Preset:
     parameters: int  # the published checkpoint's total (tests pin the bundled config to it)
 
     @property
-    def config_file(self) -> Path:
+    def config_file(self) -> Traversable:
         return ASSETS / f"{self.name}.json"
 
 

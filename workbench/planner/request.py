@@ -164,3 +164,11 @@ def check_against_model(request: PlanRequest, layout: Layout) -> None:
         raise UserError(f"{request.images_per_sample} image(s) at max-pixels {request.max_pixels} take "
                         f"{visual} tokens, not less than max-length {request.max_length}: raise "
                         "max-length or lower max-pixels.")
+
+
+def parse_targets(text: str):
+    """A preset or regex stays a string; 'a,b,c' becomes a list of module names."""
+    text = text.strip()
+    if "," in text and not any(ch in text for ch in "*.()|[]\\"):
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return text

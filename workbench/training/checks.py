@@ -24,12 +24,16 @@ def config_from_raw(raw: dict) -> RunConfig:
     return RunConfig.from_dict({k: v for k, v in raw.items() if k in SECTIONS})
 
 
-def check_run_config(config: RunConfig, check_output_dir: bool = True) -> None:
-    """Raise the first UserError a start would meet before loading: fields, LoRA, targets, folder."""
+def check_run_config(config: RunConfig, check_output_dir: bool = True, check_files: bool = True) -> None:
+    """Raise the first UserError a start would meet before loading: fields, LoRA, the model and
+    dataset names, targets, folder. ``check_files=False``: the model and data live on other
+    machines (a multi-node launch written here)."""
     from workbench.training.lora import lora_config
 
     config.validate()
     lora_config(config.lora)
+    if check_files:
+        check_model_and_data(config)
     t, d = config.training, config.data
     if t.eval_steps > 0 and not d.eval_path and d.eval_split <= 0:
         raise UserError(f"training.eval_steps is {t.eval_steps} but there is no eval data: set data.eval_path "
@@ -40,9 +44,27 @@ def check_run_config(config: RunConfig, check_output_dir: bool = True) -> None:
     check_targets(config)
     check_device_map(config)
     if check_output_dir and t.output_dir:
-        from workbench.training.job import prepare_output_dir
+        from workbench.training.output import prepare_output_dir
 
         prepare_output_dir(config, resume=False)
+
+
+def check_model_and_data(config: RunConfig) -> None:
+    """The model resolves (demo, preset, local folder or hub id; nothing downloads) and each dataset
+    path is a dataset (exists, starts like one): a start refuses these only after the job began."""
+    from workbench.data.formats import check_dataset_path
+    from workbench.demo import is_demo
+    from workbench.models.resolve import locate_model
+
+    locate_model(config.model.name_or_path)
+    d = config.data
+    if d.train_path or not is_demo(config.model.name_or_path):  # the demo without a dataset trains its own rows
+        if not str(d.train_path).strip():
+            raise UserError("data.train_path is empty: give the training dataset (a .jsonl or .json file, or a "
+                            "Parquet/Arrow table).")
+        check_dataset_path(d.train_path, "data.train_path")
+    if d.eval_path:
+        check_dataset_path(d.eval_path, "data.eval_path")
 
 
 def check_device_map(config: RunConfig) -> None:

@@ -97,8 +97,13 @@ class BatchSplit:
         how = f" ({' and '.join(divided)} divided by the {self.world} processes)" if divided else ""
         if self.exact:
             return f"Effective batch: {shown}, the planned {self.planned_per_device} x {self.planned_accumulation}{how}."
-        return (f"Effective batch: {shown}: the planned {self.planned_per_device} x {self.planned_accumulation} = "
-                f"{self.planned} does not divide over {self.world} processes.")
+        # The smallest accumulation >= the planned one whose batch splits evenly over the processes.
+        step = self.world // math.gcd(self.planned_per_device, self.world)
+        fits = -(-self.planned_accumulation // step) * step
+        return (f"Effective batch: {shown}, not the planned {self.planned_per_device} x {self.planned_accumulation} "
+                f"= {self.planned}: {self.planned} rows per step cannot be split evenly over {self.world} processes. "
+                f"To choose the batch yourself, set training.gradient_accumulation_steps to {fits} "
+                f"({self.planned_per_device * fits} rows per step) or run fewer processes (training.nproc_per_node).")
 
 
 def split_batch(training, world: int) -> BatchSplit:

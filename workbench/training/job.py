@@ -19,11 +19,12 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.live_lock import LockLost, ensure_held
-from workbench.paths import runs_root
 from workbench.run_folder import ADAPTER_FILES, RunFolder
 from workbench.settings import RunConfig
 from workbench.training.bridge import MetricsBuffer, NonFiniteError, WorkbenchCallback
 from workbench.training.faults import failure_message
+# where a run writes: also imported from here by the launcher
+from workbench.training.output import new_run_dir, prepare_output_dir, save_adapter_atomically  # noqa: F401
 
 log = logging.getLogger("workbench.training")
 
@@ -39,39 +40,6 @@ class JobState(str, Enum):
 
 
 TERMINAL = {JobState.FINISHED, JobState.STOPPED, JobState.FAILED}
-
-
-def new_run_dir(config: RunConfig) -> Path:
-    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(config.model.name_or_path).name or "model")[:40]
-    base = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    return path
-
-
-def prepare_output_dir(config: RunConfig, resume: bool) -> Path:
-    """A new run gets a new folder; an existing run is only ever continued (--resume)."""
-    if not config.training.output_dir:
-        if resume:
-            raise UserError("--resume needs --output-dir: the run folder to continue.")
-        return new_run_dir(config)
-    path = Path(config.training.output_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"training.output_dir {path} is a file: choose a folder for the run.")
-    if resume:
-        if not path.is_dir():
-            raise UserError(f"Cannot resume: {path} does not exist. Check --output-dir.")
-        if any(path.iterdir()) and not RunFolder(path).started_here():
-            raise UserError(f"Cannot resume: {path} holds files but no run this workbench started (no status.json, "
-                            "events.log or COMPLETE checkpoint), so nothing there was touched: train into a new "
-                            "--output-dir instead.")
-        return path
-    if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"training.output_dir {path} already holds files: continue that run with --resume, "
-                        "or choose a new output directory (nothing was overwritten).")
-    return path
 
 
 def trainer_class():
@@ -124,6 +92,10 @@ class TrainingJob:
         self.placement = placement or SingleProcess()
         self.output_dir = prepare_output_dir(config, resume or prepared)
         self.folder = RunFolder(self.output_dir)
+        # A new run failing before its first step leaves no folder behind (one per failed Start).
+        self._discard_on_failure = not (resume or prepared)
+        self._folder_existed = self.output_dir.exists()
+        self._trained = False
         self.config = config.replace(training={"output_dir": str(self.output_dir)})
         self.state = JobState.IDLE
         self.message = "Not started."
@@ -190,6 +162,7 @@ class TrainingJob:
     # ---- internals ----------------------------------------------------------------
     def _say(self, state: JobState, message: str) -> None:
         self.state, self.message = state, message
+        self._trained = self._trained or state == JobState.TRAINING
         line = f"{time.strftime('%H:%M:%S')} [{state.value}] {message}"
         self.log_tail.append(line)
         log.info(line)
@@ -253,7 +226,17 @@ class TrainingJob:
             _release_memory()
             if self._lock is not None:
                 self._lock.release()
+            if self._discard_on_failure and self.state == JobState.FAILED and not self._trained:
+                self._discard_folder()
         return self.state
+
+    def _discard_folder(self) -> None:
+        """Remove what this failed start wrote (status, events, run.yaml); a folder the user made stays."""
+        if not self.placement.is_main or self.folder.newest_complete() is not None:
+            return
+        log.info("removing what %s holds: the run failed before its first step", self.output_dir)
+        for child in [self.output_dir] if not self._folder_existed else list(self.output_dir.iterdir()):
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     def _train(self):
         """Load, train, save. Returns (model, trainer) so ``run`` frees them in one place."""
@@ -391,16 +374,6 @@ class TrainingJob:
             processor.save_pretrained(self.folder.processor_dir)
         self.step = self.max_steps = int(checkpoint.name.split("-")[1])
         self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
-
-
-def save_adapter_atomically(model, folder: RunFolder, state_dict: dict | None = None) -> None:
-    """Write the adapter beside the run, then move it in: a kill mid-write never leaves a
-    damaged adapter_model.safetensors that looks finished. ``state_dict``: weights gathered
-    from a sharded model (FSDP2)."""
-    staging = folder.staging_dir
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=state_dict)
-    folder.publish_adapter(staging)
 
 
 def _release_memory() -> None:

@@ -75,7 +75,7 @@ class SingleProcess:
         return True
 
     def save_adapter(self, model, trainer, folder) -> None:
-        from workbench.training.job import save_adapter_atomically
+        from workbench.training.output import save_adapter_atomically
 
         save_adapter_atomically(model, folder)
 
@@ -165,7 +165,7 @@ class RankPlacement(SingleProcess):
         return self.all_reduce_max(value) == -self.all_reduce_max(-value)
 
     def save_adapter(self, model, trainer, folder) -> None:
-        from workbench.training.job import save_adapter_atomically
+        from workbench.training.output import save_adapter_atomically
 
         state = trainable_state_dict(model) if self.fsdp else None  # a collective: every rank
         if self.is_main:

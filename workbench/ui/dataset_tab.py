@@ -54,11 +54,15 @@ def default_path(options) -> str:
     return str(ensure_demo(name=options.model).train) if is_demo(options.model) else ""
 
 
+# The row panel after a check: the last file's row must not stand beside this file's table.
+ROW_PANEL_CLEARED = ([], [], "Click a row of the table (or type its number) to see it as the model sees it.")
+
+
 def _empty_outputs(message: str):
     import pandas as pd
 
     return (None, message, pd.DataFrame(columns=["row", "kind", "reason"]), "",
-            histogram_update(None), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [])
+            histogram_update(None), 1, "", pd.DataFrame(columns=TABLE_HEADERS), [], *ROW_PANEL_CLEARED)
 
 
 def histogram_update(bars):
@@ -92,7 +96,8 @@ def dataset_path(path: str, upload) -> tuple[str, str]:
 
 
 def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
-    """Check the file; returns (holder, summary, problems, stats, histogram, page, page label, table, gallery)."""
+    """Check the file; returns (holder, summary, problems, stats, histogram, page, page label, table, gallery,
+    row images, row segments, row counts)."""
     import pandas as pd
 
     from workbench.data.downloads import Downloads
@@ -127,7 +132,7 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
     bars = histogram(report.totals())
     # a plain frame: Gradio 6.31 drops a value sent together with a list ``sort`` (the labels sort as text)
     return (holder, summary, problems, stats_markdown(report), histogram_update(bars), page.number,
-            f"of {page.pages}", page.table, page.thumbnails)
+            f"of {page.pages}", page.table, page.thumbnails, *ROW_PANEL_CLEARED)
 
 
 def stats_markdown(report) -> str:
@@ -281,7 +286,7 @@ def build(state) -> dict:
                                                 f"{TRAINED_NEWLINE} a trained newline)",
                                           color_map={"trained": "green", "image": "blue"}, show_legend=True)
 
-    outputs = [holder, summary, problems, stats, plot, page, pages, table, gallery]
+    outputs = [holder, summary, problems, stats, plot, page, pages, table, gallery, row_images, rendered, counts]
     inputs = [path, upload, fmt, config, image_folder]
     check_button.click(check, inputs, outputs)
     upload.upload(check, inputs, outputs)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from workbench.cli.train import headless_command
 from workbench.errors import UserError
+from workbench.paths import configs_root
+from workbench.runs import headless_command
 from workbench.settings import DTYPES, QUANTIZATIONS, SCHEDULERS, STRATEGIES, TARGET_PRESETS, RunConfig
 from workbench.training.checks import check_run_config, config_from_raw
 
@@ -136,11 +137,15 @@ def save_yaml(config: dict, path: str, overwrite: bool, *values) -> str:
     the last keystroke must not race that keystroke's change event."""
     if not str(path or "").strip():
         return "Give a file name to save to, e.g. run.yaml."
-    target = Path(path).expanduser()
+    target = Path(str(path).strip()).expanduser()
+    if not target.is_absolute():  # the server's working folder may be a checkout: never write there
+        target = configs_root() / target
+    target = target.resolve()
     if target.is_dir():
         return f"{target} is a folder: give a file name such as {target / 'run.yaml'}."
     if target.exists() and not overwrite:
-        return f"{target} already exists: tick 'Overwrite' to replace it, or choose another name."
+        return (f"{target} already exists and was not changed: tick 'Overwrite' to replace it, or save as "
+                f"{free_name(target).name}.")
     try:
         cfg = RunConfig.from_dict(raw_from_form(list(values))) if values else config_from_raw(config)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +155,14 @@ def save_yaml(config: dict, path: str, overwrite: bool, *values) -> str:
     except OSError as exc:
         return f"Not saved: cannot write {target} ({exc.strerror}); choose a folder you can write to."
     return f"Saved to {target}. Run it headless with `{headless_command(str(target))}`."
+
+
+def free_name(target: Path) -> Path:
+    """run.yaml -> run-2.yaml, run-3.yaml, ...: the first name not taken beside ``target``."""
+    n = 2
+    while (candidate := target.with_name(f"{target.stem}-{n}{target.suffix}")).exists():
+        n += 1
+    return candidate
 
 
 def load_yaml(config: dict, path: str | None) -> tuple[dict, str]:
@@ -251,7 +264,8 @@ def build(ctx) -> LoraTab:
                              "e.g. q_proj, v_proj.", elem_id="lora-target-modules-custom")
     inputs = [widgets[key] for key in KEYS]
     with gr.Row():
-        path = gr.Textbox(label="Save as", value="run.yaml", scale=3, elem_id="lora-save-path")
+        path = gr.Textbox(label="Save as", value="run.yaml", scale=3, elem_id="lora-save-path",
+                          info=f"A file name alone saves in {configs_root()}; a full path saves there.")
         overwrite = gr.Checkbox(label="Overwrite", value=False, scale=1)
         save = gr.Button("Save YAML", scale=1, elem_id="lora-save")
     upload = gr.File(label="Load YAML", file_types=[".yaml", ".yml"], type="filepath", height=90)

@@ -88,7 +88,7 @@ def _gbps(name: str, value) -> float | None:
 def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
               strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
               trained_only=True):
-    from workbench.cli.plan import parse_targets
+    from workbench.planner.request import parse_targets
     from workbench.hardware import parse_gpu_spec
     from workbench.planner import PlanRequest, plan_memory
 

@@ -13,6 +13,7 @@ is decimated (``workbench.training.series``), so a tick stays cheap on long runs
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from functools import partial
 
@@ -32,12 +33,12 @@ def start(session, config: dict) -> str:
     try:
         job = session.start_training(config_from_raw(config))
     except UserError as exc:
-        return f"**Not started:** {exc}"
+        return f"**Not started:** {_plain(exc)}"
     processes = getattr(job, "nproc", 1)
     how = f" {processes} processes ({job.config.training.strategy.upper()}, accelerate launch)" if processes > 1 else ""
     skipping = (" Problem rows are skipped: the status below says how many, before the model loads."
                 if job.config.data.skip_problem_rows else "")
-    return f"Started{how}: run folder `{job.output_dir}`.{batch_note(job.config)}{skipping}"
+    return f"Started{how}: run folder `{job.output_dir}`.{_plain(batch_note(job.config))}{skipping}"
 
 
 SKIP_LABEL = "Train on the valid rows only (skip {} problem rows)"
@@ -76,7 +77,12 @@ def batch_note(cfg) -> str:
 
 
 def stop(session) -> str:
-    return session.stop_training()
+    return _plain(session.stop_training())
+
+
+def _plain(text) -> str:
+    """A sentence shown in Markdown: '<image>' in a row's reason must show, not vanish as a tag."""
+    return html.escape(str(text), quote=False)
 
 
 def resumable_runs(session) -> list[tuple[str, str]]:
@@ -97,44 +103,50 @@ def resume(session, run_dir: str | None) -> str:
     try:
         job = session.resume_training(run_dir)
     except UserError as exc:
-        return f"**Not resumed:** {exc}"
+        return f"**Not resumed:** {_plain(exc)}"
     return f"Resuming `{job.output_dir}` from its newest complete checkpoint."
 
 
 def watch(session, run_dir: str) -> str:
     """Show a run folder here (e.g. a run launched by hand on a cluster's shared disk)."""
     try:
-        return session.watch(run_dir)
+        return _plain(session.watch(run_dir))
     except UserError as exc:
-        return f"**Not watched:** {exc}"
+        return f"**Not watched:** {_plain(exc)}"
 
 
 def tick(session, view: dict | None, config: dict | None = None, plan: dict | None = None):
     """One timer tick -> (status, progress, loss plot, memory plot, log, view, finished run folder,
-    the "continue a run" list, its accordion).
+    the "continue a run" list, its accordion, the action line).
 
     ``view`` remembers which run and how many metric rows this browser already shows; plots
     are sent again only when that changed (``gr.skip()`` otherwise). When the run shown stops
-    early, the list of runs to continue is refreshed and opened: it can be resumed at once.
+    early, the list of runs to continue is refreshed and opened: it can be resumed at once, and
+    the action line (what Start or Resume answered about the run before) is cleared. Another run
+    shown without rows yet clears the plots: the last run's curves must not stand for it.
     """
     view = dict(view or {})
     snap = session.snapshot()
     if snap is None:
         return ("No training run yet. Check the settings in the LoRA tab, then press Start.",
-                progress_html(None), gr.skip(), gr.skip(), "", view, gr.skip(), gr.skip(), gr.skip())
+                progress_html(None), gr.skip(), gr.skip(), "", view, gr.skip(), gr.skip(), gr.skip(), gr.skip())
     status, rows = snap["status"], snap["rows"]
     predicted = predicted_peaks((config or {}).get("plan")) or predicted_peaks(plan)
     key = [status["output_dir"], len(rows), sorted(predicted.items())]
     if view.get("key") != key:
         # An empty frame would fix the plot's axes as categorical for good (Gradio 6.31
-        # LinePlot): leave the plot as it is until the first rows exist.
-        loss, memory = _or_skip(loss_frame(rows)), _or_skip(memory_frame(rows, predicted))
+        # LinePlot): leave the plot as it is until the first rows exist, or empty it (None)
+        # when it shows another run's curves.
+        other_run = bool(view.get("key")) and view["key"][0] != status["output_dir"]
+        empty = None if other_run else gr.skip()
+        loss, memory = _or(loss_frame(rows), empty), _or(memory_frame(rows, predicted), empty)
         view["key"] = key
     else:
         loss = memory = gr.skip()
     run_dir = status["output_dir"] if not status["running"] else gr.skip()
-    runs = box = gr.skip()
+    runs = box = action = gr.skip()
     if view.get("running") and not status["running"]:  # it ended while this page watched it
+        action = ""
         runs = refresh_resumable(session, status["output_dir"])
         box = gr.update(open=any(path == status["output_dir"] for _, path in resumable_runs(session)))
     view["running"] = status["running"]
@@ -143,17 +155,17 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
     if snap["external"] and status["running"]:
         text += ("  \n*Started outside this app (CLI or launch): watched from its run folder; Stop asks it to stop "
                  "at the end of its current step.*")
-    return text, progress_html(status), loss, memory, log, view, run_dir, runs, box
+    return text, progress_html(status), loss, memory, log, view, run_dir, runs, box, action
 
 
-def _or_skip(frame):
-    return frame if len(frame) else gr.skip()
+def _or(frame, empty):
+    return frame if len(frame) else empty
 
 
 def status_markdown(status: dict) -> str:
     processes = status.get("processes") or 1
     where = f" ({processes} processes, {status.get('strategy', '').upper()})" if processes > 1 else ""
-    return f"**{status['state']}**{where}: {status['message']}"
+    return f"**{status['state']}**{where}: {_plain(status['message'])}"
 
 
 def progress_html(status: dict | None) -> str:
@@ -228,7 +240,7 @@ def build(ctx, plan=None) -> TrainingTab:
     inputs = [view, ctx.config] + ([plan] if plan is not None else [])
     timer = gr.Timer(TICK_SECONDS)
     timer.tick(partial(tick, session), inputs=inputs,
-               outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir, runs, continue_box],
+               outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir, runs, continue_box, action],
                show_progress="hidden", queue=False)
     skip_set = skip.input(set_skip, inputs=[ctx.config, skip], outputs=ctx.config, show_progress="hidden")
     start_button.click(partial(start, session), inputs=ctx.config, outputs=action)
