@@ -241,6 +241,11 @@ def test_folder_of_parquet_shards_and_folders_that_are_refused(tmp_path):
     with pytest.raises(UserError, match="splits test, train"):
         load_samples(shards)
 
+    (shards / "test-00000-of-00001.parquet").unlink()
+    (shards / "notes.jsonl").write_text("{}\n")  # a folder of shards and other data files: which one is meant?
+    with pytest.raises(UserError, match="holds table shards .* and other dataset files \\(notes.jsonl\\)"):
+        load_samples(shards)
+
     whole = tmp_path / "dict"
     save_to_disk(whole / "train", SWIFT, [[swift_row("q", "a", [])]], SWIFT_FEATURES)
     (whole / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))

@@ -73,6 +73,7 @@ def test_skipping_trains_the_valid_rows_and_lists_the_others(demo, demo_config, 
     assert lines.index(said[0]) < next(i for i, line in enumerate(lines) if "Loading demo" in line)
     events = (tmp_path / "run" / "events.log").read_text()
     assert f"skipping 2 of {rows}" in events and "2 problem row(s) skipped" in events
+    assert f"Finished 2 steps ({rows - 2} rows; 2 problem row(s) skipped)" in job.message  # still said at the end
     listed = job.folder.skipped_rows()
     assert [(r["row"], r["kind"]) for r in listed] == sorted(BROKEN.items())
     assert all(r["file"] == str(path) and r["reason"] for r in listed)
@@ -83,7 +84,8 @@ def test_a_clean_file_with_skipping_on_lists_nothing(demo, demo_config, tmp_path
     path = write_jsonl(tmp_path / "clean.jsonl", demo.train.read_text().splitlines()[:6])
     out = tmp_path / "run"
     out.mkdir()
-    (out / "skipped-rows.jsonl").write_text('{"row": 1}\n')  # left by an earlier try of this run folder
+    (out / "skipped-rows.jsonl").write_text('{"row": 1}\n')  # left by an earlier try of this run folder,
+    (out / "events.log").write_text("")  # which wrote its events too (a folder without them is not a run's)
     job = TrainingJob(config_for(demo_config, demo, path, out, skip_problem_rows=True, image_folder=str(demo.data)),
                       resume=False, prepared=True)
     assert job.run() == JobState.FINISHED, job.message

@@ -109,6 +109,12 @@ def _checked_shards(path: Path) -> list[Path]:
     if missing:
         raise UserError(f"{path}/state.json lists {missing[0].name}, which is not in the folder: copy the whole "
                         "folder that save_to_disk wrote.")
+    others = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".json", ".jsonl")
+                    and p.name not in ("state.json", "dataset_info.json"))
+    if others and _state_files(path) is None:
+        raise UserError(f"{path} holds table shards ({', '.join(p.name for p in shards[:3])}) and other dataset "
+                        f"files ({', '.join(others[:3])}): pass the file to read, or move the shards into a folder "
+                        "of their own.")
     splits = sorted({m.group(1) for p in shards if (m := _SPLIT_SHARD.match(p.name))})
     if len(splits) > 1:
         raise UserError(f"{path} holds shards of the splits {', '.join(splits)}: move each split's shards into a "

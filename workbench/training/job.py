@@ -322,8 +322,8 @@ class TrainingJob:
         if self._stop.is_set():
             self._say(JobState.STOPPED, f"Stopped at step {self.step}; adapter saved in {self.output_dir}. "
                                         "Resume it from the Training tab or with --resume.")
-        else:
-            self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
+        else:  # the rows left out stay said at the end: a fast run replaces the line that said them
+            self._say(JobState.FINISHED, f"Finished {self.step} steps{rows}; adapter saved in {self.output_dir}.")
         return model, trainer
 
     def _leave_out(self, skipped: list, train_set, eval_set) -> None:
