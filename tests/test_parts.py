@@ -188,3 +188,60 @@ def test_norms_and_biases_get_no_weight_decay(tmp_path):
     assert decays["base_model.model.model.visual.merger.modules_to_save.default.ln_q.weight"] == 0.0
     assert decays["base_model.model.model.visual.merger.modules_to_save.default.mlp.0.bias"] == 0.0
     assert decays["base_model.model.model.visual.merger.modules_to_save.default.mlp.0.weight"] == 0.1
+
+
+@pytest.mark.parametrize("name", DEMOS)
+def test_resume_restores_every_groups_optimizer_state(name, tmp_path):
+    lora = {"vision": "lora", "merger": "full", "merger_lr": 2e-3}
+    trainer, _, _ = _setup(name, lora, tmp_path / "run", save_steps=2)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    resumed, _, _ = _setup(name, lora, tmp_path / "run", steps=3, save_steps=0)
+    seen = {}
+
+    class Snapshot(__import__("transformers").TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):  # after the resume loaded
+            import copy
+
+            seen["state"] = copy.deepcopy(optimizer.state_dict())
+
+    resumed.add_callback(Snapshot())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    state = seen["state"]
+    assert [(g["part"], g["lr"]) for g in state["param_groups"]] == \
+        [(g["part"], g["lr"]) for g in saved["param_groups"]]
+    assert {g["part"] for g in state["param_groups"]} == {"vision", "merger", "language"}
+    assert len(state["state"]) == sum(len(g["params"]) for g in saved["param_groups"]) > 0
+    for index, moments in saved["state"].items():
+        assert torch.equal(state["state"][index]["exp_avg"], moments["exp_avg"])
+        assert torch.equal(state["state"][index]["exp_avg_sq"], moments["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("name", DEMOS)
+def test_adapter_loads_in_plain_peft_with_the_trained_logits(name, tmp_path):
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from workbench.training.loading import load_model
+
+    trainer, _, family = _setup(name, {"vision": "lora", "merger": "full", "merger_lr": 1e-2}, tmp_path / "run")
+    trainer.train()
+    model = trainer.model.eval()
+    model.save_pretrained(tmp_path / "adapter")
+    with safe_open(str(tmp_path / "adapter" / "adapter_model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert any(".visual.blocks." in k and "lora_A" in k for k in keys)
+    assert any(".visual.merger." in k and "lora_" not in k for k in keys)
+    assert any(".language_model." in k and "lora_B" in k for k in keys)
+    from workbench.demo import ensure_demo
+
+    base = load_model(str(ensure_demo(name=name).model), RunConfig.from_dict({"model": {"name_or_path": name}}))
+    plain = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch.pop("labels", None)
+    with torch.no_grad():
+        expected, got = model(**batch).logits, plain(**batch).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    with plain.disable_adapter(), torch.no_grad():
+        assert not torch.allclose(plain(**batch).logits, expected, atol=1e-3)  # the adapter matters
