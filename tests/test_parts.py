@@ -245,3 +245,27 @@ def test_adapter_loads_in_plain_peft_with_the_trained_logits(name, tmp_path):
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     with plain.disable_adapter(), torch.no_grad():
         assert not torch.allclose(plain(**batch).logits, expected, atol=1e-3)  # the adapter matters
+
+
+def test_job_says_what_trains_and_run_yaml_keeps_it(tmp_path):
+    """`train --model demo --vision lora --merger full --merger-lr 1e-3`, as the job runs it."""
+    from peft import PeftModel
+
+    from workbench.demo import ensure_demo
+    from workbench.training import JobState, TrainingJob
+    from workbench.training.loading import load_model
+
+    config = RunConfig.from_dict(__import__("workbench.demo", fromlist=["DEMO_TRAINING"]).DEMO_TRAINING).replace(
+        lora={"vision": "lora", "merger": "full", "merger_lr": 1e-3},
+        training={"max_steps": 2, "save_steps": 0, "output_dir": str(tmp_path / "run")})
+    lines = []
+    job = TrainingJob(config, on_message=lines.append)
+    assert job.run() == JobState.FINISHED, job.message
+    start = next(line for line in lines if "parameters trainable" in line)
+    assert "merger full 24,832 at 0.001" in start  # ln_q 2x32 + mlp.0 128x128+128 + mlp.2 128x64+64
+    assert "vision tower LoRA" in start and "language model LoRA" in start and "at 0.003" in start
+    text = (tmp_path / "run" / "run.yaml").read_text()
+    assert "# trains: " in text and RunConfig.load(tmp_path / "run" / "run.yaml").lora.merger == "full"
+    base = load_model(str(ensure_demo().model), RunConfig())
+    plain = PeftModel.from_pretrained(base, tmp_path / "run")
+    assert plain.peft_config["default"].modules_to_save == ["visual.merger"]
