@@ -309,6 +309,9 @@ class RunConfig:
         if not isinstance(l.modules_to_save, list):
             raise UserError("lora.modules_to_save must be a list of module names (or empty).")
         _check_parts(l, t.learning_rate)
+        if m.quantization != "none" and l.parts()["language"] == "full":
+            raise UserError(f"lora.language is full but model.quantization is {m.quantization}: quantised weights "
+                            "cannot be trained in full; use lora for the language model, or quantization none.")
         if not 0 < t.learning_rate <= 1:  # also refuses nan
             raise UserError(f"training.learning_rate {t.learning_rate} is outside (0, 1]: LoRA usually uses 1e-4 to 2e-4.")
         if not 0 <= t.weight_decay <= 1:

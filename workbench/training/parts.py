@@ -51,9 +51,11 @@ def lora_targets(settings: LoraSettings, family):
     pieces = []
     if parts["language"] == "lora":
         targets = settings.target_modules
-        if isinstance(targets, str):  # presets that also reach the tower: their language half
-            pieces.append(family.target_presets()["language-attention" if targets == "language-attention"
-                                                  else "language-all-linear"])
+        presets = family.target_presets()
+        if isinstance(targets, str) and targets not in presets:  # a regex of the user's (the planner's flag)
+            pieces.append(targets)
+        elif isinstance(targets, str):  # presets that also reach the tower: their language half
+            pieces.append(presets["language-attention" if targets == "language-attention" else "language-all-linear"])
         else:
             pieces.append(r"(?:.*\.)?(?:" + "|".join(re.escape(name) for name in targets) + ")")
     if parts["vision"] == "lora":
