@@ -269,3 +269,48 @@ def test_job_says_what_trains_and_run_yaml_keeps_it(tmp_path):
     base = load_model(str(ensure_demo().model), RunConfig())
     plain = PeftModel.from_pretrained(base, tmp_path / "run")
     assert plain.peft_config["default"].modules_to_save == ["visual.merger"]
+
+
+def test_export_says_vllm_skips_the_tower_and_the_merge_carries_every_part(tmp_path):
+    """A demo run with vision LoRA and a fully trained merger: the adapter export recommends the merge,
+    and the merged model's logits are the adapter's."""
+    from peft import PeftModel
+
+    from workbench.demo import DEMO_TRAINING, ensure_demo
+    from workbench.export import VISION_NOTE, export, plan_export
+    from workbench.models.families import QWEN2_VL
+    from workbench.training import JobState, TrainingJob
+    from workbench.training.loading import load_model
+
+    run = tmp_path / "run"
+    config = RunConfig.from_dict(DEMO_TRAINING).replace(
+        lora={"recipe": "vision-lora", "merger": "full", "merger_lr": 1e-2},
+        training={"max_steps": 2, "save_steps": 0, "output_dir": str(run)})
+    assert TrainingJob(config).run() == JobState.FINISHED
+    assert VISION_NOTE in plan_export(run, tmp_path / "adapter").summary()
+    assert VISION_NOTE not in plan_export(run, tmp_path / "merged", merge=True).summary()
+    merged_dir = export(run, tmp_path / "merged", merge=True, dtype="fp32")
+
+    trainer, _, _ = _setup("demo", {}, tmp_path / "batch")  # only for a real collated batch
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch.pop("labels", None)
+    base = load_model(str(ensure_demo().model), RunConfig())
+    adapter = PeftModel.from_pretrained(base, run).eval()
+    merged = QWEN2_VL.transformers_class("model_class").from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        expected, got = adapter(**batch).logits, merged(**batch).logits
+        with adapter.disable_adapter():
+            untrained = adapter(**batch).logits
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    assert not torch.allclose(untrained, expected, atol=1e-3)
+
+
+def test_a_language_only_adapter_has_no_vllm_note(tmp_path):
+    from workbench.demo import DEMO_TRAINING
+    from workbench.export import VISION_NOTE, plan_export
+    from workbench.training import JobState, TrainingJob
+
+    config = RunConfig.from_dict(DEMO_TRAINING).replace(
+        lora={"recipe": "language-lora"}, training={"max_steps": 1, "save_steps": 0, "output_dir": str(tmp_path / "run")})
+    assert TrainingJob(config).run() == JobState.FINISHED
+    assert VISION_NOTE not in plan_export(tmp_path / "run", tmp_path / "adapter").summary()
