@@ -60,3 +60,20 @@ def test_quantised_language_model_cannot_train_in_full():
 
     with pytest.raises(UserError, match=r"lora\.language"):
         RunConfig.from_dict({"model": {"quantization": "nf4"}, "lora": {"language": "full"}})
+
+
+def test_planner_tab_shows_what_each_choice_costs_and_applies_it():
+    from workbench.ui import planner_tab
+
+    form = planner_tab.form_defaults("qwen2-vl-7b-instruct")
+    form.update(gpus="1x80GiB", strategy="device_map")
+    *_, base = planner_tab.on_plan(**form)
+    *_, merger = planner_tab.on_plan(**{**form, "merger": "full"})
+    lora_bytes = [state["devices"][0]["lora_bytes"] for state in (base, merger)]
+    assert lora_bytes[1] - lora_bytes[0] == _plan(merger="full")["lora_bytes"] - _plan()["lora_bytes"]
+    from workbench.demo import DEMO_TRAINING
+    from workbench.settings import RunConfig
+
+    config, message = planner_tab.use_plan(merger, RunConfig.from_dict(DEMO_TRAINING).to_dict())
+    assert config["lora"]["merger"] == "full", message
+    assert RunConfig.from_dict(config).lora.parts()["merger"] == "full"
