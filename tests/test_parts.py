@@ -314,3 +314,24 @@ def test_a_language_only_adapter_has_no_vllm_note(tmp_path):
         lora={"recipe": "language-lora"}, training={"max_steps": 1, "save_steps": 0, "output_dir": str(tmp_path / "run")})
     assert TrainingJob(config).run() == JobState.FINISHED
     assert VISION_NOTE not in plan_export(tmp_path / "run", tmp_path / "adapter").summary()
+
+
+@pytest.mark.slow  # about 50 s: two launches of 2 processes
+def test_ddp_and_fsdp2_train_vision_lora_and_a_full_merger_alike(tmp_path):
+    """`train --vision lora --merger full --merger-lr 1e-3 --strategy ddp|fsdp --nproc 2`: 2 CPU processes
+    each; the two adapters hold the same tensors (FSDP2 gathers the wrapped merger copy whole)."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import run_cli
+
+    adapters = []
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        done = run_cli("train", "--model", "demo", "--vision", "lora", "--merger", "full", "--merger-lr", "1e-3",
+                       "--strategy", strategy, "--nproc", 2, "--max-steps", 2, "--save-steps", 0, "--output-dir", out)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "merger full 24,832 at 0.001" in done.stderr
+        adapters.append(load_file(out / "adapter_model.safetensors"))
+    ddp, fsdp = adapters
+    assert set(ddp) == set(fsdp) and any(".visual.merger.mlp.0.weight" in k for k in ddp)
+    assert all(torch.allclose(ddp[k].float(), fsdp[k].float(), atol=1e-6) for k in ddp)
