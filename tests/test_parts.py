@@ -335,3 +335,28 @@ def test_ddp_and_fsdp2_train_vision_lora_and_a_full_merger_alike(tmp_path):
     ddp, fsdp = adapters
     assert set(ddp) == set(fsdp) and any(".visual.merger.mlp.0.weight" in k for k in ddp)
     assert all(torch.allclose(ddp[k].float(), fsdp[k].float(), atol=1e-6) for k in ddp)
+
+
+def test_a_fully_trained_part_trains_in_fp32_on_a_bf16_base():
+    """The trained copy is fp32 (a bf16 weight would round a 1e-5 Adam step away); the base stays bf16."""
+    from workbench.training.loading import load_model
+    from workbench.training.lora import apply_lora
+    from workbench.demo import ensure_demo
+
+    config = RunConfig.from_dict({"model": {"dtype": "bf16"}, "lora": {"recipe": "merger-only"}})
+    model = apply_lora(load_model(str(ensure_demo().model), config), config.lora, False)
+    trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    assert trained and set(trained.values()) == {torch.float32} and frozen == {torch.bfloat16}
+
+
+def test_qlora_keeps_the_vision_tower_unquantised_under_vision_lora():
+    from workbench.demo import ensure_demo
+    from workbench.training.loading import load_model
+    from workbench.training.lora import apply_lora
+
+    config = RunConfig.from_dict({"model": {"quantization": "nf4"}, "lora": {"recipe": "vision-lora"}})
+    model = apply_lora(load_model(str(ensure_demo().model), config), config.lora, False)
+    core = model.base_model.model.model
+    assert type(core.visual.blocks[0].attn.qkv).__module__ == "peft.tuners.lora.layer"  # plain LoRA, bf16/fp32 base
+    assert type(core.language_model.layers[0].mlp.down_proj).__module__.startswith("peft.tuners.lora.bnb")
