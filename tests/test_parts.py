@@ -360,3 +360,15 @@ def test_qlora_keeps_the_vision_tower_unquantised_under_vision_lora():
     core = model.base_model.model.model
     assert type(core.visual.blocks[0].attn.qkv).__module__ == "peft.tuners.lora.layer"  # plain LoRA, bf16/fp32 base
     assert type(core.language_model.layers[0].mlp.down_proj).__module__.startswith("peft.tuners.lora.bnb")
+
+
+def test_launch_takes_the_same_flags(tmp_path):
+    from workbench.cli.launch import config_for, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["launch", "--out", str(tmp_path / "run"), "--strategy", "ddp", "--nproc-per-node", "2",
+                              "--recipe", "merger-full", "--vision", "lora",
+                              "--vision-lr", "2e-5"])
+    lora = config_for(args).lora
+    assert lora.parts() == {"vision": "lora", "merger": "full", "language": "lora"} and lora.vision_lr == 2e-5
