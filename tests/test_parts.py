@@ -289,6 +289,10 @@ def test_export_says_vllm_skips_the_tower_and_the_merge_carries_every_part(tmp_p
     assert TrainingJob(config).run() == JobState.FINISHED
     assert VISION_NOTE in plan_export(run, tmp_path / "adapter").summary()
     assert VISION_NOTE not in plan_export(run, tmp_path / "merged", merge=True).summary()
+    from workbench.ui import export_tab
+
+    assert "vLLM applies LoRA to the language model only" in export_tab.check(str(run), "adapter", "auto", "",
+                                                                              str(tmp_path / "tab"))
     merged_dir = export(run, tmp_path / "merged", merge=True, dtype="fp32")
 
     trainer, _, _ = _setup("demo", {}, tmp_path / "batch")  # only for a real collated batch
