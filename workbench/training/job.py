@@ -254,8 +254,7 @@ class TrainingJob:
         from workbench.data.collate import Collator
         from workbench.training.lora import apply_lora
         from workbench.training.checks import training_arguments
-        from workbench.models.families import family_of
-        from workbench.training.parts import rates, summary
+        from workbench.training.parts import announce
         from workbench.training.setup import build_datasets
 
         placement, writes = self.placement, self.placement.is_main
@@ -291,12 +290,7 @@ class TrainingJob:
         model = placement.load_model(model_path, self.config)
         model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
         trainable, total = model.get_nb_trainable_parameters()
-        part_rates = rates(self.config.lora, self.config.training.learning_rate)
-        trains = summary(model, family_of(model), part_rates)
-        if writes:  # run.yaml says what trained, how much, at which rate (a comment: it still loads)
-            self.config.save(self.folder.config_file)
-            with open(self.folder.config_file, "a", encoding="utf-8") as f:
-                f.write(f"# trains: {trains}\n")
+        part_rates, trains = announce(model, self.config, self.folder.config_file if writes else None)
         if self.should_stop():
             if resume_from:  # the run stays where it was: its step, its length, its checkpoints
                 self.step = start_step

@@ -144,6 +144,20 @@ def summary(model, family, part_rates: dict[str, float]) -> str:
     return "; ".join(said) or "nothing"
 
 
+def announce(model, config, config_file=None) -> tuple[dict[str, float], str]:
+    """(each part's rate, what trains); with ``config_file``, run.yaml is written again ending in a
+    ``# trains: ...`` comment (a comment, so the file still loads as the run's config)."""
+    from workbench.models.families import family_of
+
+    part_rates = rates(config.lora, config.training.learning_rate)
+    trains = summary(model, family_of(model), part_rates)
+    if config_file is not None:
+        config.save(config_file)
+        with open(config_file, "a", encoding="utf-8") as f:
+            f.write(f"# trains: {trains}\n")
+    return part_rates, trains
+
+
 def upcast_full(model) -> None:
     """Fully trained copies train in fp32 (as peft keeps LoRA weights): a bf16 weight loses updates
     smaller than 2^-8 of itself, which is most of them at 1e-5."""
