@@ -36,6 +36,17 @@ def target_modules_for(targets, family=None):
     if isinstance(targets, (list, tuple)):
         return list(targets)
     return targets
+
+# What trains in each part of the model (workbench.training.parts turns it into LoRA targets,
+# modules_to_save and optimizer groups). A recipe fills the parts a config leaves empty.
+PARTS = ("vision", "merger", "language")
+PART_MODES = ("frozen", "lora", "full")
+RECIPES: dict[str, dict[str, str]] = {
+    "language-lora": {"vision": "frozen", "merger": "frozen", "language": "lora"},
+    "merger-full": {"vision": "frozen", "merger": "full", "language": "lora"},
+    "vision-lora": {"vision": "lora", "merger": "lora", "language": "lora"},
+    "merger-only": {"vision": "frozen", "merger": "full", "language": "frozen"},
+}
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 QUANTIZATIONS = ("none", "nf4", "int8")
 # A run.yaml is a few KiB; a path or hub id is at most PATH_MAX. Anything larger is not a config.
@@ -117,14 +128,42 @@ class LoraSettings:
                         "more memory.")
     modules_to_save: Any = _f([], "Modules trained in full besides LoRA (e.g. lm_head). Costs their "
                               "full size in gradients and optimizer state.")
+    recipe: str = _f("", "What to train, in one word: language-lora (LoRA on the language model), merger-full "
+                     "(+ the merger trained in full), vision-lora (+ LoRA on the vision tower and merger), "
+                     "merger-only (only the merger, in full). Empty: what target_modules reaches (today's "
+                     "behaviour). vision, merger and language below override it part by part.")
+    vision: str = _f("", "The vision tower's blocks: frozen, lora or full. Empty: as the recipe says. Training it "
+                     "stores its activations for backward (see the planner) and vLLM does not apply LoRA to it.")
+    merger: str = _f("", "The merger (projector from the vision tower to the language model): frozen, lora or "
+                     "full. Empty: as the recipe says. full costs little: a few million parameters.")
+    language: str = _f("", "The language model: frozen, lora (on target_modules) or full (every weight: its "
+                       "size again in weights, gradients and fp32 AdamW states). Empty: as the recipe says.")
+    vision_lr: float = _f(0.0, "Learning rate of the vision tower's parameters; 0: training.learning_rate. "
+                          "Usually 5-10x lower than the language model's (e.g. 2e-5).")
+    merger_lr: float = _f(0.0, "Learning rate of the merger's parameters; 0: training.learning_rate. A fully "
+                          "trained merger often takes 1e-5 to 1e-4, LoRA on it the main rate.")
+
+    def parts(self) -> dict[str, str]:
+        """{vision, merger, language: frozen | lora | full}: explicit fields, else the recipe, else what
+        target_modules reaches (its presets may also reach the merger and the tower)."""
+        if self.recipe:
+            base = dict(RECIPES[self.recipe])
+        else:
+            reach = self.target_modules if isinstance(self.target_modules, str) else ""
+            base = {"vision": "lora" if reach == "language-and-vision" else "frozen",
+                    "merger": "lora" if reach in ("language-and-merger", "language-and-vision") else "frozen",
+                    "language": "lora"}
+        return {part: getattr(self, part) or base[part] for part in PARTS}
 
 
 @dataclass
 class TrainingSettings:
     output_dir: str = _f("", "Run directory. Empty: a new folder under the workbench's runs folder. "
                          "An existing run is never overwritten: resume it or pick a new folder.")
-    learning_rate: float = _f(1e-4, "Peak learning rate. 1e-4 to 2e-4 is usual for LoRA; lower it "
-                              "if the loss spikes.")
+    learning_rate: float = _f(1e-4, "Peak learning rate (the language model's, and every part's without a "
+                              "rate of its own). 1e-4 to 2e-4 is usual for LoRA; lower it if the loss spikes.")
+    weight_decay: float = _f(0.0, "AdamW weight decay on the trained weights (never on norms and biases). 0 is "
+                             "usual for LoRA; 0.01-0.1 for fully trained parts.")
     lr_scheduler_type: str = _f("cosine", "Schedule after warmup: " + ", ".join(SCHEDULERS) + ".")
     warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate (0 to 1).")
     num_train_epochs: float = _f(1.0, "Passes over the data; ignored when max_steps > 0.")
@@ -280,8 +319,14 @@ class RunConfig:
             raise UserError("lora.target_modules must be a preset name or a non-empty list of module names such as [q_proj, v_proj].")
         if not (isinstance(l.modules_to_save, list) and all(isinstance(x, str) and x for x in l.modules_to_save)):
             raise UserError("lora.modules_to_save must be a list of module names such as [lm_head] (or empty).")
+        _check_parts(l, t.learning_rate)
+        if m.quantization != "none" and l.parts()["language"] == "full":
+            raise UserError(f"lora.language is full but model.quantization is {m.quantization}: quantised weights "
+                            "cannot be trained in full; use lora for the language model, or quantization none.")
         if not 0 < t.learning_rate <= 1:  # also refuses nan
             raise UserError(f"training.learning_rate {t.learning_rate} is outside (0, 1]: LoRA usually uses 1e-4 to 2e-4.")
+        if not 0 <= t.weight_decay <= 1:
+            raise UserError(f"training.weight_decay {t.weight_decay} is outside 0..1: use 0, or e.g. 0.01.")
         if t.lr_scheduler_type not in SCHEDULERS:
             raise UserError(f"training.lr_scheduler_type '{t.lr_scheduler_type}' is unknown: use one of {', '.join(SCHEDULERS)}.")
         if not 0 <= t.warmup_ratio <= 1:
@@ -324,6 +369,26 @@ class RunConfig:
         for name, value in (("lora.rank", l.rank), ("lora.alpha", l.alpha), ("data.max_length", d.max_length)):
             if value > 2**31 - 1:
                 raise UserError(f"{name} {value:,} is beyond any model's size: check the number.")
+
+
+def _check_parts(l: LoraSettings, main_rate: float) -> None:
+    if l.recipe and l.recipe not in RECIPES:
+        raise UserError(f"lora.recipe '{l.recipe}' is not one of {', '.join(RECIPES)}: pick one, or leave it empty.")
+    for part in PARTS:
+        if getattr(l, part) not in ("", *PART_MODES):
+            raise UserError(f"lora.{part} '{getattr(l, part)}' is not one of {', '.join(PART_MODES)}: pick one, or "
+                            "leave it empty for the recipe's choice.")
+    parts = l.parts()
+    if all(mode == "frozen" for mode in parts.values()) and not l.modules_to_save:
+        raise UserError("lora.recipe and lora.vision/merger/language leave every part frozen, so nothing would "
+                        "train: set at least one part to lora or full (e.g. recipe language-lora).")
+    for part in ("vision", "merger"):
+        rate = getattr(l, f"{part}_lr")
+        if not 0 <= rate <= 1:  # also refuses nan
+            raise UserError(f"lora.{part}_lr {rate} is outside [0, 1]: use e.g. 2e-5, or 0 for training.learning_rate.")
+        if rate and parts[part] == "frozen":
+            raise UserError(f"lora.{part}_lr is {rate:g} but the {part} is frozen: set lora.{part} to lora or full, "
+                            "or the rate to 0.")
 
 
 def _positive(name: str, value) -> None:

@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--skip-problem-rows", action="store_true",
                    help="Sets data.skip_problem_rows. " + field_help("data", "skip_problem_rows"))
     p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
+    from workbench.cli.train import add_part_flags
+
+    add_part_flags(p)
     p.set_defaults(func=run)
 
 
@@ -66,10 +69,10 @@ def run(args) -> int:
 
 
 def config_for(args):
-    from workbench.cli.train import base_config
+    from workbench.cli.train import base_config, part_overrides
 
     config = base_config(args.config, args.model)
-    overrides: dict = {"model": {}, "data": {}, "training": {}}
+    overrides: dict = {"model": {}, "data": {}, "lora": part_overrides(args), "training": {}}
     if args.model:
         overrides["model"]["name_or_path"] = args.model
     if args.dataset:

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--lora-targets", default=d["lora_targets"],
                    help="Which linears get LoRA: a preset (language-all-linear, language-attention, "
                         "language-and-merger, language-and-vision), a regex, or comma-separated names (q_proj,v_proj).")
+    from workbench.cli.train import add_part_flags
+
+    add_part_flags(p)  # the rates change no memory; they are accepted so train, launch and plan take the same flags
     p.add_argument("--lora-dropout", type=float, default=d["lora_dropout"],
                    help="LoRA dropout; above 0 it saves a mask per LoRA input (a little activation memory).")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
@@ -85,6 +88,7 @@ def run(args) -> int:
     request = PlanRequest(
         model=args.model, gpus=gpus, dtype=args.dtype, lora_rank=args.lora_rank,
         lora_targets=parse_targets(args.lora_targets), lora_dropout=args.lora_dropout,
+        recipe=args.recipe or "", vision=args.vision or "", merger=args.merger or "", language=args.language or "",
         batch_size=args.batch_size, max_length=args.max_length, max_pixels=args.max_pixels,
         min_pixels=args.min_pixels, images_per_sample=args.images_per_sample,
         gradient_checkpointing=not args.no_gradient_checkpointing, quantization=args.quantization,

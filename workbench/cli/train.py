@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.settings import STRATEGIES, RunConfig, field_help
+from workbench.settings import PART_MODES, RECIPES, STRATEGIES, RunConfig, field_help
 
 
 def register(sub) -> None:
@@ -30,7 +30,23 @@ def register(sub) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, help=field_help("training", "strategy"))
     p.add_argument("--nproc", type=int, help="Processes on this machine for ddp/fsdp (overrides training.nproc_per_node; "
                                              "0: every GPU, or 2 CPU processes without GPUs).")
+    add_part_flags(p)
     p.set_defaults(func=run)
+
+
+def add_part_flags(p) -> None:
+    """--recipe, --vision/--merger/--language frozen|lora|full, --vision-lr, --merger-lr (train, launch)."""
+    p.add_argument("--recipe", choices=list(RECIPES), help=field_help("lora", "recipe"))
+    for part in ("vision", "merger", "language"):
+        p.add_argument(f"--{part}", choices=PART_MODES, help=field_help("lora", part))
+    p.add_argument("--vision-lr", type=float, help=field_help("lora", "vision_lr"))
+    p.add_argument("--merger-lr", type=float, help=field_help("lora", "merger_lr"))
+
+
+def part_overrides(args) -> dict:
+    """The lora fields the part flags set (none given: the config's own)."""
+    names = ("recipe", "vision", "merger", "language", "vision_lr", "merger_lr")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def base_config(config_path: str | None, model: str | None) -> RunConfig:
@@ -49,7 +65,7 @@ def config_from_args(args) -> RunConfig:
         config = RunConfig.load(Path(args.output_dir) / "run.yaml")
     else:
         config = base_config(args.config, args.model)
-    overrides = {"model": {}, "data": {}, "training": {}}
+    overrides = {"model": {}, "data": {}, "lora": part_overrides(args), "training": {}}
     if args.model:
         overrides["model"]["name_or_path"] = args.model
     if args.dataset:

@@ -105,8 +105,22 @@ def plan_export(adapter: str | Path, out: str | Path, merge: bool = False, dtype
             "from the base."]
     if out != given:
         notes.append(f"--out {given} leads (through a link) to {out}: the export is written there.")
+    if not merge and touches_vision(source.adapter_dir):
+        notes.append(VISION_NOTE)
     free = check_disk(out, needed)
     return ExportPlan(source, out, merge, dtype, copies, needed, free, merge_plan, notes)
+
+
+VISION_NOTE = ("This adapter changes the vision tower or the merger: vLLM applies LoRA to the language model only "
+               "(vllm #32541, #23796) and would silently serve the base's vision side. To serve it with vLLM, "
+               "export the merged model (--merge, 'Merge into the base'), which carries every part.")
+
+
+def touches_vision(adapter_dir: Path) -> bool:
+    """Does the adapter hold tensors of the vision tower or merger (vision LoRA, a fully trained merger)?"""
+    from workbench.export.keys import file_header
+
+    return any(".visual." in ref.name for ref in file_header(adapter_dir / ADAPTER_WEIGHTS))
 
 
 def run_export(plan: ExportPlan, progress=None) -> Path:

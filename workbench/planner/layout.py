@@ -25,7 +25,7 @@ class Unit:
     name: str                       # module name, usable as a device_map key
     kind: str                       # vision_in | vision_pos | vision_block | merger | embed | layer | norm | rotary | lm_head
     weight_bytes: int
-    lora_params: int
+    lora_params: int                # trainable parameters: LoRA's, plus every weight of a fully trained part
     lora_inputs: tuple[int, ...]    # input widths of the LoRA linears inside
     numel: int = 0                  # parameters (elements) of its weights: the FLOPs of a pass are 2 x this per token
     dequant_numel: int = 0          # its largest quantised weight (elements): dequantised per matmul
@@ -147,14 +147,22 @@ def is_quantized(name: str) -> bool:
     return ".language_model.layers." in name and name.endswith("proj.weight")
 
 
-def build_layout(config, dtype: str, targets, rank: int, quantization: str = "none") -> Layout:
-    """The units of ``config`` (cached on the config's JSON and the other arguments)."""
+# The part of the model each unit kind belongs to (lora.vision / merger / language: full trains all of it).
+PART_OF_KIND = {"vision_in": "vision", "vision_pos": "vision", "vision_block": "vision", "merger": "merger",
+                "embed": "language", "layer": "language", "norm": "language"}
+
+
+def build_layout(config, dtype: str, targets, rank: int, quantization: str = "none", full: tuple = ()) -> Layout:
+    """The units of ``config`` (cached on the config's JSON and the other arguments). ``full``: the
+    parts trained in full, whose every weight counts as trainable (a fp32 copy beside the frozen
+    original, its gradient and AdamW states: the 16 bytes per parameter LoRA's weights cost)."""
     key_targets = targets if isinstance(targets, str) else tuple(targets)
-    return _layout(config.to_json_string(use_diff=False), dtype, key_targets, int(rank), quantization)
+    return _layout(config.to_json_string(use_diff=False), dtype, key_targets, int(rank), quantization,
+                   tuple(sorted(full)))
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str) -> Layout:
+def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str, full: tuple = ()) -> Layout:
     import torch
 
     from workbench.models import build_meta_model, config_from_json, family_of
@@ -194,7 +202,8 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str)
         lora_units.setdefault(_owner(name, prefixes), []).append((params, d_in))
 
     units = tuple(
-        Unit(name, kind, by_unit.get(name, 0), sum(p for p, _ in lora_units.get(name, [])),
+        Unit(name, kind, by_unit.get(name, 0), sum(p for p, _ in lora_units.get(name, []))
+             + (numel_by_unit.get(name, 0) if PART_OF_KIND.get(kind) in full else 0),
              tuple(d for _, d in lora_units.get(name, [])), numel_by_unit.get(name, 0), dequant_by_unit.get(name, 0))
         for name, kind in specs
     )

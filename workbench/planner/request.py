@@ -40,6 +40,12 @@ class PlanRequest:
     lora_rank: int = 8
     lora_targets: str | list = "language-all-linear"
     lora_dropout: float = 0.05
+    # what trains (workbench.settings.LoraSettings: recipe, then each part frozen | lora | full; empty: as
+    # the recipe, or without one as lora_targets, says)
+    recipe: str = ""
+    vision: str = ""
+    merger: str = ""
+    language: str = ""
     batch_size: int = 1
     max_length: int = 2048
     max_pixels: int = 1003520
@@ -59,6 +65,7 @@ class PlanRequest:
         """The request for a ``workbench.settings.RunConfig`` on ``gpus``."""
         return cls(model=cfg.model.name_or_path, gpus=list(gpus), dtype=cfg.model.dtype,
                    lora_rank=cfg.lora.rank, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
+                   recipe=cfg.lora.recipe, vision=cfg.lora.vision, merger=cfg.lora.merger, language=cfg.lora.language,
                    batch_size=cfg.training.per_device_train_batch_size, max_length=cfg.data.max_length,
                    max_pixels=cfg.data.max_pixels, min_pixels=cfg.data.min_pixels,
                    images_per_sample=images_per_sample,
@@ -102,6 +109,20 @@ class PlanRequest:
                 raise UserError(f"{name.replace('_', '-')} must be a bandwidth in GB/s between 0 and 100000, "
                                 f"got {value!r}.")
 
+    def parts(self):
+        """The LoraSettings of what trains (targets, recipe, parts): one reading, the training's own."""
+        from workbench.settings import LoraSettings
+
+        settings = LoraSettings(target_modules=self.lora_targets, recipe=self.recipe, vision=self.vision,
+                                merger=self.merger, language=self.language)
+        try:
+            from workbench.settings import _check_parts
+
+            _check_parts(settings, 1e-4)
+        except UserError as exc:  # the settings' sentence, in the flags' names
+            raise UserError(str(exc).replace("lora.", "--").replace("_lr", "-lr")) from None
+        return settings
+
     def visual_tokens(self, layout: Layout) -> int:
         """Image tokens in one row: images x max_pixels // (pixels per token)^2 (784 for Qwen2-VL, 1024 Qwen3-VL)."""
         per_image = terms.visual_tokens_per_image(self.max_pixels, layout.shape.pixels_per_token)
@@ -123,10 +144,14 @@ def resolve_targets(targets, family=None):
 def layout_for(request: PlanRequest, quantization: str | None = None) -> Layout:
     from workbench.models import family_of, load_model_config
 
+    from workbench.training.parts import lora_targets
+
     config = load_model_config(request.model)
     kind = request.quantization if quantization is None else quantization
-    targets = resolve_targets(request.lora_targets, family_of(config))
-    return build_layout(config, DTYPE_NAMES[request.dtype], targets, request.lora_rank, kind)
+    settings = request.parts()
+    targets = lora_targets(settings, family_of(config))
+    full = tuple(part for part, mode in settings.parts().items() if mode == "full")
+    return build_layout(config, DTYPE_NAMES[request.dtype], targets, request.lora_rank, kind, full)
 
 
 def trained_tokens_per_row(request: PlanRequest) -> int | None:

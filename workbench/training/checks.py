@@ -121,6 +121,8 @@ def check_targets(config: RunConfig) -> None:
     not in the cache) is skipped here: loading reports it.
     """
     l = config.lora
+    if l.parts()["language"] != "lora":  # target_modules names the language model's LoRA targets only
+        return
     targets = l.target_modules if isinstance(l.target_modules, str) else tuple(l.target_modules)
     problem = _target_problem(config.model.name_or_path, targets, tuple(l.modules_to_save))
     if problem:

@@ -52,10 +52,20 @@ def trainer_class():
         """Trainer that stops on a non-finite raw loss (the logged loss filters NaN away) and, unless
         told otherwise, computes the loss on trained tokens only (``workbench.training.loss``)."""
 
-        def __init__(self, *args, loss_on_trained_tokens_only: bool = True, **kwargs):
+        def __init__(self, *args, loss_on_trained_tokens_only: bool = True, part_rates=None, **kwargs):
             if loss_on_trained_tokens_only:
                 kwargs["compute_loss_func"] = TrainedTokenLoss(kwargs["model"] if "model" in kwargs else args[0])
+            self.part_rates = part_rates  # {vision, merger, language: learning rate}; None: one rate
             super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model=None):
+            """One parameter group per part (vision tower, merger, language model) and decay kind;
+            Trainer's own create_optimizer then finishes the job as it does for its two groups."""
+            if self.optimizer is None and self.part_rates is not None:
+                from workbench.training.parts import part_optimizer
+
+                self.optimizer = part_optimizer(self, self.model if model is None else model)
+            return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if isinstance(self.compute_loss_func, TrainedTokenLoss) and "labels" in inputs:
@@ -246,6 +256,7 @@ class TrainingJob:
         from workbench.data.collate import Collator
         from workbench.training.lora import apply_lora
         from workbench.training.checks import training_arguments
+        from workbench.training.parts import announce
         from workbench.training.setup import build_datasets
 
         placement, writes = self.placement, self.placement.is_main
@@ -285,6 +296,7 @@ class TrainingJob:
         model = placement.load_model(model_path, self.config)
         model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
         trainable, total = model.get_nb_trainable_parameters()
+        part_rates, trains = announce(model, self.config, self.folder.config_file if writes else None)
         if self.should_stop():
             if resume_from:  # the run stays where it was: its step, its length, its checkpoints
                 self.step = start_step
@@ -301,6 +313,7 @@ class TrainingJob:
             data_collator=Collator(processor.tokenizer.pad_token_id),
             callbacks=placement.callbacks(self),
             loss_on_trained_tokens_only=self.config.training.loss_on_trained_tokens_only,
+            part_rates=part_rates,
         )
         # with tqdm off Trainer prints every log dict to stdout; the bridge already reports them
         trainer.remove_callback(PrinterCallback)
@@ -308,7 +321,7 @@ class TrainingJob:
         where = f" from {resume_from.name}" if resume_from else ""
         left_out = sum(len(s.problems) for s in skipped)
         rows = f" ({len(train_set):,} rows; {left_out:,} problem row(s) skipped)" if left_out else ""
-        self._say(JobState.TRAINING, f"Training{where}{rows}: {trainable:,} of {total:,} parameters trainable.")
+        self._say(JobState.TRAINING, f"Training{where}{rows}: {trainable:,} of {total:,} parameters trainable ({trains}).")
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
         if self._stop.is_set() and self.step == start_step:

@@ -6,19 +6,22 @@ from workbench.errors import UserError
 from workbench.settings import LoraSettings
 
 
-def lora_config(settings: LoraSettings, family=None):
-    """Build peft's LoraConfig (presets as ``family``'s module regexes; Qwen2-VL's when None); its
-    ValueErrors become UserErrors that name the lora field."""
+def lora_config(settings: LoraSettings, family=None, full_modules=()):
+    """Build peft's LoraConfig (LoRA targets per part as ``family``'s module regexes, Qwen2-VL's when
+    None; ``full_modules``: the fully trained parts' modules); its ValueErrors become UserErrors that
+    name the lora field."""
     from peft import LoraConfig
 
-    from workbench.settings import target_modules_for
+    from workbench.models.families import QWEN2_VL
+    from workbench.training.parts import lora_targets
 
-    targets = target_modules_for(settings.target_modules, family)
+    targets = lora_targets(settings, family or QWEN2_VL)
+    modules_to_save = [*settings.modules_to_save, *full_modules]
     try:
         return LoraConfig(
             r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
             target_modules=targets, use_rslora=settings.use_rslora, use_dora=settings.use_dora,
-            modules_to_save=settings.modules_to_save or None, task_type="CAUSAL_LM",
+            modules_to_save=modules_to_save or None, task_type="CAUSAL_LM",
         )
     except (ValueError, TypeError) as exc:
         raise UserError(f"LoRA settings rejected by peft: {exc}") from None
@@ -66,10 +69,14 @@ def apply_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     from workbench.models.families import family_of
+    from workbench.training.parts import full_modules, upcast_full
 
-    config = lora_config(settings, family_of(model))
+    family = family_of(model)
+    config = lora_config(settings, family, full_modules(model, settings, family))
     check_rank(model, config)
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except ValueError as exc:
         raise UserError(f"lora.target_modules matched nothing usable in this model ({exc}): pick a preset or list module names that exist.") from None
+    upcast_full(model)
+    return model

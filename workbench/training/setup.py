@@ -125,6 +125,7 @@ def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
         per_device_eval_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_ratio if t.warmup_ratio < 1 else int(t.warmup_ratio),
         num_train_epochs=t.num_train_epochs,

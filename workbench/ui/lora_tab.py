@@ -24,7 +24,8 @@ import gradio as gr
 from workbench.errors import UserError
 from workbench.paths import configs_root
 from workbench.runs import headless_command
-from workbench.settings import DTYPES, QUANTIZATIONS, SCHEDULERS, STRATEGIES, TARGET_PRESETS, RunConfig
+from workbench.settings import (DTYPES, PART_MODES, PARTS, QUANTIZATIONS, RECIPES, SCHEDULERS, STRATEGIES,
+                                TARGET_PRESETS, RunConfig)
 from workbench.training.checks import check_run_config, config_from_raw
 
 CUSTOM = "custom list"
@@ -32,12 +33,15 @@ CHOICES = {("model", "dtype"): list(DTYPES), ("model", "quantization"): list(QUA
            ("training", "lr_scheduler_type"): list(SCHEDULERS),
            ("training", "strategy"): list(STRATEGIES),
            ("data", "format"): ["auto", "swift", "sharegpt", "messages"],
-           ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM]}
+           ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM],
+           # what trains: an empty value defers to the recipe (or, without one, to target_modules)
+           ("lora", "recipe"): [("as target_modules reach", ""), *RECIPES],
+           **{("lora", part): [("as the recipe says", ""), *PART_MODES] for part in PARTS}}
 LIST_FIELDS = {("lora", "modules_to_save")}
 JSON_FIELDS = {("model", "device_map")}
 SECTION_TITLES = {"model": "Model", "data": "Data", "lora": "LoRA", "training": "Training"}
 # What people change for most runs, in the order they decide it.
-ESSENTIAL = ["model.name_or_path", "data.train_path", "lora.rank", "training.learning_rate",
+ESSENTIAL = ["model.name_or_path", "data.train_path", "lora.rank", "lora.recipe", "training.learning_rate",
              "training.max_steps", "training.num_train_epochs", "data.max_length", "model.quantization",
              "training.strategy", "training.output_dir"]
 

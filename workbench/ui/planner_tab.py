@@ -17,7 +17,7 @@ import pandas as pd
 from workbench.errors import UserError
 from workbench.planner.report import GIB, TERM_LABELS, TERMS, map_ranges, terms_of, verdict
 from workbench.planner.request import STRATEGIES, request_defaults
-from workbench.settings import TARGET_PRESETS
+from workbench.settings import PART_MODES, PARTS, RECIPES, TARGET_PRESETS
 
 DTYPES = ["bf16", "fp16", "fp32"]
 FALLBACK_GPUS = "4x40GiB"
@@ -33,7 +33,11 @@ APPLIED = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("lo
            ("data", "max_pixels", "max_pixels"), ("data", "min_pixels", "min_pixels"),
            ("training", "gradient_checkpointing", "gradient_checkpointing"), ("model", "quantization", "quantization"),
            ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
-           ("data", "trained_tokens", "trained_tokens"))
+           ("data", "trained_tokens", "trained_tokens"),
+           *(("lora", name, name) for name in ("recipe", *PARTS)))
+# What trains, as the LoRA tab offers it: empty defers to the recipe (or, without one, to the targets).
+RECIPE_CHOICES = [("as the LoRA targets reach", ""), *RECIPES]
+PART_CHOICES = [("as the recipe says", ""), *PART_MODES]
 
 
 def default_gpu_spec() -> str:
@@ -53,7 +57,8 @@ def form_defaults(model: str) -> dict:
             "min_pixels": d["min_pixels"], "images": d["images_per_sample"],
             "checkpointing": d["gradient_checkpointing"], "strategy": d["strategy"], "nodes": d["nodes"],
             "intra": d["intra_node_gbps"], "inter": d["inter_node_gbps"], "quantization": d["quantization"],
-            "trained_tokens": d["trained_tokens"], "trained_only": d["loss_on_trained_tokens_only"]}
+            "trained_tokens": d["trained_tokens"], "trained_only": d["loss_on_trained_tokens_only"],
+            **{name: d[name] for name in ("recipe", *PARTS)}}
 
 
 def form_from_config(config: dict) -> tuple:
@@ -66,7 +71,7 @@ def form_from_config(config: dict) -> tuple:
     return (m["name_or_path"], dtype, l["rank"], targets, t["per_device_train_batch_size"], d["max_length"],
             d["max_pixels"], d["min_pixels"], t["gradient_checkpointing"], t.get("strategy", "device_map"),
             t.get("nodes", 1), m.get("quantization", "none"), d.get("trained_tokens", 0),
-            t.get("loss_on_trained_tokens_only", True))
+            t.get("loss_on_trained_tokens_only", True), *(l.get(name, "") for name in ("recipe", *PARTS)))
 
 
 def _int(name: str, value, minimum: int = 1) -> int:
@@ -87,7 +92,7 @@ def _gbps(name: str, value) -> float | None:
 
 def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
               strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
-              trained_only=True):
+              trained_only=True, recipe="", vision="", merger="", language=""):
     from workbench.planner.request import parse_targets
     from workbench.hardware import parse_gpu_spec
     from workbench.planner import PlanRequest, plan_memory
@@ -100,7 +105,8 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
         min_pixels=_int("Min pixels", min_pixels), images_per_sample=_int("Images per sample", images, 0),
         gradient_checkpointing=bool(checkpointing), quantization=str(quantization or "none"),
         trained_tokens=_int("Trained tokens per row", trained_tokens or 0, 0), loss_on_trained_tokens_only=bool(trained_only),
-        strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes),
+        strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes), recipe=recipe or "", vision=vision or "",
+        merger=merger or "", language=language or "",
         intra_node_gbps=_gbps("Intra-node GB/s", intra),
         **({"inter_node_gbps": inter_gbps} if inter_gbps is not None else {}))
     return plan_memory(request)
@@ -165,7 +171,8 @@ def plan_state(plan) -> dict:
                          "gradient_checkpointing": r.gradient_checkpointing, "nodes": r.nodes,
                          "gpus_per_node": len(r.gpus), "quantization": r.quantization,
                          "loss_on_trained_tokens_only": r.loss_on_trained_tokens_only,
-                         "trained_tokens": r.trained_tokens},
+                         "trained_tokens": r.trained_tokens,
+                         **{name: getattr(r, name) for name in ("recipe", *PARTS)}},
              "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
              "gradient_checkpointing": r.gradient_checkpointing}
     return select(state, plan.strategy)
@@ -181,12 +188,13 @@ def select(state: dict, name: str) -> dict:
 
 def on_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
             strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
-            trained_only=True):
+            trained_only=True, recipe="", vision="", merger="", language=""):
     """The Plan button: (verdict, strategy table, bars, per-GPU table, map table, auto comparison,
     suggestions, plan state)."""
     try:
         plan = make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images,
-                         checkpointing, strategy, nodes, intra, inter, quantization, trained_tokens, trained_only)
+                         checkpointing, strategy, nodes, intra, inter, quantization, trained_tokens, trained_only,
+                         recipe, vision, merger, language)
     except UserError as exc:
         empty = pd.DataFrame()
         # no empty frame for the chart: Gradio 6.31 would keep its axes categorical for good
@@ -287,6 +295,15 @@ def build(ctx) -> dict:
                                    elem_id="planner-trained-tokens")
         trained_only = gr.Checkbox(d["trained_only"], label="Loss on trained tokens only",
                                    info="Off: the model's own loss over every token.")
+    with gr.Row():
+        recipe = gr.Dropdown(RECIPE_CHOICES, value=d["recipe"], label="What to train",
+                             info="A recipe (lora.recipe); the parts below override it.", elem_id="planner-recipe")
+        parts = {name: gr.Dropdown(PART_CHOICES, value=d[name], label=label, elem_id=f"planner-{name}",
+                                   info=info)
+                 for name, label, info in (
+                     ("vision", "Vision tower", "Training it stores its activations; full: 16 B per parameter."),
+                     ("merger", "Merger", "full: 16 bytes per parameter (fp32 copy, gradient, AdamW)."),
+                     ("language", "Language model", "full: every weight again in fp32 state."))}
     with gr.Accordion("Links (the speed estimate only)", open=False):
         with gr.Row():
             intra = gr.Number(d["intra"], label="Intra-node GB/s", info="Empty: from the card (NVLink or PCIe); 20 for sizes.")
@@ -314,13 +331,14 @@ def build(ctx) -> dict:
     inputs = {"model": model, "gpus": gpus, "dtype": dtype, "rank": rank, "targets": targets, "batch": batch,
               "max_length": max_length, "max_pixels": max_pixels, "min_pixels": min_pixels, "images": images,
               "checkpointing": checkpointing, "strategy": strategy, "nodes": nodes, "intra": intra, "inter": inter,
-              "quantization": quantization, "trained_tokens": trained_tokens, "trained_only": trained_only}
+              "quantization": quantization, "trained_tokens": trained_tokens, "trained_only": trained_only,
+              "recipe": recipe, **parts}
     plan_button.click(on_plan, list(inputs.values()),
                       [verdict_md, strategies, chart, table, device_map, auto_md, suggestions, plan])
     strategies.select(_on_select_event, [plan], [strategies, chart, table, device_map, selected_md, plan])
     fill.click(form_from_config, [ctx.config],
                [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
-                quantization, trained_tokens, trained_only])
+                quantization, trained_tokens, trained_only, recipe, *parts.values()])
     applied = use.click(use_plan, [plan, ctx.config], [ctx.config, use_status])
     return {"plan": plan, "applied": applied, "inputs": inputs, "strategies": strategies, "chart": chart,
             "suggestions": suggestions}
