@@ -75,7 +75,8 @@ def test_checking_another_file_clears_the_row_panel(tmp_path, config, demo):
     assert check_events  # Check, upload, image folder, page load: each writes the row panel
     for event in check_events:
         assert [labels[i] for i in event["outputs"][-3:]] == [
-            "Row images (caption: where each came from)", "As the model sees it (trained tokens highlighted)", None]
+            "Row images (caption: where each came from)",
+                "As the model sees it (trained tokens highlighted, ↵ a trained newline)", None]
 
 
 def test_broken_file_lists_problems_and_unusable_file_warns(tmp_path, config):

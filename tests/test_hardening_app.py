@@ -54,7 +54,7 @@ def test_the_dataset_tab_still_shows_its_thumbnails(app_url, beside):
     _, data = beside
     client = Client(app_url + "/", verbose=False)
     result = client.predict(str(data), None, "auto", "", api_name="/check")
-    gallery = result[-1]
+    gallery = result[-4]  # the page's thumbnails; the row panel (cleared) follows
     assert len(gallery) == 3, gallery
     shown = gallery[0]["image"]
     url = shown.get("url") if isinstance(shown, dict) else None
