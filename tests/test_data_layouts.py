@@ -257,3 +257,18 @@ def test_each_layout_trains_two_steps_on_its_answers(layout, folder, demo, demo_
     assert job.run() == JobState.FINISHED, job.message
     losses = [json.loads(line).get("loss") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len([x for x in losses if x is not None]) == 2
+
+
+def test_the_format_a_check_detects_is_one_a_run_accepts(folder):
+    """"Use as training data" writes the detected format into data.format: every layout's name must
+    pass the settings' validation (an alpaca file was refused at Start when the settings kept their own
+    list of four formats)."""
+    from workbench.settings import DATA_FORMATS, RunConfig
+
+    detected = set()
+    for layout, (rows, _) in LAYOUTS.items():
+        report = check(write_jsonl(folder / f"fmt-{abs(hash(layout))}.jsonl", rows))
+        detected.add(report.format)
+        RunConfig().replace(data={"format": report.format}).validate()
+        assert check(folder / f"fmt-{abs(hash(layout))}.jsonl", format=report.format).valid == len(rows)
+    assert {"alpaca", "query-response", "cauldron", "sharegpt", "swift", "messages"} <= detected <= set(DATA_FORMATS)

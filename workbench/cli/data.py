@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from workbench.errors import UserError
+from workbench.settings import DATA_FORMATS
 
 DEFAULT_CHECK_MODEL = "qwen2-vl-7b-instruct"
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
     c.add_argument("--image-folder", default=None,
                    help="Folder that relative image paths start at. Default: the dataset file's own folder; set it "
                         "when the images live elsewhere.")
-    c.add_argument("--format", default="auto", choices=["auto", "swift", "sharegpt", "messages"],
+    c.add_argument("--format", default="auto", choices=DATA_FORMATS,
                    help="Dataset format (default: auto-detect from the first record). Set it when the guess is wrong.")
     c.add_argument("--max-length", type=int, default=None,
                    help="Report rows longer than this many tokens (text + visual) as problems. Default: only rows "

@@ -29,6 +29,7 @@ from workbench.data.problems import (  # noqa: F401  (the kinds are part of this
     BadImage, Problem, clip)
 from workbench.data.parsers import (  # noqa: F401  (parsers are part of this module's interface)
     RowError, loose_text, sample_from_messages, sample_from_sharegpt, sample_from_swift)
+from workbench.config_rules import DATA_FORMATS
 from workbench.data.layouts import ALPACA, CAULDRON, QUERY_RESPONSE, as_swift, layout_of
 from workbench.data.reading import read_bounded
 from workbench.data.refs import FILE, URL, kind_of, short
@@ -36,7 +37,7 @@ from workbench.data.sample import Sample
 from workbench.data.tables import is_table, read_table_records
 from workbench.errors import UserError
 
-FORMATS = ("auto", "swift", "sharegpt", "messages", QUERY_RESPONSE, ALPACA, CAULDRON)
+FORMATS = DATA_FORMATS  # the settings' list: auto plus every layout read below
 
 
 @dataclass
@@ -222,7 +223,7 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
     Relative image paths start at ``image_folder`` when given, else at the file's own folder."""
     path = Path(path).expanduser()
     if format not in FORMATS:
-        raise UserError(f"Dataset format '{format}' is unknown: use auto, swift, sharegpt or messages.")
+        raise UserError(f"Dataset format '{format}' is unknown: use one of {', '.join(FORMATS)}.")
     result = LoadResult()
     if path.name == "dataset_info.json" and path.is_file():  # LLaMA-Factory's, or the one save_to_disk writes
         path = path.parent if (path.parent / "state.json").is_file() else _single_entry_file(path)

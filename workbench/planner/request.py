@@ -116,9 +116,9 @@ class PlanRequest:
         settings = LoraSettings(target_modules=self.lora_targets, recipe=self.recipe, vision=self.vision,
                                 merger=self.merger, language=self.language)
         try:
-            from workbench.settings import _check_parts
+            from workbench.config_rules import check_parts
 
-            _check_parts(settings, 1e-4)
+            check_parts(settings, 1e-4)
         except UserError as exc:  # the settings' sentence, in the flags' names
             raise UserError(str(exc).replace("lora.", "--").replace("_lr", "-lr")) from None
         return settings

@@ -13,8 +13,9 @@ import html
 import gradio as gr
 
 from workbench.errors import UserError
+from workbench.settings import DATA_FORMATS
 
-FORMATS = ["auto", "swift", "sharegpt", "messages"]
+FORMATS = list(DATA_FORMATS)
 TABLE_HEADERS = ["row", "status", "images", "user", "assistant", "tokens"]
 
 

@@ -24,7 +24,7 @@ import gradio as gr
 from workbench.errors import UserError
 from workbench.paths import configs_root
 from workbench.runs import headless_command
-from workbench.settings import (DTYPES, PART_MODES, PARTS, QUANTIZATIONS, RECIPES, SCHEDULERS, STRATEGIES,
+from workbench.settings import (DATA_FORMATS, DTYPES, PART_MODES, PARTS, QUANTIZATIONS, RECIPES, SCHEDULERS, STRATEGIES,
                                 TARGET_PRESETS, RunConfig)
 from workbench.training.checks import check_run_config, config_from_raw
 
@@ -32,7 +32,7 @@ CUSTOM = "custom list"
 CHOICES = {("model", "dtype"): list(DTYPES), ("model", "quantization"): list(QUANTIZATIONS),
            ("training", "lr_scheduler_type"): list(SCHEDULERS),
            ("training", "strategy"): list(STRATEGIES),
-           ("data", "format"): ["auto", "swift", "sharegpt", "messages"],
+           ("data", "format"): list(DATA_FORMATS),
            ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM],
            # what trains: an empty value defers to the recipe (or, without one, to target_modules)
            ("lora", "recipe"): [("as target_modules reach", ""), *RECIPES],
