@@ -15,6 +15,14 @@ def is_skip(value):
     return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
 
 
+def test_start_says_which_parts_train_at_which_rate(demo_config):
+    merger_full = demo_config.replace(lora={"recipe": "merger-full", "merger_lr": 0.01}, training={"learning_rate": 2e-4})
+    assert training_tab.parts_note(merger_full) == "Trains: merger full at 0.01; language model LoRA at 0.0002."
+    vision_only = demo_config.replace(lora={"recipe": "merger-only", "vision": "lora", "vision_lr": 1e-5})
+    assert training_tab.parts_note(vision_only) == "Trains: vision tower LoRA at 1e-05; merger full at " \
+        f"{demo_config.training.learning_rate:g}."
+
+
 def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path):
     from workbench.session import Workbench
 
@@ -22,7 +30,11 @@ def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path)
     config = demo_config.replace(training={"max_steps": 300, "per_device_train_batch_size": 1,
                                            "gradient_accumulation_steps": 1, "logging_steps": 1,
                                            "output_dir": str(tmp_path / "run")}).to_dict()
-    assert training_tab.start(session, config).startswith("Started")
+    started = training_tab.start(session, config)
+    assert started.startswith("Started")
+    # the demo's target_modules (language-and-merger) reach the merger and the language model with LoRA
+    lr = f"{demo_config.training.learning_rate:g}"
+    assert f"Trains: merger LoRA at {lr}; language model LoRA at {lr}." in started
     job = session.job
     try:
         refused = training_tab.start(session, {**config, "training": {**config["training"], "output_dir": str(tmp_path / "b")}})

@@ -38,7 +38,19 @@ def start(session, config: dict) -> str:
     how = f" {processes} processes ({job.config.training.strategy.upper()}, accelerate launch)" if processes > 1 else ""
     skipping = (" Problem rows are skipped: the status below says how many, before the model loads."
                 if job.config.data.skip_problem_rows else "")
-    return f"Started{how}: run folder `{job.output_dir}`.{_plain(batch_note(job.config))}{skipping}"
+    return (f"Started{how}: run folder `{job.output_dir}`.{_plain(batch_note(job.config))} "
+            f"{parts_note(job.config)}{skipping}")
+
+
+def parts_note(cfg) -> str:
+    """Which parts train, how, at which rate: said at Start because a short run ends (and clears
+    this line) before a person finds the log's count of trainable parameters."""
+    from workbench.training.parts import LABELS, rates
+
+    part_rates = rates(cfg.lora, cfg.training.learning_rate)
+    said = [f"{LABELS[part]} {'LoRA' if mode == 'lora' else mode} at {part_rates[part]:g}"
+            for part, mode in cfg.lora.parts().items() if mode != "frozen"]
+    return f"Trains: {'; '.join(said) or 'nothing'}."
 
 
 SKIP_LABEL = "Train on the valid rows only (skip {} problem rows)"
