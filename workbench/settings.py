@@ -46,13 +46,13 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    train_path: str = _f("", "Training dataset file (ms-swift, sharegpt or HF messages; JSON or "
-                         "JSONL). Empty with the demo model: the demo's training rows.")
+    train_path: str = _f("", "Training dataset: a JSON/JSONL file, a Parquet or Arrow file or a datasets folder, "
+                         "in any layout of docs/data-formats.md. Empty with the demo model: the demo's rows.")
     eval_path: str = _f("", "Held-out dataset file for eval loss. Empty: none (or eval_split).")
     image_folder: str = _f("", "Folder that relative image paths start at, for both files. Empty: each "
                            "dataset file's own folder. Set it when the images live apart from the file.")
-    format: str = _f("auto", "Dataset format: auto, swift, sharegpt or messages. Set it when "
-                     "auto-detection guesses wrong.")
+    format: str = _f("auto", "Dataset layout: auto (read from the rows' keys), swift, sharegpt, messages, "
+                     "query-response, alpaca or cauldron. Set it when auto-detection guesses wrong.")
     eval_split: float = _f(0.0, "Share of training rows held out for eval loss when no eval file "
                            "is given (0 to 0.5). Raise it to watch for overfitting.")
     max_length: int = _f(2048, "Longest row in tokens (text + visual). Longer rows are refused by "
