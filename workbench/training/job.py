@@ -234,9 +234,10 @@ class TrainingJob:
                 self._say(JobState.FAILED, "The run ended without a result; details are in the log.")
             del trainer, model
             _release_memory()
+            ours = self._holds_folder()  # a folder another process took over is never cleaned from here
             if self._lock is not None:
                 self._lock.release()
-            if self._discard_on_failure and self.state == JobState.FAILED and not self._trained:
+            if self._discard_on_failure and self.state == JobState.FAILED and not self._trained and ours:
                 self._discard_folder()
         return self.state
 
