@@ -119,10 +119,7 @@ class DeviceLoad:
             patches = step.patches(s.merge_size)
             deepstack = terms.deepstack_bytes(step.visual_tokens, s.hidden, s.deepstack_levels, step.act_bytes)
             if layout.vision_trained:
-                activation += deepstack + terms.vision_trained_bytes(
-                    patches, s.vision_embed, s.vision_mlp, s.vision_depth, list(self.vision_lora_inputs),
-                    step.lora_rank, step.gradient_checkpointing, step.device_kind, step.lora_dropout, step.act_bytes,
-                    s.vision_mlp_saved)
+                activation += deepstack + vision_saved_bytes(layout, step)
             else:
                 # A frozen tower runs before anything else of the step is alive: it only
                 # raises this device's peak where its working set exceeds the rest.
@@ -135,6 +132,26 @@ class DeviceLoad:
         return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
                 "logits_bytes": logits, "dequant_bytes": dequant, "overhead_bytes": overhead,
                 "total_bytes": self.weights + lora + activation + logits + dequant + overhead}
+
+
+def vision_saved_bytes(layout: Layout, step: Step) -> int:
+    """What the vision side keeps for backward: the tower's blocks once the tower trains (a merger trained
+    alone is fed by a tower that needs no gradient), and each merger once either trains."""
+    s = layout.shape
+    if not layout.vision_trained or not step.images_per_sample:
+        return 0
+    saved = 0
+    if layout.tower_trained:
+        block = next(u for u in layout.units if u.kind == "vision_block")
+        saved += terms.vision_trained_bytes(
+            step.patches(s.merge_size), s.vision_embed, s.vision_mlp, s.vision_depth, list(block.lora_inputs),
+            step.lora_rank, step.gradient_checkpointing, step.device_kind, step.lora_dropout, step.act_bytes,
+            s.vision_mlp_saved)
+    for merger in (u for u in layout.units if u.kind == "merger"):
+        saved += terms.merger_saved_bytes(step.visual_tokens, s.vision_embed * s.merge_size**2,
+                                          list(merger.lora_inputs), step.lora_rank, step.device_kind,
+                                          step.lora_dropout, step.act_bytes, layout.tower_trained)
+    return saved
 
 
 def device_of(device_map: dict, name: str):

@@ -86,6 +86,12 @@ class Layout:
     def vision_trained(self) -> bool:
         return any(u.lora_params for u in self.units if u.kind.startswith("vision") or u.kind == "merger")
 
+    @property
+    def tower_trained(self) -> bool:
+        """Does the tower itself (patch embedding, blocks) train? Only then do its blocks keep activations:
+        a trained merger alone is fed by a tower whose output needs no gradient."""
+        return any(u.lora_params for u in self.units if u.kind.startswith("vision"))
+
 
 def shape_of(config) -> Shape:
     from workbench.models.families import family_of

@@ -167,6 +167,20 @@ def vision_trained_bytes(patches: int, embed_dim: int, mlp_dim: int, depth: int,
     return depth * block
 
 
+def merger_saved_bytes(visual_tokens: int, width: int, lora_inputs: list[int], rank: int, device_kind: str = "cuda",
+                       dropout: bool = True, act_bytes: int = 2, input_needs_grad: bool = True) -> int:
+    """A merger on a trained vision side keeps, per visual token (W = E x merge^2 patches' features):
+    T_v x (a W                          the activation's input between its two linears
+           + sum over LoRA linears of (4 + m) d_in + 4 r)   as in the blocks
+    less the first linear's dropout mask (m d_in) when its input needs no gradient (a frozen tower).
+    """
+    mask = DROPOUT_MASK_BYTES[device_kind] if dropout else 0
+    saved = act_bytes * width + sum((4 + mask) * d + 4 * rank for d in lora_inputs)
+    if lora_inputs and not input_needs_grad:
+        saved -= mask * lora_inputs[0]
+    return visual_tokens * saved
+
+
 def deepstack_bytes(visual_tokens: int, hidden: int, levels: int, act_bytes: int = 2) -> int:
     """Qwen3-VL's deepstack: the features of ``levels`` vision blocks, each merged to one hidden-wide
     vector per visual token, are kept from the tower's forward until decoder layers 0..levels-1
