@@ -35,7 +35,7 @@ CHOICES = {("model", "dtype"): list(DTYPES), ("model", "quantization"): list(QUA
            ("data", "format"): list(DATA_FORMATS),
            ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM],
            # what trains: an empty value defers to the recipe (or, without one, to target_modules)
-           ("lora", "recipe"): [("as target_modules reach", ""), *RECIPES],
+           ("lora", "recipe"): [("by targets", ""), *RECIPES],  # empty: target_modules decide
            **{("lora", part): [("as the recipe says", ""), *PART_MODES] for part in PARTS}}
 LIST_FIELDS = {("lora", "modules_to_save")}
 JSON_FIELDS = {("model", "device_map")}
