@@ -141,13 +141,24 @@ def vision_saved_bytes(layout: Layout, step: Step) -> int:
     if not layout.vision_trained or not step.images_per_sample:
         return 0
     saved = 0
-    if layout.tower_trained:
+    tower = [u for u in layout.units if u.kind.startswith("vision")]
+    if any(u.full for u in tower):
+        # a fully trained tower: fp32 weights under autocast keep their inputs and bf16 copies
+        saved += terms.full_vision_saved_bytes(
+            step.patches(s.merge_size), s.vision_embed, s.vision_mlp, s.vision_heads, s.vision_depth, s.patch_values,
+            sum(u.lora_params for u in tower), step.gradient_checkpointing, step.device_kind, step.act_bytes,
+            s.vision_mlp_saved)
+    elif layout.tower_trained:
         block = next(u for u in layout.units if u.kind == "vision_block")
         saved += terms.vision_trained_bytes(
             step.patches(s.merge_size), s.vision_embed, s.vision_mlp, s.vision_depth, list(block.lora_inputs),
             step.lora_rank, step.gradient_checkpointing, step.device_kind, step.lora_dropout, step.act_bytes,
             s.vision_mlp_saved)
     for merger in (u for u in layout.units if u.kind == "merger"):
+        if merger.full:
+            saved += terms.full_merger_saved_bytes(step.visual_tokens, s.vision_embed * s.merge_size**2, s.merge_size,
+                                                   merger.lora_params, step.device_kind, step.act_bytes)
+            continue
         saved += terms.merger_saved_bytes(step.visual_tokens, s.vision_embed * s.merge_size**2,
                                           list(merger.lora_inputs), step.lora_rank, step.device_kind,
                                           step.lora_dropout, step.act_bytes, layout.tower_trained)

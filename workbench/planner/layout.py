@@ -29,6 +29,7 @@ class Unit:
     lora_inputs: tuple[int, ...]    # input widths of the LoRA linears inside
     numel: int = 0                  # parameters (elements) of its weights: the FLOPs of a pass are 2 x this per token
     dequant_numel: int = 0          # its largest quantised weight (elements): dequantised per matmul
+    full: bool = False              # every weight trains (its part is trained in full)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Shape:
     deepstack_levels: int = 0        # vision features added to the first decoder layers (Qwen3-VL)
     qk_norm: bool = False
     pixels_per_token: int = 28       # side of the pixel square one visual token covers
+    vision_heads: int = 16
 
     @property
     def q_dim(self) -> int:
@@ -109,7 +111,7 @@ def shape_of(config) -> Shape:
         vision_mlp_activations=family.vision.mlp_activations, vision_mlp_saved=family.vision.mlp_saved,
         window_patches=family.vision.window_patches, full_attention_blocks=family.full_attention_blocks(vision),
         deepstack_levels=family.deepstack_levels(vision), qk_norm=family.qk_norm,
-        pixels_per_token=family.pixels_per_token,
+        pixels_per_token=family.pixels_per_token, vision_heads=vision.num_heads,
     )
 
 
@@ -210,7 +212,8 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str,
     units = tuple(
         Unit(name, kind, by_unit.get(name, 0), sum(p for p, _ in lora_units.get(name, []))
              + (numel_by_unit.get(name, 0) if PART_OF_KIND.get(kind) in full else 0),
-             tuple(d for _, d in lora_units.get(name, [])), numel_by_unit.get(name, 0), dequant_by_unit.get(name, 0))
+             tuple(d for _, d in lora_units.get(name, [])), numel_by_unit.get(name, 0), dequant_by_unit.get(name, 0),
+             PART_OF_KIND.get(kind) in full)
         for name, kind in specs
     )
     return Layout(units=units, shape=shape_of(config), tied=bool(config.tie_word_embeddings),

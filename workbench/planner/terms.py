@@ -181,6 +181,48 @@ def merger_saved_bytes(visual_tokens: int, width: int, lora_inputs: list[int], r
     return visual_tokens * saved
 
 
+# Bytes per element of the input a norm keeps in a fully trained part run under autocast: CUDA
+# autocast runs layer_norm in fp32 (an fp32 copy of its input), CPU's keeps the bf16 input.
+AUTOCAST_NORM_INPUT_BYTES = {"cuda": 4, "cpu": 2}
+
+
+def full_vision_saved_bytes(patches: int, embed_dim: int, mlp_dim: int, heads: int, depth: int, patch_values: int,
+                            weight_params: int, gradient_checkpointing: bool, device_kind: str = "cuda",
+                            act_bytes: int = 2, mlp_saved: int = 3) -> int:
+    """A fully trained tower (fp32 weights under bf16 autocast, as Trainer runs a bf16 base) keeps:
+
+    a x N                              the autocast copy of every trained weight (N parameters): cached for
+                                       the whole forward, kept for backward by each linear and the patch conv
+    + a x P x patch_values             the patch conv's input, cast
+    + P x 2 x head_dim x 4             the rotary cos and sin (fp32), shared by the blocks
+    + per block P x [2 (n E + 8)       two norms: input (n bytes, AUTOCAST_NORM_INPUT_BYTES) + mean, rstd
+                     + a 2E            the inputs of qkv and fc1 (the norms' outputs)
+                     + a 6E + 4 n_h    attention: qkv's output (v), rotated q and k, output; fp32 logsumexp
+                     + a E             proj's input
+                     + a s mlp]        the MLP-wide tensors, fc2's input among them (s as for LoRA)
+    with checkpointing depth x P x E x a boundaries plus one block's set instead of depth blocks'.
+    """
+    norm = AUTOCAST_NORM_INPUT_BYTES[device_kind] if act_bytes == 2 else act_bytes
+    block = patches * (2 * (norm * embed_dim + 8) + act_bytes * (9 * embed_dim + mlp_saved * mlp_dim) + 4 * heads)
+    blocks = depth * patches * embed_dim * act_bytes + block if gradient_checkpointing else depth * block
+    rotary = patches * 2 * (embed_dim // heads) * 4
+    return act_bytes * weight_params + act_bytes * patches * patch_values + rotary + blocks
+
+
+def full_merger_saved_bytes(visual_tokens: int, width: int, merge_size: int, weight_params: int,
+                            device_kind: str = "cuda", act_bytes: int = 2, mlp_saved: int = 2) -> int:
+    """A fully trained merger under autocast keeps, per visual token (W = E x merge^2 patches' features):
+
+    T_v x (n W + 8 merge^2             its norm, over each patch: input (n bytes, as in the blocks) + mean, rstd
+           + a W                       the first linear's input
+           + a s W)                    the activation's input and output (s = 2: the second linear's input)
+    + a x N                            the autocast copy of its N trained parameters
+    """
+    norm = AUTOCAST_NORM_INPUT_BYTES[device_kind] if act_bytes == 2 else act_bytes
+    per_token = norm * width + 8 * merge_size**2 + act_bytes * (1 + mlp_saved) * width
+    return visual_tokens * per_token + act_bytes * weight_params
+
+
 def deepstack_bytes(visual_tokens: int, hidden: int, levels: int, act_bytes: int = 2) -> int:
     """Qwen3-VL's deepstack: the features of ``levels`` vision blocks, each merged to one hidden-wide
     vector per visual token, are kept from the tower's forward until decoder layers 0..levels-1
