@@ -80,19 +80,24 @@ def step_flops(layout: Layout, step: Step) -> float:
     and with gradient checkpointing the recomputed forward: 3 (2 without checkpointing).
     Vision tower: 2 x its parameters per patch, plus its attention (``terms.vision_attention_flops``:
     the whole image in full-attention blocks, a window in Qwen2.5-VL's windowed ones), forward
-    only when frozen (3 passes with LoRA). The language model's attention scores (2 x T x q per
-    layer and token) are left out: under 5% at 2048 tokens.
+    only when frozen (3 passes with LoRA): the tower's passes follow the tower's training, the
+    merger's its own or the tower's. The language model's attention scores (2 x T x q per layer
+    and token) are left out: under 5% at 2048 tokens.
     """
     s = layout.shape
     language = sum(u.numel for u in layout.units if u.kind == "layer") + s.vocab * s.hidden
-    vision = sum(u.numel for u in layout.units if u.kind in ("vision_in", "vision_block", "merger"))
+    tower = sum(u.numel for u in layout.units if u.kind in ("vision_in", "vision_block"))
+    merger = sum(u.numel for u in layout.units if u.kind == "merger")
     passes = 3 if step.gradient_checkpointing else 2
-    vision_passes = passes if layout.vision_trained else 1
+    # a trained merger alone back-propagates through itself only: the tower's output needs no gradient
+    tower_passes = passes if layout.tower_trained else 1
+    merger_passes = passes if layout.vision_trained else 1
     patches = step.patches(s.merge_size) if step.images_per_sample else 0
     per_image = step.visual_tokens_per_image * s.merge_size**2
     attention = terms.vision_attention_flops(patches, per_image, s.vision_embed, s.vision_depth,
                                              s.full_attention_blocks, s.window_patches) if patches else 0
-    return 2.0 * language * step.tokens * passes + (2.0 * vision * patches + attention) * vision_passes
+    return (2.0 * language * step.tokens * passes + (2.0 * tower * patches + attention) * tower_passes
+            + 2.0 * merger * patches * merger_passes)
 
 
 def comm_bytes(name: str, layout: Layout, world_size: int) -> float:
@@ -104,7 +109,7 @@ def comm_bytes(name: str, layout: Layout, world_size: int) -> float:
     if name == "ddp":
         return 2 * share * lora_grads
     regathered = sum(u.weight_bytes for u in layout.units if u.kind in ("layer", "embed"))
-    if layout.vision_trained:
+    if layout.tower_trained:
         regathered += sum(u.weight_bytes for u in layout.units if u.kind == "vision_block")
     return share * (layout.weight_bytes + regathered + lora_grads)
 
