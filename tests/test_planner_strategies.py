@@ -104,7 +104,7 @@ def test_step_flops_by_hand(tiny):
                                                 + 4 * 64 * 32 * (2 * 64))
 
 
-def test_a_trained_merger_alone_adds_only_its_own_backward_passes(tiny):
+def test_a_trained_merger_alone_adds_only_its_own_backward_passes():
     """Before: a trained merger ran the whole tower three times (7B, one 1003520-pixel image: 120.5
     TFLOP a step, now 99.0)."""
     from workbench.planner.request import layout_for, step_for
