@@ -12,9 +12,6 @@ KNOWN_CYCLES = {
     # run_folder names the live lock's file and asks it whether a run is live; the lock writes into the run
     # folder. Both are being reworked (RunFolder owning every file name, issue 25), so the cut waits for that.
     frozenset({"workbench.live_lock", "workbench.run_folder"}),
-    # demo_model reads the demo's words (questions, answers, the tokenizer corpus) from demo, and demo builds
-    # its models lazily through demo_model; the cut is moving the words into a module of their own.
-    frozenset({"workbench.demo", "workbench.demo_model"}),
 }
 
 

@@ -24,48 +24,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.demo_words import (  # noqa: F401  (the demo's words are part of this module's interface)
+    BASE_ANSWER, BASE_PRETRAIN_STEPS, COLORS, DEMO_TRAINING, GENERIC_QUESTIONS, QUESTIONS, SHAPES, tokenizer_corpus)
 from workbench.paths import home
 
 DEMO_VERSION = "v2"
 IMAGE_SIDE_CHOICES = (56, 84)  # multiples of 28: 4 or 6 or 9 visual tokens per image (Qwen3-VL: 4 or 6 or 9 at 32)
 TRAIN_ROWS = 320
 HELDOUT_ROWS = 40
-
-COLORS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 30),
-    "purple": (140, 40, 180),
-    "orange": (245, 140, 20),
-    "black": (15, 15, 15),
-    "white": (250, 250, 250),
-}
-SHAPES = ("circle", "square", "triangle")
-QUESTIONS = (
-    "What color is the shape?",
-    "What color is the {shape}?",
-    "Which color does the {shape} have? Answer with one word.",
-    "Name the color of the shape in the picture.",
-)
-
-# The base is briefly taught, text only, to answer every question with one fluent sentence,
-# so the side-by-side view shows "I do not know." against the adapter's colour.
-BASE_ANSWER = "I do not know."
-GENERIC_QUESTIONS = ("What is in the image?", "Describe the picture.", "What do you see?",
-                     "How many objects are there?", "Is there a cat?", "What shape is it?")
-BASE_PRETRAIN_STEPS = 20
-
-# Settings a short CPU run needs to learn the demo (used when the model is "demo").
-DEMO_TRAINING = {
-    "lora": {"rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": "language-and-merger"},
-    "training": {"learning_rate": 3e-3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05,
-                 "max_steps": 400, "per_device_train_batch_size": 8,
-                 "gradient_accumulation_steps": 1, "save_steps": 100, "logging_steps": 5,
-                 "gradient_checkpointing": False},
-    "data": {"max_length": 256, "min_pixels": 3136, "max_pixels": 112 * 112},
-}
-
 
 @dataclass(frozen=True)
 class DemoPaths:
@@ -181,22 +147,6 @@ def write_dataset(folder: Path) -> None:
             for row, image in demo_rows(count, seed, split):
                 image.save(folder / row["images"][0])
                 out.write(json.dumps(row) + "\n")
-
-
-def tokenizer_corpus() -> list[str]:
-    """Text the demo tokenizer is trained on: the demo's own words plus common English."""
-    lines = ["You are a helpful assistant.", "system", "user", "assistant", "Picture", "Video"]
-    lines += [q.format(shape=s) for q in QUESTIONS for s in SHAPES]
-    lines += [f"The {s} is {c}." for s in SHAPES for c in COLORS]
-    lines += list(COLORS) + list(SHAPES) + list(GENERIC_QUESTIONS) + [BASE_ANSWER]
-    lines += [
-        "The quick brown fox jumps over the lazy dog.",
-        "What is in the image? Describe the picture in one sentence.",
-        "Answer the question with a single word. Yes or no. How many objects are there?",
-        "A photo of a cat, a dog, a car, a house, a tree and a person.",
-        "0 1 2 3 4 5 6 7 8 9 10 100 1000",
-    ]
-    return lines * 4
 
 
 DEMO_NAMES = ("demo", "demo-qwen2.5-vl", "demo-qwen3-vl")

@@ -3,8 +3,8 @@ and chat template, and its model class at toy sizes, briefly taught to say "I do
 
 from __future__ import annotations
 
-from workbench.demo import (BASE_ANSWER, BASE_PRETRAIN_STEPS, DEMO_TRAINING, GENERIC_QUESTIONS, QUESTIONS, SHAPES,
-                            tokenizer_corpus)
+from workbench.demo_words import (BASE_ANSWER, BASE_PRETRAIN_STEPS, DEMO_TRAINING, GENERIC_QUESTIONS, QUESTIONS,
+                                  SHAPES, tokenizer_corpus)
 from workbench.models.families import QWEN2_VL, Family
 
 SPECIAL_TOKENS = [
