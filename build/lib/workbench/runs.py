@@ -1,0 +1,98 @@
+"""The workbench's runs, newest first, for the Training and Inference tabs and the CLI.
+
+Each run is read through ``RunFolder`` (its files only), so the listing is cheap enough to
+refresh on every tab visit, and a run trained by another process shows up the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workbench.errors import UserError
+from workbench.paths import runs_root
+from workbench.live_lock import live_runs
+from workbench.run_folder import RunFolder
+
+
+@dataclass
+class RunInfo:
+    path: str
+    name: str
+    state: str  # training | finished | stopped | failed | interrupted | empty
+    base: str  # the base model from run.yaml ("" when unknown)
+    step: int  # last logged step
+    max_steps: int
+    final_loss: float | None
+    adapter_dir: str | None  # the folder to load: the run's final adapter, else its newest complete checkpoint
+    resumable: bool  # stopped early with a complete checkpoint to continue from
+    message: str  # how it ended, in the job's words ("" when it never said)
+    modified: float
+
+    def label(self) -> str:
+        loss = f"loss {self.final_loss:.3f}" if self.final_loss is not None else "no loss yet"
+        steps = f"step {self.step}/{self.max_steps}" if self.max_steps > 0 else f"step {self.step}"
+        return f"{self.name} · {self.state} · {steps} · {loss}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_info(folder: str | Path) -> RunInfo:
+    """What one run folder (or a bare adapter folder) holds."""
+    run = RunFolder(folder)
+    if run.path.is_file():
+        raise UserError(f"{run.path} is a file: pass the folder that holds adapter_config.json (a run or checkpoint folder).")
+    if not run.exists():
+        raise UserError(f"Run folder {run.path} does not exist: pick a run from the list or paste an adapter folder.")
+    base, max_steps = run.config_summary()
+    step, loss = 0, None
+    for row in run.metrics():
+        step = int(row.get("step") or step)
+        if isinstance(row.get("loss"), (int, float)):
+            loss = float(row["loss"])
+    status = run.status()
+    max_steps = int(status.get("max_steps") or 0) or max_steps
+    adapter = run.adapter_dir()
+    return RunInfo(path=str(run.path), name=run.name, state=run.state(), base=base, step=step,
+                   max_steps=max_steps, final_loss=loss, adapter_dir=str(adapter) if adapter else None,
+                   resumable=run.resumable(), message=str(status.get("message") or ""),
+                   modified=run.path.stat().st_mtime)
+
+
+def list_runs(root: str | Path | None = None, extra: list[str | Path] = ()) -> list[RunInfo]:
+    """Runs under the workbench's runs folder, live runs anywhere, and ``extra`` folders, newest first.
+
+    Folders that hold neither a run.yaml nor an adapter are skipped.
+    """
+    root = Path(root) if root else runs_root()
+    folders = [RunFolder(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    folders += live_runs() + [RunFolder(p) for p in extra if Path(p).expanduser().is_dir()]
+    seen, runs = set(), []
+    for folder in folders:
+        if folder in seen or not folder.is_run():
+            continue
+        seen.add(folder)
+        runs.append(run_info(folder.path))
+    return sorted(runs, key=lambda r: r.modified, reverse=True)
+
+
+def usable_adapter(folder: str | Path) -> str:
+    """The adapter folder to load for a run folder or an adapter folder; a clear error when there is none."""
+    info = run_info(folder)
+    if info.state == "training":
+        raise UserError(f"Run {info.name} is still training: wait for it to finish or stop it on the Training tab.")
+    if info.adapter_dir is None:
+        raise UserError(f"{folder} holds no adapter (no adapter_config.json, no complete checkpoint): "
+                        "pick a finished run or a checkpoint folder.")
+    return info.adapter_dir
+
+
+def headless_command(config_path: str = "run.yaml", output_dir: str = "", resume: bool = False) -> str:
+    """The shell command that runs a saved config without the app (shown by the LoRA tab)."""
+    import shlex
+
+    parts = ["python", "-m", "workbench", "train", shlex.quote(str(config_path))]
+    if resume and output_dir:
+        parts += ["--output-dir", shlex.quote(str(output_dir)), "--resume"]
+    return " ".join(parts)

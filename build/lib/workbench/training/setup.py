@@ -1,0 +1,155 @@
+"""What a run needs before the model loads: validated data, the processor, Trainer arguments."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.errors import UserError
+from workbench.settings import RunConfig
+
+
+def dataset_paths(config: RunConfig) -> tuple[str, str]:
+    """Train and eval files; the demo model without a dataset uses the demo's rows."""
+    from workbench.demo import ensure_demo, is_demo
+
+    train, evaluation = config.data.train_path, config.data.eval_path
+    if not train:
+        if not is_demo(config.model.name_or_path):
+            raise UserError("data.train_path is empty: pass --dataset PATH (a .jsonl or .json file).")
+        train = str(ensure_demo(name=config.model.name_or_path).train)
+    return train, evaluation
+
+
+FIX_BY_SKIPPING = ("or train on the valid rows only: pass --skip-problem-rows (data.skip_problem_rows: true) or "
+                   "tick 'Train on the valid rows only' on the Training tab")
+
+
+@dataclass
+class Skipped:
+    """The rows of one dataset file a run leaves out (data.skip_problem_rows)."""
+
+    path: str
+    rows: int  # every record of the file, the skipped ones included
+    problems: list  # workbench.data.problems.Problem, sorted by row
+
+    def sentence(self) -> str:
+        first = self.problems[0]
+        return (f"skipping {len(self.problems)} of {self.rows} rows with problems in {Path(self.path).name} "
+                f"(first: row {first.row}: {first.reason})")
+
+    def records(self) -> list[dict]:
+        return [{"file": self.path, "row": p.row, "kind": p.kind, "reason": p.reason} for p in self.problems]
+
+
+def load_valid_samples(path: str, config: RunConfig, tokenizer) -> tuple[list, Skipped | None]:
+    """(the rows training uses, the rows it leaves out or None), checked before any weights load,
+    so a broken row fails now, not at step 5000.
+
+    The same check as the Dataset tab and ``data check`` (image headers, visual tokens,
+    exact lengths near max_length): seconds for 100k rows, where encoding every image
+    through the processor up front would take as long as an epoch of preprocessing. Under a
+    launch every rank runs it on the same file, so every rank leaves out the same rows
+    (``TrainingJob`` checks that they agree)."""
+    from workbench.data.stats import model_context
+    from workbench.data.downloads import Downloads
+    from workbench.data.images import ImageHeaders
+    from workbench.data.validation import check_dataset
+
+    d, model = config.data, config.model.name_or_path
+    report = check_dataset(path, d.format, d.max_length, d.min_pixels, d.max_pixels, tokenizer=tokenizer,
+                           image_folder=d.image_folder or None, context=model_context(model), model=model,
+                           headers=ImageHeaders(downloads=Downloads(allow_private=d.allow_private_urls)))
+    first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
+    if report.problems and not report.samples:
+        raise UserError(f"Every row of {path} is a problem row ({len(report.problems)} of {report.rows}: {first}), so "
+                        f"there is nothing to train on: fix them (see `python -m workbench data check {path}`).")
+    if not report.samples:
+        raise UserError(f"{path} has no usable rows.")
+    if not report.problems:
+        return report.samples, None
+    if not d.skip_problem_rows:
+        raise UserError(f"{path} has {len(report.problems)} problem row(s) ({first}). Fix them (see "
+                        f"`python -m workbench data check {path}`) and start again, {FIX_BY_SKIPPING}.")
+    return report.samples, Skipped(str(path), report.rows, report.problems)
+
+
+def build_datasets(config: RunConfig, model_path: str, skipped: list | None = None):
+    """(train set, eval set or None, processor) for the model in the local folder ``model_path``.
+
+    With data.skip_problem_rows, each file's left-out rows are appended to ``skipped`` (``Skipped``)."""
+    from workbench.data.collate import SampleDataset, SampleEncoder
+    from workbench.training.loading import load_processor
+
+    processor = load_processor(model_path)
+    d = config.data
+    encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels)
+    train_path, eval_path = dataset_paths(config)
+    skipped = [] if skipped is None else skipped
+    train, left_out = load_valid_samples(train_path, config, processor.tokenizer)
+    skipped += [left_out] if left_out else []
+    evaluation = None
+    if eval_path:
+        evaluation, left_out = load_valid_samples(eval_path, config, processor.tokenizer)
+        skipped += [left_out] if left_out else []
+    if evaluation is None and d.eval_split > 0:
+        shuffled = train[:]
+        random.Random(config.training.seed).shuffle(shuffled)
+        cut = max(1, int(len(shuffled) * d.eval_split))
+        evaluation, train = shuffled[:cut], shuffled[cut:]
+    eval_set = SampleDataset(evaluation, encoder) if evaluation else None
+    return SampleDataset(train, encoder), eval_set, processor
+
+
+def row_fingerprint(*datasets) -> int:
+    """A number that differs when the rows of ``datasets`` (SampleDataset or None) differ: ranks compare it."""
+    rows = [[sample.row for sample in dataset.samples] if dataset is not None else None for dataset in datasets]
+    return zlib.crc32(json.dumps(rows).encode()) & 0x7FFFFFFF
+
+
+def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
+    import torch
+    from transformers import TrainingArguments
+
+    from workbench.training.loading import pick_dtype
+
+    t = config.training
+    dtype = pick_dtype(config.model.dtype)
+    evaluate = has_eval and t.eval_steps > 0
+    arguments = dict(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio if t.warmup_ratio < 1 else int(t.warmup_ratio),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps or 500,
+        # rotation happens in WorkbenchCallback.on_save, after the new checkpoint is marked
+        # complete: Trainer rotates before on_save, which can leave no complete checkpoint
+        save_total_limit=None,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_steps if evaluate else None,
+        seed=t.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not torch.cuda.is_available(),
+        # Trainer's own activation checkpointing stays off: apply_lora switches it on with
+        # use_reentrant=False and input grads, which frozen embeddings under LoRA need
+        include_num_input_tokens_seen="non_padding",  # honest tokens/s: padding excluded
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        # installs a SIGTERM handler, which fails outside the main thread
+        enable_jit_checkpoint=False,
+    )
+    return TrainingArguments(**{**arguments, **overrides})  # a placement's own arguments win
