@@ -122,6 +122,21 @@ def validate(config) -> None:
         if getattr(t, name) < 0:
             raise UserError(f"training.{name} {getattr(t, name)} is negative: use 0 or a positive number.")
     _check_ranges(config)
+    _check_choices(config)
+
+
+def _check_choices(config) -> None:
+    """Every field whose metadata lists its allowed values (``choices``) holds one of them: a new field
+    with choices is checked without a line here."""
+    import dataclasses
+
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for f in dataclasses.fields(values):
+            choices = f.metadata.get("choices")
+            if choices is not None and getattr(values, f.name) not in choices:
+                allowed = ", ".join(c for c in choices if c) + (" or empty" if "" in choices else "")
+                raise UserError(f"{section.name}.{f.name} {getattr(values, f.name)!r} is not one of {allowed}.")
 
 
 def _check_ranges(config) -> None:

@@ -35,13 +35,14 @@ class ModelSettings:
                            "demo-qwen3-vl for the other families), a preset (qwen2-vl-7b-instruct, "
                            "qwen2.5-vl-7b-instruct, qwen3-vl-8b-instruct, ...), a local folder or a hub id.")
     dtype: str = _f("auto", "Weight dtype: auto picks bf16 on GPUs that support it, fp32 on CPU. "
-                    "Use fp16 only on GPUs without bf16.")
+                    "Use fp16 only on GPUs without bf16.", choices=DTYPES)
     device_map: Any = _f(None, "Where each module lives. Empty: computed by the memory planner for "
-                         "the detected GPUs ({'': 'cpu'} without GPUs). Paste a planner map to pin it.")
+                         "the detected GPUs ({'': 'cpu'} without GPUs). Paste a planner map to pin it.", kind="json")
     quantization: str = _f("none", "Store the base's language-model linears in 4 bits (nf4: QLoRA, about 0.52 "
                            "bytes per weight) or 8 bits (int8) while training; the vision tower, embeddings "
                            "and lm_head stay in dtype. Use nf4 when the planner says the bf16 base does not fit; "
-                           "steps are slower. The adapter loads on the unquantised base for inference.")
+                           "steps are slower. The adapter loads on the unquantised base for inference.",
+                           choices=QUANTIZATIONS)
 
 
 @dataclass
@@ -52,7 +53,8 @@ class DataSettings:
     image_folder: str = _f("", "Folder that relative image paths start at, for both files. Empty: each "
                            "dataset file's own folder. Set it when the images live apart from the file.")
     format: str = _f("auto", "Dataset layout: auto (read from the rows' keys), swift, sharegpt, messages, "
-                     "query-response, alpaca or cauldron. Set it when auto-detection guesses wrong.")
+                     "query-response, alpaca or cauldron. Set it when auto-detection guesses wrong.",
+                     choices=DATA_FORMATS)
     eval_split: float = _f(0.0, "Share of training rows held out for eval loss when no eval file "
                            "is given (0 to 0.5). Raise it to watch for overfitting.")
     max_length: int = _f(2048, "Longest row in tokens (text + visual). Longer rows are refused by "
@@ -83,22 +85,26 @@ class LoraSettings:
     dropout: float = _f(0.05, "Dropout on the LoRA input (0 to <1). Raise on small datasets that "
                         "overfit.")
     target_modules: Any = _f("language-all-linear", "Which layers get LoRA: a preset ("
-                             + ", ".join(TARGET_PRESETS) + ") or a list of module names.")
+                             + ", ".join(TARGET_PRESETS) + ") or a list of module names.", kind="targets")
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling (alpha/sqrt(r)); helps at high ranks.")
     use_dora: bool = _f(False, "DoRA (weight-decomposed LoRA): sometimes better quality, slower and "
                         "more memory.")
     modules_to_save: Any = _f([], "Modules trained in full besides LoRA (e.g. lm_head). Costs their "
-                              "full size in gradients and optimizer state.")
+                              "full size in gradients and optimizer state.", kind="list")
     recipe: str = _f("", "What to train, in one word: language-lora (LoRA on the language model), merger-full "
                      "(+ the merger trained in full), vision-lora (+ LoRA on the vision tower and merger), "
                      "merger-only (only the merger, in full). Empty: what target_modules reaches (today's "
-                     "behaviour). vision, merger and language below override it part by part.")
+                     "behaviour). vision, merger and language below override it part by part.",
+                     choices=("", *RECIPES), empty_label="by targets")
     vision: str = _f("", "The vision tower's blocks: frozen, lora or full. Empty: as the recipe says. Training it "
-                     "stores its activations for backward (see the planner) and vLLM does not apply LoRA to it.")
+                     "stores its activations for backward (see the planner) and vLLM does not apply LoRA to it.",
+                     choices=("", *PART_MODES), empty_label="as the recipe says")
     merger: str = _f("", "The merger (projector from the vision tower to the language model): frozen, lora or "
-                     "full. Empty: as the recipe says. full costs little: a few million parameters.")
+                     "full. Empty: as the recipe says. full costs little: a few million parameters.",
+                     choices=("", *PART_MODES), empty_label="as the recipe says")
     language: str = _f("", "The language model: frozen, lora (on target_modules) or full (every weight: its "
-                       "size again in weights, gradients and fp32 AdamW states). Empty: as the recipe says.")
+                       "size again in weights, gradients and fp32 AdamW states). Empty: as the recipe says.",
+                       choices=("", *PART_MODES), empty_label="as the recipe says")
     vision_lr: float = _f(0.0, "Learning rate of the vision tower's parameters; 0: training.learning_rate. "
                           "Usually 5-10x lower than the language model's (e.g. 2e-5).")
     merger_lr: float = _f(0.0, "Learning rate of the merger's parameters; 0: training.learning_rate. A fully "
@@ -125,7 +131,7 @@ class TrainingSettings:
                               "rate of its own). 1e-4 to 2e-4 is usual for LoRA; lower it if the loss spikes.")
     weight_decay: float = _f(0.0, "AdamW weight decay on the trained weights (never on norms and biases). 0 is "
                              "usual for LoRA; 0.01-0.1 for fully trained parts.")
-    lr_scheduler_type: str = _f("cosine", "Schedule after warmup: " + ", ".join(SCHEDULERS) + ".")
+    lr_scheduler_type: str = _f("cosine", "Schedule after warmup: " + ", ".join(SCHEDULERS) + ".", choices=SCHEDULERS)
     warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate (0 to 1).")
     num_train_epochs: float = _f(1.0, "Passes over the data; ignored when max_steps > 0.")
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use num_train_epochs).")
@@ -147,7 +153,7 @@ class TrainingSettings:
     strategy: str = _f("device_map", "How the GPUs share the work: device_map (one process, layers spread "
                        "over the GPUs, one busy at a time), ddp (one full replica per GPU: fastest when the "
                        "model fits on one), fsdp (FSDP2: weights sharded over every GPU of every node). The "
-                       "Memory planner recommends one.")
+                       "Memory planner recommends one.", choices=STRATEGIES)
     nodes: int = _f(1, "Machines taking part (ddp/fsdp). More than 1: write the launch files with "
                     "`python -m workbench launch` and start them on every node.")
     nproc_per_node: int = _f(0, "Processes (GPUs) per node for ddp/fsdp; 0: every visible GPU (2 CPU "
@@ -281,6 +287,17 @@ def _bad(name, value, default):
     shown = shown if len(shown) <= 80 else shown[:80] + "..."
     kind = type(default).__name__
     raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind} like {default!r}, got {shown}.")
+
+
+def config_fields() -> list[tuple[str, dataclasses.Field]]:
+    """(section, field) for every RunConfig field, in declaration order: what the LoRA form, the CLI flags
+    of train and launch, and YAML are made from. Field names are unique across sections (a test pins it),
+    so ``--max-steps`` names one field."""
+    return [(section.name, f) for section in fields(RunConfig) for f in fields(section.default_factory)]
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def field_help(section: str, name: str) -> str:

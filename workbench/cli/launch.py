@@ -34,20 +34,12 @@ def register(sub) -> None:
                                    "launch/accelerate.yaml, launch/node-<i>.sh) and print what each node runs. "
                                    "The same scripts run CPU processes (gloo) on machines without GPUs.")
     p.add_argument("config", nargs="?", help="RunConfig YAML (saved by the LoRA tab or a run's run.yaml); default: the demo.")
-    p.add_argument("--strategy", choices=("ddp", "fsdp"), help=field_help("training", "strategy"))
-    p.add_argument("--nodes", type=int, help=field_help("training", "nodes"))
-    p.add_argument("--nproc-per-node", type=int, help="Processes (GPUs) on each node; on machines without GPUs, CPU processes.")
     p.add_argument("--main-ip", help="Address of node 0, which every node can reach (127.0.0.1 to rehearse on one machine).")
     p.add_argument("--main-port", type=int, default=29500, help="Port on node 0 for the rendezvous (default 29500).")
     p.add_argument("--out", required=True, help="The run folder to create: the same path on every node (a shared disk).")
-    p.add_argument("--model", help="Base model (overrides model.name_or_path).")
-    p.add_argument("--dataset", help="Training dataset file (overrides data.train_path; the same path on every node).")
-    p.add_argument("--skip-problem-rows", action="store_true",
-                   help="Sets data.skip_problem_rows. " + field_help("data", "skip_problem_rows"))
-    p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
-    from workbench.cli.train import add_part_flags
+    from workbench.cli.config_flags import add_config_flags
 
-    add_part_flags(p)
+    add_config_flags(p, skip=("output_dir",))  # --out names the run folder
     p.set_defaults(func=run)
 
 
@@ -69,26 +61,14 @@ def run(args) -> int:
 
 
 def config_for(args):
-    from workbench.cli.train import base_config, part_overrides
+    from workbench.cli.config_flags import config_overrides
+    from workbench.cli.train import base_config, check_max_steps
 
-    config = base_config(args.config, args.model)
-    overrides: dict = {"model": {}, "data": {}, "lora": part_overrides(args), "training": {}}
-    if args.model:
-        overrides["model"]["name_or_path"] = args.model
-    if args.dataset:
-        overrides["data"]["train_path"] = str(Path(args.dataset).expanduser().resolve())
-    if args.skip_problem_rows:
-        overrides["data"]["skip_problem_rows"] = True
-    if args.max_steps is not None:
-        if args.max_steps <= 0:
-            raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
-        overrides["training"]["max_steps"] = args.max_steps
-    if args.strategy:
-        overrides["training"]["strategy"] = args.strategy
-    if args.nodes is not None:
-        overrides["training"]["nodes"] = args.nodes
-    if args.nproc_per_node is not None:
-        overrides["training"]["nproc_per_node"] = args.nproc_per_node
+    check_max_steps(args)
+    config = base_config(args.config, args.name_or_path)
+    overrides = config_overrides(args)
+    if args.train_path:  # the same path on every node, whatever folder each starts in
+        overrides["data"]["train_path"] = str(Path(args.train_path).expanduser().resolve())
     config = config.replace(**overrides)
     t = config.training
     if t.strategy not in ("ddp", "fsdp"):

@@ -46,9 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--lora-targets", default=d["lora_targets"],
                    help="Which linears get LoRA: a preset (language-all-linear, language-attention, "
                         "language-and-merger, language-and-vision), a regex, or comma-separated names (q_proj,v_proj).")
-    from workbench.cli.train import add_part_flags
+    from workbench.cli.config_flags import PART_FIELDS, add_config_flags
 
-    add_part_flags(p)  # the rates change no memory; they are accepted so train, launch and plan take the same flags
+    add_config_flags(p, only=PART_FIELDS)  # the rates change no memory; they are accepted so train, launch and plan take the same flags
     p.add_argument("--lora-dropout", type=float, default=d["lora_dropout"],
                    help="LoRA dropout; above 0 it saves a mask per LoRA input (a little activation memory).")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.settings import PART_MODES, RECIPES, STRATEGIES, RunConfig, field_help
+from workbench.cli.config_flags import add_config_flags, config_overrides
+from workbench.settings import RunConfig
 
 
 def register(sub) -> None:
@@ -18,35 +19,9 @@ def register(sub) -> None:
                                    "--strategy ddp|fsdp --nproc N runs N processes on this machine through "
                                    "accelerate launch (several machines: `python -m workbench launch`).")
     p.add_argument("config", nargs="?", help="RunConfig YAML (saved by the LoRA tab or a previous run's run.yaml).")
-    p.add_argument("--model", help="Base model: 'demo', a preset, a local folder or a hub id (overrides the config).")
-    p.add_argument("--dataset", help="Training dataset file (overrides data.train_path).")
-    p.add_argument("--skip-problem-rows", action="store_true",
-                   help="Sets data.skip_problem_rows. " + field_help("data", "skip_problem_rows"))
-    p.add_argument("--output-dir", help="Run folder. New runs need a new or empty folder; with --resume, the run to continue.")
-    p.add_argument("--max-steps", type=int, help="Stop after N optimizer steps (overrides training.max_steps).")
-    p.add_argument("--save-steps", type=int, help="Checkpoint every N steps (overrides training.save_steps).")
     p.add_argument("--resume", action="store_true", help="Continue the run in --output-dir from its newest complete checkpoint.")
-    p.add_argument("--allow-private-urls", action="store_true", help=field_help("data", "allow_private_urls"))
-    p.add_argument("--strategy", choices=STRATEGIES, help=field_help("training", "strategy"))
-    p.add_argument("--nproc", type=int, help="Processes on this machine for ddp/fsdp (overrides training.nproc_per_node; "
-                                             "0: every GPU, or 2 CPU processes without GPUs).")
-    add_part_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=run)
-
-
-def add_part_flags(p) -> None:
-    """--recipe, --vision/--merger/--language frozen|lora|full, --vision-lr, --merger-lr (train, launch)."""
-    p.add_argument("--recipe", choices=list(RECIPES), help=field_help("lora", "recipe"))
-    for part in ("vision", "merger", "language"):
-        p.add_argument(f"--{part}", choices=PART_MODES, help=field_help("lora", part))
-    p.add_argument("--vision-lr", type=float, help=field_help("lora", "vision_lr"))
-    p.add_argument("--merger-lr", type=float, help=field_help("lora", "merger_lr"))
-
-
-def part_overrides(args) -> dict:
-    """The lora fields the part flags set (none given: the config's own)."""
-    names = ("recipe", "vision", "merger", "language", "vision_lr", "merger_lr")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def base_config(config_path: str | None, model: str | None) -> RunConfig:
@@ -64,29 +39,22 @@ def config_from_args(args) -> RunConfig:
     if not args.config and args.resume and args.output_dir and (Path(args.output_dir) / "run.yaml").is_file():
         config = RunConfig.load(Path(args.output_dir) / "run.yaml")
     else:
-        config = base_config(args.config, args.model)
-    overrides = {"model": {}, "data": {}, "lora": part_overrides(args), "training": {}}
-    if args.model:
-        overrides["model"]["name_or_path"] = args.model
-    if args.dataset:
-        overrides["data"]["train_path"] = args.dataset
-    if args.skip_problem_rows:
-        overrides["data"]["skip_problem_rows"] = True
-    if args.output_dir:
-        overrides["training"]["output_dir"] = args.output_dir
-    if args.max_steps is not None:
-        overrides["training"]["max_steps"] = args.max_steps
-    if args.save_steps is not None:
-        overrides["training"]["save_steps"] = args.save_steps
-    if args.allow_private_urls:
-        overrides["data"]["allow_private_urls"] = True
-    if args.strategy:
-        overrides["training"]["strategy"] = args.strategy
-    if args.nproc is not None:
-        if args.nproc < 0:
-            raise UserError(f"--nproc must be 0 (every GPU) or a positive number of processes, got {args.nproc}.")
-        overrides["training"]["nproc_per_node"] = args.nproc
+        config = base_config(args.config, args.name_or_path)
+    overrides = config_overrides(args)
+    if args.nproc_per_node is not None and str(args.nproc_per_node).lstrip("-").isdigit() and int(args.nproc_per_node) < 0:
+        raise UserError(f"--nproc must be 0 (every GPU) or a positive number of processes, got {args.nproc_per_node}.")
     return config.replace(**overrides)
+
+
+def check_max_steps(args) -> None:
+    if args.max_steps is None:
+        return
+    try:
+        steps = float(args.max_steps)
+    except ValueError:
+        steps = 0
+    if steps <= 0:
+        raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
 
 
 def run(args) -> int:
@@ -94,8 +62,7 @@ def run(args) -> int:
     from workbench.training import JobState
     from workbench.training.launcher import LaunchedJob
 
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
+    check_max_steps(args)
 
     # On a terminal the step line rewrites itself; into a file or a pipe (a cluster job's log,
     # nohup) every new step is a plain line of its own, never a run of carriage returns.

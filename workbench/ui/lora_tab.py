@@ -24,37 +24,32 @@ import gradio as gr
 from workbench.errors import UserError
 from workbench.paths import configs_root
 from workbench.runs import headless_command
-from workbench.settings import (DATA_FORMATS, DTYPES, PART_MODES, PARTS, QUANTIZATIONS, RECIPES, SCHEDULERS, STRATEGIES,
-                                TARGET_PRESETS, RunConfig)
+from workbench.settings import TARGET_PRESETS, RunConfig, config_fields, field_default
 from workbench.training.checks import check_run_config, config_from_raw
 
 CUSTOM = "custom list"
-CHOICES = {("model", "dtype"): list(DTYPES), ("model", "quantization"): list(QUANTIZATIONS),
-           ("training", "lr_scheduler_type"): list(SCHEDULERS),
-           ("training", "strategy"): list(STRATEGIES),
-           ("data", "format"): list(DATA_FORMATS),
-           ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM],
-           # what trains: an empty value defers to the recipe (or, without one, to target_modules)
-           ("lora", "recipe"): [("by targets", ""), *RECIPES],  # empty: target_modules decide
-           **{("lora", part): [("as the recipe says", ""), *PART_MODES] for part in PARTS}}
-LIST_FIELDS = {("lora", "modules_to_save")}
-JSON_FIELDS = {("model", "device_map")}
 SECTION_TITLES = {"model": "Model", "data": "Data", "lora": "LoRA", "training": "Training"}
+
+
+def _choices(f: dataclasses.Field):
+    """A dropdown's options from the field's metadata; an empty value shows its ``empty_label``."""
+    if f.metadata.get("kind") == "targets":
+        return [*TARGET_PRESETS, CUSTOM]
+    if f.metadata.get("choices") is None:
+        return None
+    return [(f.metadata.get("empty_label", "empty"), c) if c == "" else c for c in f.metadata["choices"]]
+
+
 # What people change for most runs, in the order they decide it.
 ESSENTIAL = ["model.name_or_path", "data.train_path", "lora.rank", "lora.recipe", "training.learning_rate",
              "training.max_steps", "training.num_train_epochs", "data.max_length", "model.quantization",
              "training.strategy", "training.output_dir"]
 
 
-def form_fields() -> list[tuple[str, str, dataclasses.Field]]:
-    """(section, name, field) for every RunConfig field, in declaration order."""
-    out = []
-    for section in dataclasses.fields(RunConfig):
-        out += [(section.name, f.name, f) for f in dataclasses.fields(section.default_factory)]
-    return out
-
-
-FIELDS = form_fields()
+FIELDS = [(section, f.name, f) for section, f in config_fields()]
+CHOICES = {(section, name): _choices(f) for section, name, f in FIELDS if _choices(f) is not None}
+LIST_FIELDS = {(section, name) for section, name, f in FIELDS if f.metadata.get("kind") == "list"}
+JSON_FIELDS = {(section, name) for section, name, f in FIELDS if f.metadata.get("kind") == "json"}
 # the widgets' order: every field, then the custom target list that sits beside the preset
 KEYS = [f"{s}.{n}" for s, n, _ in FIELDS] + ["lora.target_modules_custom"]
 
@@ -205,8 +200,7 @@ def _is_number_field(section: str, name: str) -> bool:
 
 
 def _default(section: str, name: str):
-    f = next(f for s, n, f in FIELDS if (s, n) == (section, name))
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return field_default(next(f for s, n, f in FIELDS if (s, n) == (section, name)))
 
 
 # ---- widgets ------------------------------------------------------------------------
