@@ -16,13 +16,6 @@ def test_core_never_imports_gradio():
     assert offenders == []
 
 
-def test_launch_defaults_are_safe():
-    from launch import parse_args
-
-    args = parse_args([])
-    assert args.host == "127.0.0.1" and args.share is False and args.model == "demo"
-
-
 def test_plots_start_without_an_empty_frame():
     # Gradio 6.31's plots keep categorical axes (and no marks) for good when their first
     # value is an empty, untyped frame: every plot starts empty (None) and is only ever

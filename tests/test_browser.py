@@ -8,58 +8,30 @@ Screenshots at 1280x800 go to $WORKBENCH_SCREENSHOTS (default test-artifacts/scr
 
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+from browser_helpers import SECOND, chromium, needs_chromium, new_page, open_tab, served_app
+
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("WORKBENCH_SCREENSHOTS") or ROOT / "test-artifacts" / "screenshots")
 WALK_STEPS = 60  # enough for the demo adapter to answer differently from the base
-SECOND = 1000  # Playwright waits are in milliseconds
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does).")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def app_url(demo):
-    from launch import make_app, parse_args
-
-    app, kwargs = make_app(parse_args(["--port", str(free_port())]))
-    app.launch(prevent_thread_lock=True, quiet=True, **kwargs)
-    yield app.local_url
-    app.close()
+    with served_app() as app:
+        yield app.local_url
 
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    from playwright.sync_api import sync_playwright
-
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(60 * SECOND)
-        page.goto(app_url)
-        yield page
-        browser.close()
-
-
-def open_tab(page, name: str):
-    page.get_by_role("tab", name=name, exact=True).click()
-    panel = page.locator('[role="tabpanel"]:visible')
-    panel.first.wait_for()
-    return panel.first
+    with chromium() as browser:
+        yield new_page(browser, app_url)
 
 
 def shoot(page, name: str, locator=None) -> None:

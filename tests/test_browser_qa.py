@@ -8,27 +8,15 @@ import re
 
 import pytest
 
-from test_browser import ARGS, CHROMIUM, SECOND, free_port, open_tab
+from browser_helpers import SECOND, chromium, needs_chromium, new_page, open_tab, served_app
 
-pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def page(demo):
-    from playwright.sync_api import sync_playwright
-
-    from launch import make_app, parse_args
-
-    app, kwargs = make_app(parse_args(["--port", str(free_port())]))
-    app.launch(prevent_thread_lock=True, quiet=True, **kwargs)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(60 * SECOND)
-        page.goto(app.local_url)
-        yield page
-        browser.close()
-    app.close()
+    with served_app() as app, chromium() as browser:
+        yield new_page(browser, app.local_url)
 
 
 def legend(page) -> list[str]:
@@ -70,3 +58,15 @@ def test_page_zero_on_the_dataset_tab_is_page_one_not_an_error(page):
     expect(box).to_have_value("1", timeout=30 * SECOND)
     expect(panel.locator(".error")).to_have_count(0)
     expect(panel.get_by_role("gridcell", name=re.compile(r"^1$")).first).to_be_visible()
+
+
+def test_a_typed_image_path_empties_the_image_box(page):
+    # The box kept the demo's picture while the typed path was what the question was about.
+    from playwright.sync_api import expect
+
+    panel = open_tab(page, "Inference")
+    box = panel.locator("#inference-image")
+    expect(box.locator("img").first).to_be_visible(timeout=60 * SECOND)
+    panel.locator("#inference-image-path textarea, #inference-image-path input").first.press_sequentially(
+        "/data/images/0001.png", delay=30)
+    expect(box.locator("img")).to_have_count(0, timeout=30 * SECOND)

@@ -6,40 +6,22 @@ import re
 import pytest
 import yaml
 
-from test_browser import ARGS, CHROMIUM, SECOND, free_port, open_tab
+from browser_helpers import SECOND, chromium, needs_chromium, new_page, open_tab, served_app
 
-pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")
+pytestmark = needs_chromium
 KEY_DELAY_MS = 30  # a fast typist
 
 
 @pytest.fixture(scope="module")
 def app_url(demo):
-    from launch import make_app, parse_args
-
-    app, kwargs = make_app(parse_args(["--port", str(free_port())]))
-    app.launch(prevent_thread_lock=True, quiet=True, **kwargs)
-    yield app.local_url
-    app.workbench.stop_training()
-    if app.workbench.job is not None:
-        app.workbench.job.wait(120)
-    app.close()
+    with served_app() as app:
+        yield app.local_url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
-
-
-def new_page(browser, url):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.set_default_timeout(60 * SECOND)
-    page.goto(url)
-    return page
 
 
 def field(page, key: str):

@@ -26,7 +26,9 @@ def test_defaults_are_loopback_no_share_no_analytics():
 
     from launch import make_app, parse_args
 
-    app, kwargs = make_app(parse_args([]))
+    args = parse_args([])
+    assert args.model == "demo"
+    app, kwargs = make_app(args)
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False and kwargs["auth"] is None
     assert kwargs["max_file_size"] == "200mb" and kwargs["server_port"] == 7860
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and app.analytics_enabled is False

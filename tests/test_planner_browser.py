@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import ARGS, CHROMIUM, SECOND, free_port
+from browser_helpers import ARGS, CHROMIUM, SECOND, free_port
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does).")

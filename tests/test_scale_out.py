@@ -23,6 +23,7 @@ from conftest import ROOT
 from workbench.run_folder import RunFolder
 from workbench.settings import RunConfig
 from workbench.training.distributed import free_port
+from waiting import wait_for
 
 WEIGHT_TOLERANCE = 1e-4  # largest |difference| of any adapter weight (the weights themselves are ~0.1)
 ACCURACY_TOLERANCE = 0.05
@@ -72,17 +73,6 @@ def cli(*args, **kwargs) -> subprocess.Popen:
 
 def rows(out) -> list[dict]:
     return RunFolder(out).metrics()
-
-
-def wait_for(predicate, timeout: float = 300.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.stderr.read()}")
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def assert_same_adapter(a: Path, b: Path) -> float:

@@ -174,11 +174,7 @@ def resume_over_pickled_checkpoint(demo_config, tmp_path):
     return resumed
 
 
-def test_a_pickled_checkpoint_never_runs_on_resume(demo_config, tmp_path):
-    resume_over_pickled_checkpoint(demo_config, tmp_path)
-
-
-def test_a_pickled_checkpoint_is_reported_in_one_line(demo_config, tmp_path):
+def test_a_pickled_checkpoint_never_runs_on_resume_and_is_reported_in_one_line(demo_config, tmp_path):
     resumed = resume_over_pickled_checkpoint(demo_config, tmp_path)
     assert "\n" not in resumed.message and "\x1b" not in resumed.message, resumed.message
     assert "checkpoint-2" in resumed.message, resumed.message

@@ -17,6 +17,7 @@ from workbench.errors import UserError
 from workbench.run_folder import RunFolder
 from workbench.session import DevicesBusy, Workbench
 from workbench.training import JobState
+from waiting import wait_for
 
 
 def steady(demo_config, out: Path, max_steps: int, save_steps: int = 0):
@@ -24,14 +25,6 @@ def steady(demo_config, out: Path, max_steps: int, save_steps: int = 0):
     return demo_config.replace(training={"max_steps": max_steps, "per_device_train_batch_size": 1,
                                          "gradient_accumulation_steps": 1, "logging_steps": 1,
                                          "save_steps": save_steps, "output_dir": str(out)})
-
-
-def wait_for(condition, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 def test_editing_settings_and_a_second_start_leave_the_run_training(demo_config, tmp_path):

@@ -1,17 +1,13 @@
 """The job's edges: stop, stop before the first step, NaN, OOM, incomplete checkpoints, kill + resume."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from run_helpers import MARKER, checkpoints, current_job, is_complete, start_job
 from workbench.training import JobState, TrainingJob
+from waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +19,6 @@ def fast(demo_config):
 
 def rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def test_stop_mid_run_saves_adapter_and_a_resumable_checkpoint(fast, tmp_path):
@@ -130,25 +117,3 @@ def test_incomplete_checkpoint_is_not_resumed_and_eval_rows_are_logged(fast, tmp
     assert is_complete(out / "checkpoint-4") and is_complete(out / "checkpoint-6")
 
 
-def test_kill_and_resume_continues_the_step_count(fast, tmp_path):
-    out = tmp_path / "run"
-    config_path = fast.replace(training={"max_steps": 10, "save_steps": 2, "output_dir": str(out)}).save(
-        tmp_path / "run.yaml")
-    env = {**os.environ, "PYTHONPATH": str(os.path.dirname(os.path.dirname(__file__)))}
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", str(config_path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: (out / "checkpoint-2" / MARKER).is_file() or proc.poll() is not None, timeout=180)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    done = [n for n, p in checkpoints(out) if is_complete(p)]
-    assert done and done[-1] < 10, "the run ended before it could be killed"
-    job = TrainingJob(fast.replace(training={"max_steps": 10, "save_steps": 2, "output_dir": str(out)}),
-                      resume=True)
-    assert job.run() == JobState.FINISHED, job.message
-    assert job.step == 10
-    steps = [r["step"] for r in rows(out) if r["kind"] == "train"]
-    assert steps == list(range(1, 11))  # one curve: no gap, no repeat across the kill
-    state = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
-    assert state["global_step"] == 10

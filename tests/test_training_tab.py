@@ -1,6 +1,7 @@
 """Training tab handlers against the real job, and the series the plots draw."""
 
 import json
+from types import SimpleNamespace
 import threading
 import time
 
@@ -53,7 +54,9 @@ def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path)
         job.wait(120)
     status, _, loss, memory, log, view, run_dir, runs, box, _ = training_tab.tick(session, view, config)
     assert status.startswith("**stopped**") and run_dir == str(job.output_dir)
-    assert "[stopped]" in log and "cpu resident" in set(memory["series"])
+    assert "[stopped]" in log and "cpu resident" in set(memory["value"]["series"])
+    # room above the highest line: a peak on the plot's top edge reads as its border
+    assert memory["y_lim"][0] == 0 and memory["y_lim"][1] > 1.1 * memory["value"]["GiB"].max()
     # the run stopped while this page watched it: it is offered to continue at once
     assert runs["value"] == str(job.output_dir) and str(job.output_dir) in [p for _, p in runs["choices"]]
     assert box["open"] is True
@@ -178,3 +181,24 @@ def test_another_run_without_rows_clears_the_last_runs_plots_and_an_ended_run_cl
     session.show("/tmp/b", "failed", False, message="The dataset has problem rows.")  # a failed Start
     _, _, loss, memory, _, view, *_, action = training_tab.tick(session, view, {})
     assert loss is None and memory is None and is_skip(action)
+
+
+def test_the_list_of_runs_to_continue_follows_a_resumed_run():
+    # Seen in a browser: "stopped 221/300" stayed in the list after that run was resumed and finished.
+    class Listed(Scripted):
+        resumable = {"/tmp/a"}
+
+        def runs(self):
+            return [SimpleNamespace(label=lambda: "a: stopped 221/300", path=p, resumable=True) for p in self.resumable]
+
+    session = Listed()
+    session.show("/tmp/a", "stopped", False)
+    *_, view, _, runs, _, _ = training_tab.tick(session, {}, {})
+    assert is_skip(runs)  # the first look changes nothing
+    session.resumable = set()  # resumed: it trains now
+    session.show("/tmp/a", "training", True)
+    *_, view, _, runs, _, _ = training_tab.tick(session, view, {})
+    assert runs["choices"] == [] and runs["value"] is None
+    session.show("/tmp/a", "finished", False)
+    *_, view, _, runs, _, _ = training_tab.tick(session, view, {})
+    assert runs["choices"] == []

@@ -116,7 +116,7 @@ def choice_sentence(chosen: str, entries: list[dict], asked: str) -> str:
         if not c["fits"]:
             best = choose(entries)
             return (f"{lead} does not fit ({gib(c['peak_bytes'])} GiB on the fullest GPU); {best} would, at "
-                    f"{by_name[best]['relative_speed']:.1f}x device_map's speed.")
+                    f"{by_name[best]['relative_speed']:.2f}x device_map's speed.")
     else:
         lead = f"{chosen} over {_span(c)}"
     free = f"{gib(c['min_free_bytes'])} GiB free on the fullest GPU"
@@ -133,4 +133,4 @@ def choice_sentence(chosen: str, entries: list[dict], asked: str) -> str:
         else:
             why_this = "the fastest that fits"
         return f"{lead}: {why_this}, {free}{tail}."
-    return f"{lead}: {c['relative_speed']:.1f}x device_map's speed, {free}."
+    return f"{lead}: {c['relative_speed']:.2f}x device_map's speed, {free}."

@@ -117,7 +117,7 @@ def strategy_switches(entries: list[dict], chosen: str) -> list[dict]:
     """For a strategy asked by name that does not fit: the other strategies that do."""
     asked = next(e for e in entries if e["name"] == chosen)
     need = sum(d["total_bytes"] for d in asked["devices"])
-    return [{"change": f"train with {e['name']} instead of {chosen} ({e['relative_speed']:.1f}x device_map's speed)",
+    return [{"change": f"train with {e['name']} instead of {chosen} ({e['relative_speed']:.2f}x device_map's speed)",
              "settings": {"training.strategy": e["name"]}, "fits": True,
              "saves_bytes": int(need - sum(d["total_bytes"] for d in e["devices"])), "peak_bytes": e["peak_bytes"],
              "devices_total_bytes": [d["total_bytes"] for d in e["devices"]]}

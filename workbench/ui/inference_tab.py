@@ -138,6 +138,11 @@ def ask(session, base, adapter, image, image_path, prompt, system, max_new_token
             f"Greedy decoding{same}." if decoding.temperature <= 0 else f"Sampled at temperature {decoding.temperature}{same}.")
 
 
+def typed_path_clears_image(text: str):
+    """A typed path is the image asked about: the box must stop showing the demo's picture beside it."""
+    return None if str(text or "").strip() else gr.skip()
+
+
 def thumbnail(path: str | None, side: int = 64) -> str:
     """A small inline image (markdown data URI), so thumbnails show whatever folder the rows come from."""
     from PIL import Image
@@ -251,8 +256,10 @@ def build(ctx) -> None:
     gr.Markdown("### One question")
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
-            image = tolerant_image(label="Image", type="filepath", value=image_default, height=170, sources=["upload"])
-            image_path = gr.Textbox(label="…or image path", placeholder="/data/images/0001.png", max_lines=1)
+            image = tolerant_image(label="Image", type="filepath", value=image_default, height=170, sources=["upload"],
+                                   elem_id="inference-image")
+            image_path = gr.Textbox(label="…or image path", placeholder="/data/images/0001.png", max_lines=1,
+                                    elem_id="inference-image-path")
         with gr.Column(scale=3):
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=1, scale=3)
@@ -288,6 +295,7 @@ def build(ctx) -> None:
         tab.select(refresh_runs, [run, base], [run, adapter, base, status], api_visibility="private")  # a run finished meanwhile shows up on return
     run.change(choose_run, [run, base], [adapter, base, status])
     image.upload(lambda: "", None, image_path, show_progress="hidden")  # a new upload is the image asked about
+    image_path.input(typed_path_clears_image, image_path, image, show_progress="hidden")
     ask_button.click(partial(ask, session), [base, adapter, image, image_path, prompt, system, *decoding],
                      [base_answer, base_speed, adapter_answer, adapter_speed, status], api_name="inference_ask")
     check_button.click(partial(check, session), [base, adapter, dataset, rows, *decoding], [accuracy, table], api_name="inference_check")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import gradio as gr
+import pandas as pd
 
 from workbench.errors import UserError
 from workbench.training.checks import config_from_raw
@@ -151,17 +152,20 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
         # when it shows another run's curves.
         other_run = bool(view.get("key")) and view["key"][0] != status["output_dir"]
         empty = None if other_run else gr.skip()
-        loss, memory = _or(loss_frame(rows), empty), _or(memory_frame(rows, predicted), empty)
+        loss, memory = _or(loss_frame(rows), empty), _headroom(_or(memory_frame(rows, predicted), empty))
         view["key"] = key
     else:
         loss = memory = gr.skip()
     run_dir = status["output_dir"] if not status["running"] else gr.skip()
     runs = box = action = gr.skip()
-    if view.get("running") and not status["running"]:  # it ended while this page watched it
+    ended = view.get("running") and not status["running"]  # it ended while this page watched it
+    moved = view.get("state") not in (None, [status["output_dir"], status["state"]])
+    if ended or moved:  # a resumed run that trains or finished is no longer "stopped 221/300" in the list
+        runs = refresh_resumable(session, status["output_dir"] if ended else None)
+    if ended:
         action = ""
-        runs = refresh_resumable(session, status["output_dir"])
         box = gr.update(open=any(path == status["output_dir"] for _, path in resumable_runs(session)))
-    view["running"] = status["running"]
+    view["running"], view["state"] = status["running"], [status["output_dir"], status["state"]]
     log = "\n".join(snap["log"][-LOG_LINES:])
     text = status_markdown(status)
     if snap["external"] and status["running"]:
@@ -172,6 +176,14 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
 
 def _or(frame, empty):
     return frame if len(frame) else empty
+
+
+def _headroom(frame):
+    """The memory plot with room above its highest line: a predicted peak drawn on the frame's top edge
+    reads as the plot's border."""
+    if not isinstance(frame, pd.DataFrame):
+        return frame
+    return gr.update(value=frame, y_lim=[0, round(float(frame["GiB"].max()) * 1.15 + 0.01, 2)])
 
 
 def status_markdown(status: dict) -> str:
