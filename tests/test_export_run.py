@@ -37,9 +37,12 @@ def test_adapter_export_loads_in_plain_peft_with_a_card(run_copy, trained_run, d
     from workbench.inference import heldout_samples
 
     out = export(run_copy, tmp_path / "adapter")
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
-         "processor_config.json", "tokenizer.json", "tokenizer_config.json"])
+    files = ["README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
+             "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "workbench-export.json"])
+    manifest = json.loads((out / "workbench-export.json").read_text())
+    assert manifest == {"kind": "adapter", "adapter": str(run_copy.resolve()), "base": str(Path(demo.model).resolve()),
+                        "dtype": "", "files": sorted(files)}
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(Path(demo.model).resolve())
     assert (out / "adapter_model.safetensors").read_bytes() == (run_copy / "adapter_model.safetensors").read_bytes()

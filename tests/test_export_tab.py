@@ -57,6 +57,9 @@ def test_check_shows_size_and_disk_and_export_writes_the_folder(runs, tmp_path):
     assert "nothing was overwritten" in again and f'from_pretrained("{out}")' in again
     as_adapter = tab.export_now(Workbench(), str(done), "adapter", "auto", "", str(out), progress=lambda *a, **k: None)
     assert as_adapter.startswith("⚠️") and "already holds files" in as_adapter  # a merged folder is not this adapter export
+    (out / "workbench-export.json").unlink()  # the card still names the run: its prose is not what is read
+    without = tab.export_now(Workbench(), str(done), "merged", "bf16", "", str(out), progress=lambda *a, **k: None)
+    assert without.startswith("⚠️") and "already holds files" in without
 
 
 def test_refusals_are_warnings_not_tracebacks(runs, tmp_path):

@@ -37,7 +37,10 @@ PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "video_preprocessor_config.json", "chat_template.json", "chat_template.jinja")
 
 # Files the export writes itself: a processor folder's copy of one must never replace ours.
-WRITTEN_HERE = ("config.json", "README.md", "adapter_config.json", "model.safetensors.index.json")
+WRITTEN_HERE = ("config.json", "README.md", "adapter_config.json", "model.safetensors.index.json", "workbench-export.json")
+# What an export is, for the workbench itself (an earlier export of the same run, the Export tab):
+# never read back from the model card's prose.
+MANIFEST = "workbench-export.json"
 
 
 @dataclass
@@ -143,6 +146,9 @@ def run_export(plan: ExportPlan, progress=None) -> Path:
             progress(0.99, "Copying the processor files and writing the model card")
         copy_files(plan.copies, staging)
         (staging / "README.md").write_text(model_card(plan.source, plan.merge, dtype), encoding="utf-8")
+        _write_json(staging / MANIFEST, {"kind": "merged" if plan.merge else "adapter",
+                                         "adapter": str(plan.source.adapter_dir), "base": plan.source.base,
+                                         "dtype": dtype, "files": sorted(p.name for p in staging.iterdir())})
         publish(staging, plan.out)
     except OutFilled:
         raise  # the finished export stays in staging, where the sentence points
@@ -200,6 +206,15 @@ def _local_base(base: str) -> Path | None:
         return None  # an adapter export names a hub id it need not have on disk
 
 
+def read_manifest(folder: str | Path) -> dict | None:
+    """The manifest of an export folder the workbench wrote, else None (not one, or unreadable)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and {"kind", "adapter", "base"} <= set(manifest) else None
+
+
 def _size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths)
 
@@ -208,4 +223,5 @@ def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["DTYPES", "DEFAULT_MAX_SHARD", "ExportPlan", "export", "plan_export", "run_export"]
+__all__ = ["DTYPES", "DEFAULT_MAX_SHARD", "MANIFEST", "ExportPlan", "export", "plan_export", "read_manifest",
+           "run_export"]

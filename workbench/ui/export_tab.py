@@ -123,21 +123,20 @@ def earlier_export(adapter, mode, base, out) -> tuple[Path, str] | None:
 
     Seen in the browser: Export pressed twice exported once, then the second press replaced the
     "Exported" line with "already holds files", so the export looked refused."""
+    from workbench.export import read_manifest
     from workbench.export.source import read_source
 
     if not str(out or "").strip() or not str(adapter or "").strip():
         return None
     folder = Path(str(out).strip()).expanduser().absolute()
-    card = folder / "README.md"
-    weights = folder / ("config.json" if mode == "merged" else "adapter_config.json")
-    if not (card.is_file() and weights.is_file()):
+    manifest = read_manifest(folder)
+    if manifest is None or manifest["kind"] != mode:
         return None
     try:
         source = read_source(str(adapter).strip(), (base or "").strip() or None)
     except UserError:
         return None
-    # the model card names the adapter folder it was exported from (workbench.export.card)
-    return (folder, source.base) if f"from `{source.adapter_dir}`" in card.read_text(encoding="utf-8", errors="replace") else None
+    return (folder, manifest["base"]) if manifest["adapter"] == str(source.adapter_dir) else None
 
 
 def mode_changed(mode: str, adapter: str):
