@@ -117,3 +117,22 @@ def test_ui_never_imports_cli():
     leaks = {m: sorted(i for i in GRAPH[m] if i.startswith("workbench.cli"))
              for m in MODULES if m.startswith("workbench.ui")}
     assert not {m: i for m, i in leaks.items() if i}
+
+
+def test_run_folder_file_names_are_written_once():
+    # The run folder's layout belongs to workbench.run_folder: no other module spells its file names.
+    import re
+    from pathlib import Path
+
+    import workbench.run_folder as rf
+
+    names = [rf.CONFIG_NAME, rf.METRICS_NAME, rf.STATUS_NAME, rf.EVENTS_NAME, rf.SKIPPED_ROWS_NAME, rf.STOP_FILE,
+             rf.RANKS_DIR, rf.ACCELERATE_CONFIG, rf.LAUNCH_LOG, "checkpoint-{"]
+    root = Path(rf.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "run_folder.py":
+            continue
+        code = path.read_text()  # sentences may name the files; joining one onto a path is the folder's job
+        offenders += [(str(path.relative_to(root)), n) for n in names if re.search(r"/\s*f?[\"']" + re.escape(n), code)]
+    assert offenders == []

@@ -84,8 +84,10 @@ def test_decimation_keeps_the_ends_and_bounds_the_payload():
 
 
 def test_metrics_buffer_under_concurrent_reads(tmp_path):
+    from workbench.run_folder import RunFolder
+
     path = tmp_path / "metrics.jsonl"
-    buffer = MetricsBuffer(path)
+    buffer = MetricsBuffer(RunFolder(tmp_path))
     total, errors = 3000, []
 
     def write():

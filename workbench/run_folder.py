@@ -6,6 +6,9 @@
     events.log                every status line the job said, newest last
     skipped-rows.jsonl        the dataset rows left out (data.skip_problem_rows): file, row, kind, reason
     checkpoint-N/             Trainer's checkpoint; it counts only once its COMPLETE marker exists
+    launch/                   a launched run's accelerate config, node scripts and logs
+    .stop-request             a launched run's Stop, for rank 0 to read at a step end
+    .ranks/rank-N.json        how a rank of a launched run ended when it failed
     .checkpoints-started      the step of every checkpoint this workbench began to write (only
                               those may be removed as half-written)
     adapter_config.json       the final adapter, published last (weights file moved in last)
@@ -27,9 +30,10 @@ import re
 import shutil
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from workbench.errors import UserError
+from workbench.metrics_file import read_metrics
 
 log = logging.getLogger("workbench.runs")
 
@@ -45,9 +49,52 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)  # weights last: their arrival marks "done"
 PROCESSOR_DIR = "processor"
+LAUNCH_DIR = "launch"  # the accelerate config, node scripts and their logs of a launched run
+LAUNCH_LOG = "launch.log"  # accelerate launch's own output (torchrun's failure summary), in launch/
+ACCELERATE_CONFIG = "accelerate.yaml"  # in launch/
+STOP_FILE = ".stop-request"  # written by the supervisor (Stop, Ctrl-C); read by rank 0 at each step end
+RANKS_DIR = ".ranks"  # rank-N.json: how a rank ended when it failed
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
+
+def checkpoint_name(step: int) -> str:
+    """Trainer's name for the checkpoint of ``step`` (``checkpoint-N``)."""
+    return f"checkpoint-{int(step)}"
+
+
+def checkpoint_step(path: str | Path | None) -> int | None:
+    """The step of a ``checkpoint-N`` folder (any path ending in one), else None."""
+    match = _CHECKPOINT.match(Path(path).name) if path else None
+    return int(match.group(1)) if match else None
+
 TERMINAL_STATES = ("finished", "stopped", "failed")
+
+
+@dataclass
+class RunStatus:
+    """What the Training tab and the CLI show of a run: one shape whether the run is a job of this
+    process, a launched run of several processes, or a folder another process writes."""
+
+    state: str  # training | finished | stopped | failed | interrupted | loading | saving | ...
+    message: str
+    step: int
+    max_steps: int
+    output_dir: str
+    running: bool
+    elapsed_s: float = 0.0
+    eta_s: float | None = None  # while training only
+    loss: float | None = None  # the newest training loss
+    processes: int = 1
+    strategy: str = ""
+
+    @classmethod
+    def from_last_row(cls, last: dict | None, training: bool, **fields) -> "RunStatus":
+        """``fields`` plus what the newest training row says: its loss, and its ETA while training."""
+        last = last or {}
+        return cls(eta_s=last.get("eta_s") if training else None, loss=last.get("loss"), **fields)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def fsync_write(path: Path, text: str) -> None:
@@ -313,55 +360,3 @@ class RunFolder:
         if state == "finished":
             return False
         return True
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-class MetricsTail:
-    """The rows of a metrics file, read incrementally: each ``rows()`` reads only what was appended.
-
-    A file that shrank (a resume truncates it to its checkpoint) is read again from the start.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._rows: list[dict] = []
-        self._offset = 0
-        self._lock = threading.Lock()
-
-    def rows(self) -> list[dict]:
-        with self._lock:
-            try:
-                size = self.path.stat().st_size
-            except OSError:
-                return list(self._rows)
-            if size < self._offset:
-                self._rows, self._offset = [], 0
-            if size > self._offset:
-                with open(self.path, "rb") as f:
-                    f.seek(self._offset)
-                    chunk = f.read(size - self._offset)
-                complete = chunk.rfind(b"\n") + 1  # a half-written last line waits for the next read
-                for line in chunk[:complete].decode("utf-8", errors="replace").splitlines():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(row, dict):
-                        self._rows.append(row)
-                self._offset += complete
-            return list(self._rows)
-
-

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.live_lock import live_runs
-from workbench.run_folder import MetricsTail, RunFolder
+from workbench.metrics_file import MetricsTail
+from workbench.run_folder import RunFolder, RunStatus
 
 
 class DevicesBusy(UserError):
@@ -161,12 +162,11 @@ class Workbench:
         last = next((r for r in reversed(rows) if r.get("kind", "train") == "train"), {})
         state = (recorded.get("state") or "training") if live else folder.state()
         ranks = {m.get("rank") for m in last.get("memory") or [] if isinstance(m, dict)} - {None}
-        status = {"state": state, "message": recorded.get("message", ""), "step": int(last.get("step") or 0),
-                  "max_steps": int(recorded.get("max_steps") or 0),
-                  "elapsed_s": (time.time() - live.started) if live else 0.0,
-                  "eta_s": last.get("eta_s") if live else None, "loss": last.get("loss"),
-                  "output_dir": str(folder.path), "running": live is not None,
-                  "processes": max(len(ranks), 1), "strategy": self._strategy(folder) if ranks else ""}
+        status = RunStatus.from_last_row(
+            last, live is not None, state=state, message=recorded.get("message", ""), step=int(last.get("step") or 0),
+            max_steps=int(recorded.get("max_steps") or 0), output_dir=str(folder.path), running=live is not None,
+            elapsed_s=(time.time() - live.started) if live else 0.0, processes=max(len(ranks), 1),
+            strategy=self._strategy(folder) if ranks else "").to_dict()
         return {"status": status, "rows": rows, "log": folder.events(), "external": True, "folder": folder}
 
     def _strategy(self, folder: RunFolder) -> str:

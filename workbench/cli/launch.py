@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.settings import field_help
+from workbench.run_folder import CONFIG_NAME
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # RFC 1123 host names: what every node's resolver accepts, and nothing a shell reads as code.
@@ -103,7 +103,7 @@ def write_launch(args) -> dict:
     check_strategy(config, nodes_allowed=True)
     check_run_config(config, check_output_dir=False, check_files=False)  # the data lives on the nodes
     folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder / "run.yaml")
+    config.save(folder / CONFIG_NAME)
     config_file = write_yaml(folder / LAUNCH_DIR / ACCELERATE_CONFIG,
                              accelerate_config(config, t.nodes, t.nproc_per_node, 0, main_ip, args.main_port))
     scripts = [write_node_script(folder, config_file, node, t.nodes, main_ip, args.main_port, t.strategy,

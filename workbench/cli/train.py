@@ -9,6 +9,7 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.cli.config_flags import add_config_flags, config_overrides
+from workbench.run_folder import CONFIG_NAME
 from workbench.settings import RunConfig
 
 
@@ -36,8 +37,9 @@ def base_config(config_path: str | None, model: str | None) -> RunConfig:
 
 
 def config_from_args(args) -> RunConfig:
-    if not args.config and args.resume and args.output_dir and (Path(args.output_dir) / "run.yaml").is_file():
-        config = RunConfig.load(Path(args.output_dir) / "run.yaml")
+    saved = Path(args.output_dir) / CONFIG_NAME if args.output_dir else None
+    if not args.config and args.resume and saved and saved.is_file():
+        config = RunConfig.load(saved)
     else:
         config = base_config(args.config, args.name_or_path)
     overrides = config_overrides(args)

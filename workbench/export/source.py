@@ -15,7 +15,7 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.export.keys import ADAPTER_WEIGHTS
-from workbench.run_folder import PROCESSOR_DIR, RunFolder
+from workbench.run_folder import PROCESSOR_DIR, RunFolder, checkpoint_step
 
 # Adapter kinds whose update is not W + scale * B @ A of the stored base: PiSSA, OLoRA, CorDA and
 # LoftQ start from a changed base weight, aLoRA only acts after its invocation tokens.
@@ -128,8 +128,7 @@ def check_mergeable(config: dict, folder: Path) -> None:
 
 def run_facts(adapter_dir: Path, run: RunFolder, run_config) -> RunFacts:
     """Steps, losses and settings of the run; for a checkpoint, as they were at its step."""
-    number = adapter_dir.name.removeprefix("checkpoint-")
-    step_cap = int(number) if adapter_dir.name.startswith("checkpoint-") and number.isdigit() else None
+    step_cap = checkpoint_step(adapter_dir)
     facts = RunFacts(name=run.name)
     if run_config is not None:
         facts.settings = run_config.to_dict()

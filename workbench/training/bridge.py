@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from workbench.live_lock import ensure_held
-from workbench.run_folder import RunFolder
+from workbench.run_folder import RunFolder, checkpoint_name
 
 # Throughput and ETA come from the last few log rows, not the average since the start:
 # warm-up, data skipping on resume and the first eval would otherwise skew them for long.
@@ -22,18 +21,16 @@ RATE_WINDOW = 20
 class MetricsBuffer:
     """Thread-safe append-only record of metric rows; readers take copies from an index on."""
 
-    def __init__(self, path: Path | None = None, rows: list[dict] | None = None):
+    def __init__(self, folder: RunFolder | None = None, rows: list[dict] | None = None):
         self._rows: list[dict] = list(rows or [])
         self._lock = threading.Lock()
-        self._path = path
+        self._folder = folder  # the run folder's metrics.jsonl gets every row (rank 0 only: None elsewhere)
 
     def append(self, row: dict) -> None:
-        line = json.dumps(row) + "\n"
         with self._lock:
             self._rows.append(row)
-            if self._path is not None:
-                with open(self._path, "a", encoding="utf-8") as f:
-                    f.write(line)
+            if self._folder is not None:
+                self._folder.append_metrics(row)
 
     def since(self, index: int = 0) -> list[dict]:
         with self._lock:
@@ -101,7 +98,7 @@ class WorkbenchCallback(TrainerCallback):
             control.should_log = True
 
     def on_save(self, args, state, control, **kwargs):
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        path = Path(args.output_dir) / checkpoint_name(state.global_step)
         if path.is_dir():
             ensure_held(args.output_dir)
             folder = RunFolder(args.output_dir)

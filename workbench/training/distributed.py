@@ -28,13 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.run_folder import RunFolder, fsync_write
+from workbench.run_folder import (ACCELERATE_CONFIG, LAUNCH_DIR, LAUNCH_LOG, RANKS_DIR, STOP_FILE,  # noqa: F401
+                                  RunFolder, fsync_write)
 
-STOP_FILE = ".stop-request"  # written by the supervisor (Stop, Ctrl-C); read by rank 0 at each step end
-RANKS_DIR = ".ranks"  # rank-N.json: how a rank ended when it failed
-LAUNCH_DIR = "launch"  # accelerate config and launch scripts inside a run folder
-LAUNCH_LOG = "launch.log"  # accelerate launch's own output (torchrun's failure summary)
-ACCELERATE_CONFIG = "accelerate.yaml"
 DEFAULT_PORT = 29500
 CPU_PROCESSES = 2  # processes per node when a machine has no GPU and nproc_per_node is 0
 # A collective that waits longer than this ends the run: a rank that hangs (or a node that

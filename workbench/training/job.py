@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workbench.errors import UserError
 from workbench.live_lock import LockLost, ensure_held
-from workbench.run_folder import ADAPTER_FILES, RunFolder
+from workbench.run_folder import ADAPTER_FILES, RunFolder, RunStatus, checkpoint_step
 from workbench.settings import RunConfig
 from workbench.training.bridge import MetricsBuffer, WorkbenchCallback
 from workbench.training.faults import failure_message
@@ -118,11 +118,10 @@ class TrainingJob:
         end = self.ended_at or time.time()
         elapsed = end - self.started_at if self.started_at else 0.0
         last = self.metrics.last("train") if self.metrics else None
-        eta = last.get("eta_s") if last and self.state == JobState.TRAINING else None
-        return {"state": self.state.value, "message": self.message, "step": self.step,
-                "max_steps": self.max_steps, "elapsed_s": elapsed, "eta_s": eta,
-                "loss": last.get("loss") if last else None, "output_dir": str(self.output_dir),
-                "running": self.running}
+        return RunStatus.from_last_row(last, self.state == JobState.TRAINING, state=self.state.value,
+                                       message=self.message, step=self.step, max_steps=self.max_steps,
+                                       output_dir=str(self.output_dir), running=self.running,
+                                       elapsed_s=elapsed).to_dict()
 
     # ---- internals ----------------------------------------------------------------
     def _say(self, state: JobState, message: str) -> None:
@@ -218,7 +217,7 @@ class TrainingJob:
         placement, writes = self.placement, self.placement.is_main
         if self.resume:  # a resumed run shows where it is while it loads, not step 0 of 0
             newest = self.folder.newest_complete()
-            self.step = int(newest.name.split("-")[1]) if newest else 0
+            self.step = checkpoint_step(newest) or 0
             self.max_steps = int(self.folder.status().get("max_steps") or 0)
         self._say(JobState.LOADING, "Checking the settings and the dataset.")
         placement.check(self.config)
@@ -228,7 +227,7 @@ class TrainingJob:
         if self.config.data.skip_problem_rows:
             self._leave_out(skipped, train_set, eval_set)
         resume_from = None
-        self.metrics = MetricsBuffer(self.folder.metrics_file if writes else None)
+        self.metrics = MetricsBuffer(self.folder if writes else None)
         if self.resume:
             from workbench.training.resume import usable_checkpoint
 
@@ -238,12 +237,12 @@ class TrainingJob:
             for note in notes:
                 self._say(JobState.LOADING, note)
             if writes:
-                kept = self.folder.truncate_metrics(int(resume_from.name.split("-")[1]) if resume_from else 0)
-                self.metrics = MetricsBuffer(self.folder.metrics_file, rows=kept)
+                kept = self.folder.truncate_metrics(checkpoint_step(resume_from) or 0)
+                self.metrics = MetricsBuffer(self.folder, rows=kept)
         if writes:
             self.config.save(self.folder.config_file)
 
-        start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+        start_step = checkpoint_step(resume_from) or 0
         if resume_from and 0 < self.config.training.max_steps <= start_step:
             self._finish_from_checkpoint(resume_from, processor)
             return None, None
@@ -341,7 +340,7 @@ class TrainingJob:
                 shutil.copyfile(checkpoint / name, staging / name)
             self.folder.publish_adapter(staging)
             processor.save_pretrained(self.folder.processor_dir)
-        self.step = self.max_steps = int(checkpoint.name.split("-")[1])
+        self.step = self.max_steps = checkpoint_step(checkpoint)
         self._say(JobState.FINISHED, f"Finished {self.step} steps; adapter saved in {self.output_dir}.")
 
 

@@ -22,7 +22,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from workbench.run_folder import MetricsTail, RunFolder
+from workbench.metrics_file import MetricsTail
+from workbench.run_folder import RunFolder, RunStatus
 from workbench.training.distributed import (ACCELERATE_CONFIG, LAUNCH_DIR, LAUNCH_LOG, accelerate_config,
                                             check_strategy, clear_rank_failures, clear_stop,
                                             explain_launch_failure, failed_processes, free_port,
@@ -91,12 +92,11 @@ class LaunchedJob:
 
     def status(self) -> dict:
         end = self.ended_at or time.time()
-        last = self.metrics.last("train")
-        return {"state": self.state.value, "message": self.message, "step": self.step,
-                "max_steps": self.max_steps, "elapsed_s": end - self.started_at if self.started_at else 0.0,
-                "eta_s": last.get("eta_s") if last and self.state == JobState.TRAINING else None,
-                "loss": last.get("loss") if last else None, "output_dir": str(self.output_dir),
-                "running": self.running, "processes": self.nproc, "strategy": self.config.training.strategy}
+        return RunStatus.from_last_row(self.metrics.last("train"), self.state == JobState.TRAINING,
+                                       state=self.state.value, message=self.message, step=self.step,
+                                       max_steps=self.max_steps, output_dir=str(self.output_dir), running=self.running,
+                                       elapsed_s=end - self.started_at if self.started_at else 0.0,
+                                       processes=self.nproc, strategy=self.config.training.strategy).to_dict()
 
     def wait(self, timeout: float | None = None) -> JobState:
         if self._thread is not None:

@@ -23,6 +23,7 @@ import gradio as gr
 
 from workbench.errors import UserError
 from workbench.paths import configs_root
+from workbench.run_folder import CONFIG_NAME
 from workbench.runs import headless_command
 from workbench.settings import TARGET_PRESETS, RunConfig, config_fields, field_default
 from workbench.training.checks import check_run_config, config_from_raw
@@ -141,7 +142,7 @@ def save_yaml(config: dict, path: str, overwrite: bool, *values) -> str:
         target = configs_root() / target
     target = target.resolve()
     if target.is_dir():
-        return f"{target} is a folder: give a file name such as {target / 'run.yaml'}."
+        return f"{target} is a folder: give a file name such as {target / CONFIG_NAME}."
     if target.exists() and not overwrite:
         return (f"{target} already exists and was not changed: tick 'Overwrite' to replace it, or save as "
                 f"{free_name(target).name}.")
