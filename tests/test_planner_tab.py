@@ -96,7 +96,7 @@ def test_only_model_and_gpus_typed_plans_as_the_cli_does():
 def test_fill_from_current_settings_stays_explicit():
     values = planner_tab.form_from_config(demo_config())
     assert values[0] == "demo" and values[2] == 16 and values[4] == 8 and values[8] is False
-    assert values[9:] == ("device_map", 1, "none", 0, True, "", "", "", "")  # recipe, vision, merger, language
+    assert values[9:] == ("device_map", 1, "none", 0, True, "", "", "", "", 0, 0)  # recipe, parts, video
 
 
 # ---- issue 10 item 5: say what does not fit; show the suggestions' numbers -----------------------

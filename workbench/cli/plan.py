@@ -61,6 +61,13 @@ def register(subparsers) -> None:
     p.add_argument("--min-pixels", type=int, default=d["min_pixels"], help="Smallest image area after resizing.")
     p.add_argument("--images-per-sample", type=int, default=d["images_per_sample"],
                    help="Images in one row (0 for text-only); sizes the vision tower's activations.")
+    p.add_argument("--video-frames", type=int, default=d["video_frames"],
+                   help="Frames sampled from the video in each row (0: no video). Every 2 frames are one temporal "
+                        "patch: tokens = frames/2 x one frame's tokens, and the vision tower's activations grow "
+                        "with frames x patches. The plan says the largest frame count that fits.")
+    p.add_argument("--video-max-pixels", type=int, default=d["video_max_pixels"],
+                   help="Largest area of one video frame after resizing (0: qwen-vl-utils' default of 768 tokens, "
+                        "602112 pixels for Qwen2-VL and Qwen2.5-VL, 786432 for Qwen3-VL).")
     p.add_argument("--no-gradient-checkpointing", action="store_true",
                    help="Plan without gradient checkpointing (every layer keeps all intermediates: much more memory).")
     p.add_argument("--quantization", default=d["quantization"], choices=["none", "nf4", "int8"],
@@ -91,6 +98,7 @@ def run(args) -> int:
         recipe=args.recipe or "", vision=args.vision or "", merger=args.merger or "", language=args.language or "",
         batch_size=args.batch_size, max_length=args.max_length, max_pixels=args.max_pixels,
         min_pixels=args.min_pixels, images_per_sample=args.images_per_sample,
+        video_frames=args.video_frames, video_max_pixels=args.video_max_pixels,
         gradient_checkpointing=not args.no_gradient_checkpointing, quantization=args.quantization,
         loss_on_trained_tokens_only=not args.full_loss, trained_tokens=args.trained_tokens,
         strategy=args.strategy, nodes=args.nodes,

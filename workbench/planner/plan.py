@@ -36,6 +36,8 @@ class Plan:
     choice: str = ""
     offloaded: list[str] = field(default_factory=list)
     speed_inputs: dict = field(default_factory=dict)
+    max_video_frames_that_fits: int | None = None
+    video_row_tokens: int | None = None  # the row length at that frame count (the same text)
 
     def to_json(self) -> dict:
         """The CLI/UI contract: today's fields for the chosen strategy (device_map is null for
@@ -45,7 +47,9 @@ class Plan:
                 "max_length_that_fits": self.max_length_that_fits, "suggestions": self.suggestions,
                 "accelerate_auto": self.accelerate_auto, "plan_seconds": round(self.plan_seconds, 4),
                 "strategy": self.strategy, "choice": self.choice, "strategies": self.strategies,
-                "nodes": self.request.nodes, "speed_inputs": self.speed_inputs}
+                "nodes": self.request.nodes, "speed_inputs": self.speed_inputs,
+                "max_video_frames_that_fits": self.max_video_frames_that_fits,
+                "video_row_tokens": self.video_row_tokens}
 
     def entry(self, name: str) -> dict:
         return next(e for e in self.strategies if e["name"] == name)
@@ -82,6 +86,7 @@ def plan_memory(request: PlanRequest) -> Plan:
     max_len = largest_fitting(lambda n: model.fits(layout, replace(step, max_length=n), caps),
                               request.visual_tokens(layout) + 1, layout.shape.max_positions)
     max_batch = largest_fitting(lambda b: model.fits(layout, replace(step, batch_size=b), caps), 1, 256)
+    max_frames, frames_row = largest_video(request, layout, step, caps, model)
     suggested = []
     if not picked["fits"]:
         suggested = suggestions(request, layout, step, caps, model)
@@ -93,7 +98,29 @@ def plan_memory(request: PlanRequest) -> Plan:
                 accelerate_auto=accelerate_auto(layout, step, caps), plan_seconds=time.perf_counter() - started,
                 map_source=source, notes=notes, strategy=chosen, strategies=entries,
                 choice=choice_sentence(chosen, entries, request.strategy),
-                offloaded=list(offloaded) if chosen == "device_map" else [], speed_inputs=links.to_json())
+                offloaded=list(offloaded) if chosen == "device_map" else [], speed_inputs=links.to_json(),
+                max_video_frames_that_fits=max_frames, video_row_tokens=frames_row)
+
+
+def largest_video(request: PlanRequest, layout: Layout, step: Step, caps: list[int], model) -> tuple:
+    """(frames, row tokens): the most video frames a row can hold while the step fits, the row's text
+    staying as it is (max_length less the visual tokens) so the row grows by each frame pair's tokens;
+    (None, None) without a video or when not even one frame pair fits."""
+    per_group = step.video_tokens_per_group
+    if not request.video_frames or not per_group:
+        return None, None
+    text = step.max_length - request.visual_tokens(layout)
+    others = request.visual_tokens(layout, video_frames=0)
+
+    def row(groups: int) -> int:
+        return text + others + groups * per_group
+
+    most = (layout.shape.max_positions - text - others) // per_group
+    groups = largest_fitting(lambda g: model.fits(layout, replace(step, video_groups=g, max_length=row(g)), caps),
+                             1, most)
+    if not groups:
+        return None, None
+    return groups * layout.shape.temporal_patch, row(groups)
 
 
 def import_backends() -> None:

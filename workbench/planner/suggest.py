@@ -61,6 +61,18 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
             add(f"lower max_pixels {request.max_pixels} -> {pixels} ({per_image} -> {best_k} tokens per image; "
                 f"max_length {step.max_length} -> {st.max_length} for the same text)",
                 {"data.max_pixels": pixels, "data.max_length": st.max_length}, layout, st, caps)
+    # Fewer video frames: the same text in a row shorter by the dropped frame pairs' tokens.
+    if step.video_groups > 1:
+        def with_groups(g: int) -> Step:
+            return replace(step, video_groups=g,
+                           max_length=step.max_length - (step.video_groups - g) * step.video_tokens_per_group)
+
+        best_g = largest_fitting(lambda g: fits(with_groups(g)), 1, step.video_groups - 1)
+        if best_g:
+            st, temporal = with_groups(best_g), layout.shape.temporal_patch
+            add(f"lower video frames {request.video_frames} -> {best_g * temporal} (max_length {step.max_length} -> "
+                f"{st.max_length} for the same text)",
+                {"data.video_frames": best_g * temporal, "data.max_length": st.max_length}, layout, st, caps)
     if not step.gradient_checkpointing:
         st = replace(step, gradient_checkpointing=True)
         if fits(st):

@@ -35,6 +35,8 @@ APPLIED = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("lo
            ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
            ("data", "trained_tokens", "trained_tokens"),
            *(("lora", name, name) for name in ("recipe", *PARTS)))
+# Applied only where the run config has them (the data settings' video fields).
+VIDEO_APPLIED = (("data", "video_frames", "video_frames"), ("data", "video_max_pixels", "video_max_pixels"))
 # What trains, as the LoRA tab offers it: empty defers to the recipe (or, without one, to the targets).
 RECIPE_CHOICES = [("as the LoRA targets reach", ""), *RECIPES]
 PART_CHOICES = [("as the recipe says", ""), *PART_MODES]
@@ -58,20 +60,22 @@ def form_defaults(model: str) -> dict:
             "checkpointing": d["gradient_checkpointing"], "strategy": d["strategy"], "nodes": d["nodes"],
             "intra": d["intra_node_gbps"], "inter": d["inter_node_gbps"], "quantization": d["quantization"],
             "trained_tokens": d["trained_tokens"], "trained_only": d["loss_on_trained_tokens_only"],
-            **{name: d[name] for name in ("recipe", *PARTS)}}
+            **{name: d[name] for name in ("recipe", *PARTS)},
+            "video_frames": d["video_frames"], "video_max_pixels": d["video_max_pixels"]}
 
 
 def form_from_config(config: dict) -> tuple:
     """(model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
-    quantization, trained tokens, loss on trained tokens only) from a RunConfig dict: the "Fill from current
-    settings" button."""
+    quantization, trained tokens, loss on trained tokens only, recipe, parts, video frames, video max pixels)
+    from a RunConfig dict: the "Fill from current settings" button."""
     m, d, l, t = config["model"], config["data"], config["lora"], config["training"]
     targets = l["target_modules"] if isinstance(l["target_modules"], str) else ",".join(l["target_modules"])
     dtype = m["dtype"] if m["dtype"] in DTYPES else "bf16"
     return (m["name_or_path"], dtype, l["rank"], targets, t["per_device_train_batch_size"], d["max_length"],
             d["max_pixels"], d["min_pixels"], t["gradient_checkpointing"], t.get("strategy", "device_map"),
             t.get("nodes", 1), m.get("quantization", "none"), d.get("trained_tokens", 0),
-            t.get("loss_on_trained_tokens_only", True), *(l.get(name, "") for name in ("recipe", *PARTS)))
+            t.get("loss_on_trained_tokens_only", True), *(l.get(name, "") for name in ("recipe", *PARTS)),
+            d.get("video_frames", 0), d.get("video_max_pixels", 0))
 
 
 def _int(name: str, value, minimum: int = 1) -> int:
@@ -92,7 +96,7 @@ def _gbps(name: str, value) -> float | None:
 
 def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
               strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
-              trained_only=True, recipe="", vision="", merger="", language=""):
+              trained_only=True, recipe="", vision="", merger="", language="", video_frames=0, video_max_pixels=0):
     from workbench.planner.request import parse_targets
     from workbench.hardware import parse_gpu_spec
     from workbench.planner import PlanRequest, plan_memory
@@ -107,6 +111,8 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
         trained_tokens=_int("Trained tokens per row", trained_tokens or 0, 0), loss_on_trained_tokens_only=bool(trained_only),
         strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes), recipe=recipe or "", vision=vision or "",
         merger=merger or "", language=language or "",
+        video_frames=_int("Video frames", video_frames or 0, 0),
+        video_max_pixels=_int("Video max pixels per frame", video_max_pixels or 0, 0),
         intra_node_gbps=_gbps("Intra-node GB/s", intra),
         **({"inter_node_gbps": inter_gbps} if inter_gbps is not None else {}))
     return plan_memory(request)
@@ -172,7 +178,8 @@ def plan_state(plan) -> dict:
                          "gpus_per_node": len(r.gpus), "quantization": r.quantization,
                          "loss_on_trained_tokens_only": r.loss_on_trained_tokens_only,
                          "trained_tokens": r.trained_tokens,
-                         **{name: getattr(r, name) for name in ("recipe", *PARTS)}},
+                         **{name: getattr(r, name) for name in ("recipe", *PARTS)},
+                         "video_frames": r.video_frames, "video_max_pixels": r.video_max_pixels},
              "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
              "gradient_checkpointing": r.gradient_checkpointing}
     return select(state, plan.strategy)
@@ -188,13 +195,13 @@ def select(state: dict, name: str) -> dict:
 
 def on_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
             strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
-            trained_only=True, recipe="", vision="", merger="", language=""):
+            trained_only=True, recipe="", vision="", merger="", language="", video_frames=0, video_max_pixels=0):
     """The Plan button: (verdict, strategy table, bars, per-GPU table, map table, auto comparison,
     suggestions, plan state)."""
     try:
         plan = make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images,
                          checkpointing, strategy, nodes, intra, inter, quantization, trained_tokens, trained_only,
-                         recipe, vision, merger, language)
+                         recipe, vision, merger, language, video_frames, video_max_pixels)
     except UserError as exc:
         empty = pd.DataFrame()
         # no empty frame for the chart: Gradio 6.31 would keep its axes categorical for good
@@ -240,6 +247,9 @@ def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
     new = copy.deepcopy(config)
     for section, key, source in APPLIED:
         new[section][key] = copy.deepcopy(r[source])
+    for section, key, source in VIDEO_APPLIED:
+        if key in new[section] and source in r:
+            new[section][key] = r[source]
     new["model"]["device_map"] = dict(plan_state["device_map"]) if name == "device_map" else None
     new["training"]["strategy"] = name
     new["training"]["nodes"] = r["nodes"] if name != "device_map" else 1
@@ -296,6 +306,12 @@ def build(ctx) -> dict:
         trained_only = gr.Checkbox(d["trained_only"], label="Loss on trained tokens only",
                                    info="Off: the model's own loss over every token.")
     with gr.Row():
+        video_frames = gr.Number(d["video_frames"], precision=0, label="Video frames per row",
+                                 info="0: no video. Every 2 frames are one temporal patch.", elem_id="planner-video-frames")
+        video_max_pixels = gr.Number(d["video_max_pixels"], precision=0, label="Video max pixels per frame",
+                                     info="0: qwen-vl-utils' default (768 tokens a frame).",
+                                     elem_id="planner-video-max-pixels")
+    with gr.Row():
         recipe = gr.Dropdown(RECIPE_CHOICES, value=d["recipe"], label="What to train",
                              info="A recipe (lora.recipe); the parts below override it.", elem_id="planner-recipe")
         parts = {name: gr.Dropdown(PART_CHOICES, value=d[name], label=label, elem_id=f"planner-{name}",
@@ -332,13 +348,13 @@ def build(ctx) -> dict:
               "max_length": max_length, "max_pixels": max_pixels, "min_pixels": min_pixels, "images": images,
               "checkpointing": checkpointing, "strategy": strategy, "nodes": nodes, "intra": intra, "inter": inter,
               "quantization": quantization, "trained_tokens": trained_tokens, "trained_only": trained_only,
-              "recipe": recipe, **parts}
+              "recipe": recipe, **parts, "video_frames": video_frames, "video_max_pixels": video_max_pixels}
     plan_button.click(on_plan, list(inputs.values()),
                       [verdict_md, strategies, chart, table, device_map, auto_md, suggestions, plan])
     strategies.select(_on_select_event, [plan], [strategies, chart, table, device_map, selected_md, plan])
     fill.click(form_from_config, [ctx.config],
                [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
-                quantization, trained_tokens, trained_only, recipe, *parts.values()])
+                quantization, trained_tokens, trained_only, recipe, *parts.values(), video_frames, video_max_pixels])
     applied = use.click(use_plan, [plan, ctx.config], [ctx.config, use_status])
     return {"plan": plan, "applied": applied, "inputs": inputs, "strategies": strategies, "chart": chart,
             "suggestions": suggestions}
