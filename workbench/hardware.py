@@ -34,6 +34,25 @@ class Gpu:
     def total_gib(self) -> float:
         return self.total_bytes / GIB
 
+    @property
+    def is_cpu(self) -> bool:
+        """This machine's CPU and memory, planned for where there is no GPU (``cpu_device``)."""
+        return self.name == CPU_NAME
+
+
+CPU_NAME = "CPU"
+
+
+def cpu_device() -> Gpu:
+    """This machine's memory as the one device a GPU-less plan trains on (the spec 'cpu')."""
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Gpu(0, CPU_NAME, total)
+
 
 @dataclass(frozen=True)
 class Card:
@@ -151,11 +170,13 @@ def parse_size(text: str) -> int:
 
 def parse_gpu_spec(spec: str) -> list[Gpu]:
     """``4x40GiB``, ``2x80GB``, ``40GiB,40GiB,24GiB`` or cards (``4xA800-40GB``, ``8xH100``,
-    ``2x4090``: the memory the driver reports for them, see ``CARDS``) -> GPUs 0..n-1.
-    Raises UserError."""
+    ``2x4090``: the memory the driver reports for them, see ``CARDS``) -> GPUs 0..n-1; ``cpu``: this
+    machine's memory, for a plan on a machine without GPUs. Raises UserError."""
     text = str(spec or "").strip()
     if not text:
         raise UserError("The GPU spec is empty: write it like 4x40GiB, 2x80GB, 40GiB,40GiB,24GiB or 4xA800-40GB.")
+    if text.lower() == "cpu":
+        return [cpu_device()]
     gpus: list[Gpu] = []
     for part in text.split(","):
         part = part.strip()
@@ -202,7 +223,9 @@ def _size_label(size: int) -> str:
 
 
 def gpu_spec(gpus: list[Gpu]) -> str:
-    """The spec string for a GPU list (``4x40GiB``, ``4xA800-40GB``, or comma-separated when mixed)."""
+    """The spec string for a GPU list (``4x40GiB``, ``4xA800-40GB``, or comma-separated when mixed; ``cpu``)."""
+    if len(gpus) == 1 and gpus[0].is_cpu:
+        return "cpu"
     labels = [_card_or_size_label(g) for g in gpus]
     if labels and len(set(labels)) == 1:
         return f"{len(labels)}x{labels[0]}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-from workbench.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -28,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--gpus", default=None,
                    help="The GPUs of one node: sizes ('4x40GiB', '2x80GB', '40GiB,40GiB,24GiB') or cards "
                         "('4xA800-40GB', '8xH100', '2x4090': the memory the driver reports for them, e.g. 39.59 GiB "
-                        "for a 40 GB A100/A800). Default: the GPUs detected on this machine.")
+                        "for a 40 GB A100/A800), or 'cpu' (this machine's memory). Default: the GPUs detected on this "
+                        "machine, or cpu where it has none.")
     p.add_argument("--nodes", type=int, default=d["nodes"],
                    help="Nodes of such GPUs for ddp/fsdp (device_map always runs on one node). Default 1.")
     p.add_argument("--strategy", default=d["strategy"], choices=STRATEGIES,
@@ -85,13 +85,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from workbench.hardware import detect_gpus, parse_gpu_spec, usable
+    from workbench.hardware import cpu_device, detect_gpus, parse_gpu_spec, usable
     from workbench.planner import PlanRequest, format_plan, plan_memory
     from workbench.planner.request import parse_targets
 
-    gpus = parse_gpu_spec(args.gpus) if args.gpus is not None else usable(detect_gpus())
-    if not gpus:
-        raise UserError("No GPUs detected on this machine: pass --gpus, e.g. --gpus 4x40GiB or --gpus 4xA800-40GB.")
+    # without a GPU here: a plan for this machine's CPU (pass --gpus to plan for GPUs elsewhere)
+    gpus = parse_gpu_spec(args.gpus) if args.gpus is not None else usable(detect_gpus()) or [cpu_device()]
     request = PlanRequest(
         model=args.model, gpus=gpus, dtype=args.dtype, lora_rank=args.lora_rank,
         lora_targets=parse_targets(args.lora_targets), lora_dropout=args.lora_dropout,

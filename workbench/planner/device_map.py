@@ -134,7 +134,7 @@ class DeviceLoad:
                 activation += max(0, forward - activation - logits)
         lora = terms.lora_state_bytes(self.lora_params)
         dequant = terms.dequantization_bytes(self.dequant_numel, step.act_bytes)
-        overhead = terms.overhead_bytes(activation + logits + dequant) if self.used else 0
+        overhead = terms.overhead_bytes(activation + logits + dequant, step.device_kind) if self.used else 0
         return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
                 "logits_bytes": logits, "dequant_bytes": dequant, "overhead_bytes": overhead,
                 "total_bytes": self.weights + lora + activation + logits + dequant + overhead}

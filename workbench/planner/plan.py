@@ -66,7 +66,7 @@ def plan_memory(request: PlanRequest) -> Plan:
     started = time.perf_counter()
     layout = layout_for(request)
     check_against_model(request, layout)
-    step = step_for(request, layout)
+    step = step_for(request, layout, "cpu" if request.on_cpu else "cuda")
     caps = [g.total_bytes for g in request.gpus]
     links = links_for(request.gpus, request.intra_node_gbps, request.inter_node_gbps)
     notes: list[str] = []
@@ -76,8 +76,11 @@ def plan_memory(request: PlanRequest) -> Plan:
     map_devices = device_rows(rows, caps)
     entries = [entry("device_map", map_devices, _fits(rows, offloaded, caps), layout, step, request, links, offloaded)]
     entries[0]["device_map"] = device_map  # kept whichever strategy is chosen: the tab can switch to it
-    entries += sharded_entries(layout, step, request, links)
-    chosen = choose(entries) if request.strategy == "auto" else request.strategy
+    if request.on_cpu:  # one process in host memory: nothing to spread, replicate or shard
+        _on_the_cpu(entries[0])
+    else:
+        entries += sharded_entries(layout, step, request, links)
+    chosen = "device_map" if request.on_cpu else choose(entries) if request.strategy == "auto" else request.strategy
     picked = next(e for e in entries if e["name"] == chosen)
     model = strategy_model(chosen, request.nodes)
 
@@ -88,6 +91,8 @@ def plan_memory(request: PlanRequest) -> Plan:
     max_batch = largest_fitting(lambda b: model.fits(layout, replace(step, batch_size=b), caps), 1, 256)
     max_frames, frames_row = largest_video(request, layout, step, caps, model)
     suggested = []
+    if request.on_cpu:
+        device_map = {name: "cpu" for name in device_map}
     if not picked["fits"]:
         suggested = suggestions(request, layout, step, caps, model)
         if request.strategy != "auto":
@@ -95,9 +100,10 @@ def plan_memory(request: PlanRequest) -> Plan:
     return Plan(request=request, fits=picked["fits"], devices=picked["devices"],
                 device_map=device_map if chosen == "device_map" else None,
                 max_length_that_fits=max_len, max_batch_size_that_fits=max_batch, suggestions=suggested,
-                accelerate_auto=accelerate_auto(layout, step, caps), plan_seconds=time.perf_counter() - started,
+                accelerate_auto=ON_CPU_AUTO if request.on_cpu else accelerate_auto(layout, step, caps), plan_seconds=time.perf_counter() - started,
                 map_source=source, notes=notes, strategy=chosen, strategies=entries,
-                choice=choice_sentence(chosen, entries, request.strategy),
+                choice=("device_map on this machine's CPU (no GPU here): one process, the whole model in its memory."
+                        if request.on_cpu else choice_sentence(chosen, entries, request.strategy)),
                 offloaded=list(offloaded) if chosen == "device_map" else [], speed_inputs=links.to_json(),
                 max_video_frames_that_fits=max_frames, video_row_tokens=frames_row)
 
@@ -121,6 +127,18 @@ def largest_video(request: PlanRequest, layout: Layout, step: Step, caps: list[i
     if not groups:
         return None, None
     return groups * layout.shape.temporal_patch, row(groups)
+
+
+ON_CPU_AUTO = {"fits": True, "out_of_memory": [], "offloaded": [], "devices": [], "device_map": {},
+               "summary": "not compared: on the CPU the whole model is in one memory."}
+
+
+def _on_the_cpu(entry: dict) -> None:
+    for device in entry["devices"]:
+        device["device"] = "cpu"
+    entry["device_map"] = {name: "cpu" for name in entry.get("device_map") or {}}
+    entry["why"] = ("One process on this machine's CPU, in its memory (no GPU here)." if entry["fits"] else
+                    entry["why"].replace("One process on the one GPU", "One process on this machine's CPU"))
 
 
 def import_backends() -> None:

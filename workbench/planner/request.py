@@ -88,6 +88,8 @@ class PlanRequest:
     def check(self) -> None:
         if not self.gpus:
             raise UserError("No GPUs to plan for: pass --gpus like 4x40GiB (none were detected on this machine).")
+        if self.on_cpu and (len(self.gpus) > 1 or self.nodes > 1):
+            raise UserError("A plan on the CPU is one process on this machine: give --gpus cpu alone, with nodes 1.")
         if self.dtype not in DTYPE_NAMES:
             raise UserError(f"dtype '{self.dtype}' is not one of bf16, fp16, fp32.")
         for name in ("lora_rank", "batch_size", "max_length", "max_pixels", "min_pixels", "nodes"):
@@ -126,6 +128,16 @@ class PlanRequest:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e5:
                 raise UserError(f"{name.replace('_', '-')} must be a bandwidth in GB/s between 0 and 100000, "
                                 f"got {value!r}.")
+
+    @property
+    def weight_dtype(self) -> str:
+        """bf16, fp16 or fp32: 'auto' is what training picks, fp32 on the CPU and bf16 on GPUs."""
+        return "fp32" if self.dtype == "auto" and self.on_cpu else DTYPE_NAMES[self.dtype]
+
+    @property
+    def on_cpu(self) -> bool:
+        """A plan for this machine's CPU (no GPU): one process in host memory."""
+        return any(g.is_cpu for g in self.gpus)
 
     def parts(self):
         """The LoraSettings of what trains (targets, recipe, parts): one reading, the training's own."""
@@ -181,7 +193,7 @@ def layout_for(request: PlanRequest, quantization: str | None = None) -> Layout:
     settings = request.parts()
     targets = lora_targets(settings, family_of(config))
     full = tuple(part for part, mode in settings.parts().items() if mode == "full")
-    return build_layout(config, DTYPE_NAMES[request.dtype], targets, request.lora_rank, kind, full)
+    return build_layout(config, request.weight_dtype, targets, request.lora_rank, kind, full)
 
 
 def trained_tokens_per_row(request: PlanRequest) -> int | None:

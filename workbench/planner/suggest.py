@@ -91,7 +91,8 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
             break
     size = max(caps)
     card = _one_card(request.gpus)
-    for count in range(len(caps) + 1, min(2 * len(caps) + 2, MAX_GPUS_PER_NODE + 1)):
+    # more or larger GPUs do not apply to a plan for this machine's CPU
+    for count in range(len(caps) + 1, min(2 * len(caps) + 2, MAX_GPUS_PER_NODE + 1) if not request.on_cpu else 0):
         more = list(caps) + [size] * (count - len(caps))
         if fits(step, gpu_caps=more):
             per_node = " per node" if request.nodes > 1 else ""
@@ -106,7 +107,7 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
                 add(f"shard over {nodes} nodes of {len(caps)} GPUs", {"training.nodes": nodes}, layout, step, caps,
                     more_nodes)
                 break
-    for gib in LARGER_GPUS_GIB:
+    for gib in LARGER_GPUS_GIB if not request.on_cpu else ():
         if gib * GIB > size and fits(step, gpu_caps=[gib * GIB] * len(caps)):
             add(f"use {len(caps)} GPU(s) of {gib} GiB each", {"gpus": f"{len(caps)}x{gib}GiB"}, layout, step,
                 [gib * GIB] * len(caps))

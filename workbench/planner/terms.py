@@ -253,9 +253,10 @@ def vision_attention_flops(patches: int, patches_per_image: int, embed_dim: int,
     return 4.0 * patches * embed_dim * context_sum
 
 
-def overhead_bytes(dynamic_bytes: int) -> int:
-    """CUDA context + allocator slack: 512 MiB + 5% of the device's dynamic bytes."""
-    return CUDA_CONTEXT_BYTES + int(ALLOCATOR_RESERVE_FRACTION * dynamic_bytes)
+def overhead_bytes(dynamic_bytes: int, device_kind: str = "cuda") -> int:
+    """CUDA context + allocator slack: 512 MiB + 5% of the device's dynamic bytes (no CUDA context on the CPU)."""
+    context = CUDA_CONTEXT_BYTES if device_kind == "cuda" else 0
+    return context + int(ALLOCATOR_RESERVE_FRACTION * dynamic_bytes)
 
 
 QUANTIZATIONS = ("none", "nf4", "int8")
