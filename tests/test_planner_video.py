@@ -146,6 +146,7 @@ def test_cli_video_json_every_preset(model, capsys):
     assert peaks[0] < peaks[1]
 
 
+@pytest.mark.slow  # a tiny model built and run: about 18 s on 2 cores
 def test_video_activations_against_a_measured_cpu_forward():
     """A trained vision tower on a tiny random Qwen2-VL: what autograd keeps for a video of 2 and of 8
     frames (saved-tensor hooks, benchmarks/planner_parts.py) grows 4x with the frames, and the planner's
