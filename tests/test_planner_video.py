@@ -111,7 +111,7 @@ def test_largest_frame_count_that_fits():
 def test_too_many_frames_for_max_length_names_the_fix():
     from workbench.errors import UserError
 
-    with pytest.raises(UserError, match="video of 64 frames.*raise max-length to at least 8193"):
+    with pytest.raises(UserError, match="video of 64 frames.*take 8192 tokens.*raise max-length to 8192 plus the row's text"):
         plan_memory(video_request("qwen2-vl-7b-instruct", 64, max_length=4096))
 
 
@@ -160,3 +160,15 @@ def test_video_activations_against_a_measured_cpu_forward():
     assert eight["measured_bytes"] == 4 * two["measured_bytes"]
     for row in (two, eight):
         assert abs(row["error"]) < 0.06, row
+
+
+def test_the_tab_plans_a_video():
+    from workbench.ui import planner_tab
+
+    form = dict(model="qwen2-vl-7b-instruct", gpus="1x80GiB", dtype="bf16", rank=8, targets="language-all-linear",
+                batch=1, max_length=4096, max_pixels=1003520, min_pixels=3136, images=0, checkpointing=True)
+    text, *_, state = planner_tab.on_plan(**form, video_frames=16, video_max_pixels=SIDE * SIDE)
+    assert "a video of 16 frames" in text and "Largest video frame count that fits:" in text
+    assert state["request"]["video_frames"] == 16
+    text, *_ = planner_tab.on_plan(**form, video_frames=-2, video_max_pixels=0)
+    assert text.startswith("**Cannot plan:** Video frames must be at least 0")

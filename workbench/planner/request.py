@@ -235,7 +235,7 @@ def check_against_model(request: PlanRequest, layout: Layout) -> None:
             what += (f" and a video of {request.video_frames} frames at video-max-pixels "
                      f"{request.video_pixels(layout)}")
         raise UserError(f"{what} take {visual} tokens, not less than max-length {request.max_length}: raise "
-                        f"max-length to at least {visual + 1} plus the row's text, or lower "
+                        f"max-length to {visual} plus the row's text, or lower "
                         f"{'video-frames, video-max-pixels or ' if request.video_frames else ''}max-pixels.")
 
 
