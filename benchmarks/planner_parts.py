@@ -94,8 +94,38 @@ def vision_check(part_settings=({"vision": "lora", "merger": "lora", "language":
     return rows
 
 
+def video_check(frames=(2, 4, 8), parts=None) -> list[dict]:
+    """A video of ``frames`` frames of 224 x 224 (16 x 16 patches a frame, one temporal patch per 2 frames)
+    through the trained vision side, measured as ``vision_check`` measures an image, against the planner's
+    video term (issue 21): ``vision_saved_bytes`` for a row with that video and no image."""
+    from workbench.hardware import Gpu
+    from workbench.planner import PlanRequest
+    from workbench.planner.device_map import vision_saved_bytes
+    from workbench.planner.request import layout_for, step_for
+
+    parts = parts or {"vision": "lora", "merger": "lora", "language": "lora"}
+    model, folder, _ = tiny_model(parts)
+    visual = model.get_base_model().model.visual
+    rows = []
+    for count in frames:
+        grid = (count // 2, 16, 16)
+        pixels = torch.randn(grid[0] * grid[1] * grid[2], 3 * 2 * 14 * 14, dtype=torch.bfloat16)
+        measured = saved_bytes(visual, pixels, grid_thw=torch.tensor([grid]))
+        request = PlanRequest(folder, [Gpu(0, "bench", 1 << 40)], max_length=4096, images_per_sample=0,
+                              video_frames=count, video_max_pixels=224 * 224, gradient_checkpointing=False,
+                              lora_rank=8, lora_dropout=0.05, **parts)
+        layout = layout_for(request)
+        planned = vision_saved_bytes(layout, step_for(request, layout, device_kind="cpu"))
+        rows.append({"frames": count, "measured_bytes": measured, "planned_bytes": planned,
+                     "error": planned / measured - 1})
+        print(f"video of {count} frames: measured {measured:9d} B  planned {planned:9d} B  error "
+              f"{100 * rows[-1]['error']:+.1f}%", flush=True)
+    return rows
+
+
 if __name__ == "__main__":
     vision_check()
+    video_check()
 
 
 def full_state_check(parts: dict) -> dict:

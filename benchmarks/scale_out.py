@@ -36,10 +36,11 @@ sys.path.insert(0, str(ROOT))
 # One process with N threads: the workbench pins tiny CPU models to one thread, so the
 # baseline run replaces that rule for this benchmark only.
 SINGLE = """
-import sys, torch
-import workbench.training.loading as loading
+import contextlib, sys, torch
+import workbench.training.job as job_module
 threads = int(sys.argv[2])
-loading.limit_threads_for_tiny_models = lambda model: torch.set_num_threads(threads)
+torch.set_num_threads(threads)
+job_module.tiny_model_threads = lambda model: contextlib.nullcontext()
 from workbench.settings import RunConfig
 from workbench.training import JobState, TrainingJob
 job = TrainingJob(RunConfig.load(sys.argv[1]))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workbench import hardware
+from workbench import devices, hardware
 from workbench.errors import UserError
 from workbench.hardware import GB, GIB, Gpu, gpu_spec, parse_gpu_spec
 
@@ -29,12 +29,12 @@ def test_spec_round_trip():
 
 
 def test_detect_without_driver_is_empty(monkeypatch):
-    monkeypatch.setattr(hardware, "_nvml_state", {"module": None})
+    monkeypatch.setattr(devices, "_nvml_state", {"module": None})
     assert hardware.detect_gpus() == []
 
 
 def test_sample_on_cpu_reports_resident_memory(monkeypatch):
-    monkeypatch.setattr(hardware, "_nvml_state", {"module": None})
+    monkeypatch.setattr(devices, "_nvml_state", {"module": None})
     rows = hardware.sample_memory()
     assert len(rows) == 1 and rows[0]["device"] == "cpu" and rows[0]["used_bytes"] > 10 * 1024**2
     assert set(rows[0]) == {"device", "used_bytes", "peak_allocated_bytes", "peak_reserved_bytes"}
@@ -54,12 +54,18 @@ class FakeNvml:
     def nvmlDeviceGetName(self, h):
         return b"NVIDIA A800-SXM4-40GB"
 
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}000"
+
+    def nvmlDeviceGetMigMode(self, h):
+        raise RuntimeError("not supported")
+
     def nvmlDeviceGetMemoryInfo(self, h):
         return self.Info(40 * GIB, (h + 1) * GIB)
 
 
 def test_detect_and_sample_with_nvml(monkeypatch):
-    monkeypatch.setattr(hardware, "_nvml_state", {"module": FakeNvml()})
+    monkeypatch.setattr(devices, "_nvml_state", {"module": FakeNvml()})
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     gpus = hardware.detect_gpus()
     assert gpus == [Gpu(0, "NVIDIA A800-SXM4-40GB", 40 * GIB), Gpu(1, "NVIDIA A800-SXM4-40GB", 40 * GIB)]
@@ -68,7 +74,7 @@ def test_detect_and_sample_with_nvml(monkeypatch):
 
 
 def test_cuda_visible_devices_renumbers(monkeypatch):
-    monkeypatch.setattr(hardware, "_nvml_state", {"module": FakeNvml()})
+    monkeypatch.setattr(devices, "_nvml_state", {"module": FakeNvml()})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert [g.index for g in hardware.detect_gpus()] == [0]
     assert [r["used_bytes"] for r in hardware.sample_memory()] == [2 * GIB]

@@ -121,7 +121,7 @@ def test_json_contract(headline):
     # Today's fields for the chosen strategy, plus the strategies side by side (issue 12).
     assert set(data) == {"fits", "devices", "device_map", "max_length_that_fits", "suggestions",
                          "accelerate_auto", "plan_seconds", "strategy", "choice", "strategies", "nodes",
-                         "speed_inputs"}
+                         "speed_inputs", "max_video_frames_that_fits", "video_row_tokens"}
     assert data["strategy"] == "device_map" and [e["name"] for e in data["strategies"]] == ["device_map", "ddp", "fsdp"]
     for e in data["strategies"]:
         assert {"name", "fits", "devices", "peak_bytes", "relative_speed", "why"} <= set(e)

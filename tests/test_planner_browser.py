@@ -77,3 +77,49 @@ def test_plan_that_does_not_fit_shows_all_suggestion_columns_and_rows_redraw(pag
 
     page.locator("#planner-use").click()
     expect(page.locator("body")).to_contain_text("Not applied: this plan does not fit with fsdp")
+
+
+@pytest.fixture(scope="module")
+def demo_page():
+    """The tab as the demo's app starts it on a machine without a GPU (issue 25's walk)."""
+    import gradio as gr
+    from playwright.sync_api import sync_playwright
+
+    from workbench.demo import DEMO_TRAINING
+    from workbench.hardware import detect_gpus
+    from workbench.session import Workbench
+    from workbench.settings import RunConfig
+    from workbench.ui import planner_tab
+    from workbench.ui.app import LaunchOptions, TabContext
+
+    if detect_gpus():
+        pytest.skip("this machine has a GPU")
+    with gr.Blocks() as app:
+        config = RunConfig.from_dict(DEMO_TRAINING).to_dict()
+        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(config))
+        with gr.Tab("Memory planner"):
+            planner_tab.build(ctx)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(60 * SECOND)
+            page.goto(app.local_url)
+            yield page
+            browser.close()
+    finally:
+        app.close()
+
+
+@pytest.mark.slow  # a browser of its own: about 50 s on 2 cores
+def test_use_this_plan_without_a_gpu_plans_the_cpu_and_keeps_the_demo_settings(demo_page):
+    from playwright.sync_api import expect
+
+    page = demo_page
+    expect(page.locator("#planner-gpus textarea, #planner-gpus input").first).to_have_value("cpu")
+    page.get_by_role("button", name="Plan", exact=True).click()
+    expect(page.get_by_text("Fits:").first).to_be_visible(timeout=120 * SECOND)
+    page.locator("#planner-use").click()
+    expect(page.locator("body")).to_contain_text(
+        "Applied: demo, one process on this machine's CPU, LoRA r16, batch 8, max_length 256, max_pixels 12544")

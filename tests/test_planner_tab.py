@@ -67,22 +67,25 @@ def test_choosing_a_row_redraws_the_chart_for_that_strategy():
     assert planner_tab.on_select(None, 0)[-1] is None
 
 
-# ---- issue 10 item 4: one set of defaults for the CLI and the tab ------------------------------
-def test_tab_starts_from_the_planner_defaults_not_the_demo_training_settings():
+# ---- issue 25 walk: the form's settings are the run's (issue 10 item 4 had the planner's defaults, and
+# "Use this plan" then replaced the demo's tuned settings with them) ----------------------------------
+def test_tab_starts_from_the_run_config_settings():
     d = request_defaults()
     _, _, tab = build_tab(demo_config())  # the demo trains at rank 16, batch 8, checkpointing off
     values = {name: component.value for name, component in tab["inputs"].items()}
     assert values["model"] == "demo"
-    assert (values["rank"], values["batch"], values["checkpointing"]) == (d["lora_rank"], d["batch_size"], True)
-    assert (values["max_length"], values["max_pixels"], values["min_pixels"]) == (2048, 1003520, 3136)
-    assert (values["strategy"], values["nodes"], values["targets"]) == ("auto", 1, "language-all-linear")
+    assert (values["rank"], values["batch"], values["checkpointing"]) == (16, 8, False)
+    assert (values["max_length"], values["max_pixels"], values["min_pixels"]) == (256, 112 * 112, 3136)
+    assert values["targets"] == "language-and-merger"
+    # placement is the plan's to choose; what the run config does not hold starts from the CLI's defaults
+    assert (values["strategy"], values["nodes"], values["images"]) == ("auto", 1, d["images_per_sample"])
 
 
 def test_only_model_and_gpus_typed_plans_as_the_cli_does():
     from workbench.cli.main import build_parser
     from workbench.planner import PlanRequest
 
-    _, _, tab = build_tab(demo_config())
+    _, _, tab = build_tab(RunConfig().to_dict())  # the default settings are the CLI's
     form = {name: c.value for name, c in tab["inputs"].items()}
     form.update(model="qwen2-vl-72b-instruct", gpus="4x40GiB")
     text, *_, state = planner_tab.on_plan(*form.values())
@@ -96,7 +99,7 @@ def test_only_model_and_gpus_typed_plans_as_the_cli_does():
 def test_fill_from_current_settings_stays_explicit():
     values = planner_tab.form_from_config(demo_config())
     assert values[0] == "demo" and values[2] == 16 and values[4] == 8 and values[8] is False
-    assert values[9:] == ("device_map", 1, "none", 0, True, "", "", "", "")  # recipe, vision, merger, language
+    assert values[9:] == ("device_map", 1, "none", 0, True, "", "", "", "", None, None)  # recipe, parts, video
 
 
 # ---- issue 10 item 5: say what does not fit; show the suggestions' numbers -----------------------

@@ -106,7 +106,7 @@ def teach_base_answer(model, tokenizer, steps: int = BASE_PRETRAIN_STEPS) -> Non
     attention = (input_ids != pad).long()
     optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if "visual" not in n], lr=3e-3)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see workbench.training.loading.limit_threads_for_tiny_models
+    torch.set_num_threads(1)  # see workbench.training.loading.tiny_model_threads
     try:
         model.train()
         for _ in range(steps):

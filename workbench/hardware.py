@@ -1,4 +1,5 @@
-"""GPU inventory and memory sampling: nvidia-ml-py where a driver is present, else CPU.
+"""GPU sizes and cards, the planner's GPU specs, and memory sampling (the devices themselves:
+``workbench.devices``), nvidia-ml-py where a driver is present, else CPU.
 
 ``detect_gpus`` and ``sample_memory`` never raise because a driver or a GPU is missing.
 NVML is initialised once per process; ``sample_memory`` runs every logging step of a
@@ -32,6 +33,25 @@ class Gpu:
     @property
     def total_gib(self) -> float:
         return self.total_bytes / GIB
+
+    @property
+    def is_cpu(self) -> bool:
+        """This machine's CPU and memory, planned for where there is no GPU (``cpu_device``)."""
+        return self.name == CPU_NAME
+
+
+CPU_NAME = "CPU"
+
+
+def cpu_device() -> Gpu:
+    """This machine's memory as the one device a GPU-less plan trains on (the spec 'cpu')."""
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Gpu(0, CPU_NAME, total)
 
 
 @dataclass(frozen=True)
@@ -120,50 +140,12 @@ def usable(gpus: list[Gpu]) -> list[Gpu]:
     return out
 
 
-_nvml_state: dict = {}
-
-
-def _nvml():
-    """The pynvml module after one successful nvmlInit, or None (no package, no driver)."""
-    if "module" not in _nvml_state:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            _nvml_state["module"] = pynvml
-        except Exception:  # no driver / no GPU / no package: the CPU path
-            _nvml_state["module"] = None
-    return _nvml_state["module"]
-
-
 def detect_gpus() -> list[Gpu]:
-    """The visible NVIDIA GPUs (index, name, total memory); empty without a driver."""
-    nvml = _nvml()
-    if nvml is None:
-        return []
-    gpus = []
-    try:
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            name = nvml.nvmlDeviceGetName(handle)
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            gpus.append(Gpu(index, name, int(nvml.nvmlDeviceGetMemoryInfo(handle).total)))
-    except Exception:
-        return []
-    return _visible(gpus)
+    """The GPUs this process's CUDA sees (torch's cuda:N order, CUDA_VISIBLE_DEVICES applied in any of
+    its forms: ``workbench.devices``); empty without a driver."""
+    from workbench import devices
 
-
-def _visible(gpus: list[Gpu]) -> list[Gpu]:
-    """Respect CUDA_VISIBLE_DEVICES (integer form) and renumber as torch would."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None or not visible.strip():
-        return gpus
-    try:
-        order = [int(x) for x in visible.split(",") if x.strip()]
-    except ValueError:  # UUID form: keep NVML's order
-        return gpus
-    by_index = {g.index: g for g in gpus}
-    return [Gpu(i, by_index[n].name, by_index[n].total_bytes) for i, n in enumerate(order) if n in by_index]
+    return [Gpu(d.index, d.name, d.total_bytes) for d in devices.visible()]
 
 
 def parse_size(text: str) -> int:
@@ -188,11 +170,13 @@ def parse_size(text: str) -> int:
 
 def parse_gpu_spec(spec: str) -> list[Gpu]:
     """``4x40GiB``, ``2x80GB``, ``40GiB,40GiB,24GiB`` or cards (``4xA800-40GB``, ``8xH100``,
-    ``2x4090``: the memory the driver reports for them, see ``CARDS``) -> GPUs 0..n-1.
-    Raises UserError."""
+    ``2x4090``: the memory the driver reports for them, see ``CARDS``) -> GPUs 0..n-1; ``cpu``: this
+    machine's memory, for a plan on a machine without GPUs. Raises UserError."""
     text = str(spec or "").strip()
     if not text:
         raise UserError("The GPU spec is empty: write it like 4x40GiB, 2x80GB, 40GiB,40GiB,24GiB or 4xA800-40GB.")
+    if text.lower() == "cpu":
+        return [cpu_device()]
     gpus: list[Gpu] = []
     for part in text.split(","):
         part = part.strip()
@@ -239,7 +223,9 @@ def _size_label(size: int) -> str:
 
 
 def gpu_spec(gpus: list[Gpu]) -> str:
-    """The spec string for a GPU list (``4x40GiB``, ``4xA800-40GB``, or comma-separated when mixed)."""
+    """The spec string for a GPU list (``4x40GiB``, ``4xA800-40GB``, or comma-separated when mixed; ``cpu``)."""
+    if len(gpus) == 1 and gpus[0].is_cpu:
+        return "cpu"
     labels = [_card_or_size_label(g) for g in gpus]
     if labels and len(set(labels)) == 1:
         return f"{len(labels)}x{labels[0]}"
@@ -253,42 +239,28 @@ def sample_memory() -> list[dict]:
     processes), peak_allocated_bytes / peak_reserved_bytes (this process's torch peaks,
     None where unknown).
     """
+    from workbench import devices
+
     rows = []
-    nvml = _nvml()
+    lib = devices.nvml()
     torch = _torch_if_cuda()
-    if nvml is not None:
-        try:
-            count = nvml.nvmlDeviceGetCount()
-        except Exception:
-            count = 0
-        handles = _nvml_state.setdefault("handles", {})
+    if lib is not None:
         torch_count = torch.cuda.device_count() if torch is not None else 0
-        for local, index in enumerate(_visible_physical(count)):
+        for device in devices.visible():
             try:
-                handle = handles.get(index) or handles.setdefault(index, nvml.nvmlDeviceGetHandleByIndex(index))
-                used = int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+                used = int(lib.nvmlDeviceGetMemoryInfo(devices.handle(device)).used)
             except Exception:
                 continue
             peak_alloc = peak_res = None
-            if torch is not None and local < torch_count:
-                peak_alloc = int(torch.cuda.max_memory_allocated(local))
-                peak_res = int(torch.cuda.max_memory_reserved(local))
-            rows.append({"device": f"cuda:{local}", "used_bytes": used,
+            if torch is not None and device.index < torch_count:
+                peak_alloc = int(torch.cuda.max_memory_allocated(device.index))
+                peak_res = int(torch.cuda.max_memory_reserved(device.index))
+            rows.append({"device": device.torch_name, "used_bytes": used,
                          "peak_allocated_bytes": peak_alloc, "peak_reserved_bytes": peak_res})
     if rows:
         return rows
     return [{"device": "cpu", "used_bytes": _resident_bytes(),
              "peak_allocated_bytes": None, "peak_reserved_bytes": None}]
-
-
-def _visible_physical(count: int) -> list[int]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None or not visible.strip():
-        return list(range(count))
-    try:
-        return [int(x) for x in visible.split(",") if x.strip() and 0 <= int(x) < count]
-    except ValueError:
-        return list(range(count))
 
 
 def _torch_if_cuda():

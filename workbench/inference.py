@@ -163,7 +163,9 @@ class Comparer:
         inputs = self._inputs(sample)
         off = self.model.disable_adapter() if (self.adapter_dir and not use_adapter) else contextlib.nullcontext()
         start = time.perf_counter()
-        with torch.inference_mode(), off:
+        from workbench.training.loading import tiny_model_threads
+
+        with torch.inference_mode(), off, tiny_model_threads(self.model):
             output = self.model.generate(**inputs, **decoding.generate_kwargs())
         seconds = time.perf_counter() - start
         new = output[0, inputs["input_ids"].shape[1]:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-from workbench.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -28,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--gpus", default=None,
                    help="The GPUs of one node: sizes ('4x40GiB', '2x80GB', '40GiB,40GiB,24GiB') or cards "
                         "('4xA800-40GB', '8xH100', '2x4090': the memory the driver reports for them, e.g. 39.59 GiB "
-                        "for a 40 GB A100/A800). Default: the GPUs detected on this machine.")
+                        "for a 40 GB A100/A800), or 'cpu' (this machine's memory). Default: the GPUs detected on this "
+                        "machine, or cpu where it has none.")
     p.add_argument("--nodes", type=int, default=d["nodes"],
                    help="Nodes of such GPUs for ddp/fsdp (device_map always runs on one node). Default 1.")
     p.add_argument("--strategy", default=d["strategy"], choices=STRATEGIES,
@@ -61,6 +61,13 @@ def register(subparsers) -> None:
     p.add_argument("--min-pixels", type=int, default=d["min_pixels"], help="Smallest image area after resizing.")
     p.add_argument("--images-per-sample", type=int, default=d["images_per_sample"],
                    help="Images in one row (0 for text-only); sizes the vision tower's activations.")
+    p.add_argument("--video-frames", type=int, default=d["video_frames"],
+                   help="Frames sampled from the video in each row (0: no video). Every 2 frames are one temporal "
+                        "patch: tokens = frames/2 x one frame's tokens, and the vision tower's activations grow "
+                        "with frames x patches. The plan says the largest frame count that fits.")
+    p.add_argument("--video-max-pixels", type=int, default=d["video_max_pixels"],
+                   help="Largest area of one video frame after resizing (0: qwen-vl-utils' default of 768 tokens, "
+                        "602112 pixels for Qwen2-VL and Qwen2.5-VL, 786432 for Qwen3-VL).")
     p.add_argument("--no-gradient-checkpointing", action="store_true",
                    help="Plan without gradient checkpointing (every layer keeps all intermediates: much more memory).")
     p.add_argument("--quantization", default=d["quantization"], choices=["none", "nf4", "int8"],
@@ -78,19 +85,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from workbench.hardware import detect_gpus, parse_gpu_spec, usable
+    from workbench.hardware import cpu_device, detect_gpus, parse_gpu_spec, usable
     from workbench.planner import PlanRequest, format_plan, plan_memory
     from workbench.planner.request import parse_targets
 
-    gpus = parse_gpu_spec(args.gpus) if args.gpus is not None else usable(detect_gpus())
-    if not gpus:
-        raise UserError("No GPUs detected on this machine: pass --gpus, e.g. --gpus 4x40GiB or --gpus 4xA800-40GB.")
+    # without a GPU here: a plan for this machine's CPU (pass --gpus to plan for GPUs elsewhere)
+    gpus = parse_gpu_spec(args.gpus) if args.gpus is not None else usable(detect_gpus()) or [cpu_device()]
     request = PlanRequest(
         model=args.model, gpus=gpus, dtype=args.dtype, lora_rank=args.lora_rank,
         lora_targets=parse_targets(args.lora_targets), lora_dropout=args.lora_dropout,
         recipe=args.recipe or "", vision=args.vision or "", merger=args.merger or "", language=args.language or "",
         batch_size=args.batch_size, max_length=args.max_length, max_pixels=args.max_pixels,
         min_pixels=args.min_pixels, images_per_sample=args.images_per_sample,
+        video_frames=args.video_frames, video_max_pixels=args.video_max_pixels,
         gradient_checkpointing=not args.no_gradient_checkpointing, quantization=args.quantization,
         loss_on_trained_tokens_only=not args.full_loss, trained_tokens=args.trained_tokens,
         strategy=args.strategy, nodes=args.nodes,

@@ -32,6 +32,8 @@ class Step:
     act_bytes: int = 2
     trained_tokens: int | None = None  # per row with the trained-token loss; None: the model's own loss
     lm_head_in_forward: bool = False   # FSDP2: the trained-token loss runs lm_head inside the forward
+    video_groups: int = 0              # temporal patches (frame pairs) of the video in each row; 0: no video
+    video_tokens_per_group: int = 0    # tokens of one temporal patch (one frame's h x w at the video's pixels)
 
     @property
     def tokens(self) -> int:
@@ -39,8 +41,12 @@ class Step:
 
     @property
     def visual_tokens(self) -> int:
-        """Image tokens the language model sees in the whole batch."""
-        return self.batch_size * self.images_per_sample * self.visual_tokens_per_image
+        """Image and video tokens the language model sees in the whole batch."""
+        return self.batch_size * self.visual_tokens_per_row
+
+    @property
+    def visual_tokens_per_row(self) -> int:
+        return self.images_per_sample * self.visual_tokens_per_image + self.video_groups * self.video_tokens_per_group
 
     def logits_bytes(self, vocab: int) -> int:
         """The loss's peak on the lm_head device, for the loss this step uses."""
@@ -115,7 +121,7 @@ class DeviceLoad:
             activation += terms.final_norm_bytes(t, s.hidden)
         if "embed" in self.kinds:
             activation += terms.input_embedding_grad_bytes(t, s.hidden)
-        if "vision_in" in self.kinds and step.images_per_sample:
+        if "vision_in" in self.kinds and step.visual_tokens:
             patches = step.patches(s.merge_size)
             deepstack = terms.deepstack_bytes(step.visual_tokens, s.hidden, s.deepstack_levels, step.act_bytes)
             if layout.vision_trained:
@@ -128,7 +134,7 @@ class DeviceLoad:
                 activation += max(0, forward - activation - logits)
         lora = terms.lora_state_bytes(self.lora_params)
         dequant = terms.dequantization_bytes(self.dequant_numel, step.act_bytes)
-        overhead = terms.overhead_bytes(activation + logits + dequant) if self.used else 0
+        overhead = terms.overhead_bytes(activation + logits + dequant, step.device_kind) if self.used else 0
         return {"weights_bytes": self.weights, "lora_bytes": lora, "activation_bytes": activation,
                 "logits_bytes": logits, "dequant_bytes": dequant, "overhead_bytes": overhead,
                 "total_bytes": self.weights + lora + activation + logits + dequant + overhead}
@@ -138,7 +144,7 @@ def vision_saved_bytes(layout: Layout, step: Step) -> int:
     """What the vision side keeps for backward: the tower's blocks once the tower trains (a merger trained
     alone is fed by a tower that needs no gradient), and each merger once either trains."""
     s = layout.shape
-    if not layout.vision_trained or not step.images_per_sample:
+    if not layout.vision_trained or not step.visual_tokens:
         return 0
     saved = 0
     tower = [u for u in layout.units if u.kind.startswith("vision")]

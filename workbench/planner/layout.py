@@ -56,6 +56,7 @@ class Shape:
     qk_norm: bool = False
     pixels_per_token: int = 28       # side of the pixel square one visual token covers
     vision_heads: int = 16
+    temporal_patch: int = 2          # frames one vision patch spans (a video's frame pair)
 
     @property
     def q_dim(self) -> int:
@@ -112,6 +113,7 @@ def shape_of(config) -> Shape:
         window_patches=family.vision.window_patches, full_attention_blocks=family.full_attention_blocks(vision),
         deepstack_levels=family.deepstack_levels(vision), qk_norm=family.qk_norm,
         pixels_per_token=family.pixels_per_token, vision_heads=vision.num_heads,
+        temporal_patch=vision.temporal_patch_size,
     )
 
 

@@ -36,6 +36,8 @@ class Plan:
     choice: str = ""
     offloaded: list[str] = field(default_factory=list)
     speed_inputs: dict = field(default_factory=dict)
+    max_video_frames_that_fits: int | None = None
+    video_row_tokens: int | None = None  # the row length at that frame count (the same text)
 
     def to_json(self) -> dict:
         """The CLI/UI contract: today's fields for the chosen strategy (device_map is null for
@@ -45,7 +47,9 @@ class Plan:
                 "max_length_that_fits": self.max_length_that_fits, "suggestions": self.suggestions,
                 "accelerate_auto": self.accelerate_auto, "plan_seconds": round(self.plan_seconds, 4),
                 "strategy": self.strategy, "choice": self.choice, "strategies": self.strategies,
-                "nodes": self.request.nodes, "speed_inputs": self.speed_inputs}
+                "nodes": self.request.nodes, "speed_inputs": self.speed_inputs,
+                "max_video_frames_that_fits": self.max_video_frames_that_fits,
+                "video_row_tokens": self.video_row_tokens}
 
     def entry(self, name: str) -> dict:
         return next(e for e in self.strategies if e["name"] == name)
@@ -62,7 +66,7 @@ def plan_memory(request: PlanRequest) -> Plan:
     started = time.perf_counter()
     layout = layout_for(request)
     check_against_model(request, layout)
-    step = step_for(request, layout)
+    step = step_for(request, layout, "cpu" if request.on_cpu else "cuda")
     caps = [g.total_bytes for g in request.gpus]
     links = links_for(request.gpus, request.intra_node_gbps, request.inter_node_gbps)
     notes: list[str] = []
@@ -72,8 +76,11 @@ def plan_memory(request: PlanRequest) -> Plan:
     map_devices = device_rows(rows, caps)
     entries = [entry("device_map", map_devices, _fits(rows, offloaded, caps), layout, step, request, links, offloaded)]
     entries[0]["device_map"] = device_map  # kept whichever strategy is chosen: the tab can switch to it
-    entries += sharded_entries(layout, step, request, links)
-    chosen = choose(entries) if request.strategy == "auto" else request.strategy
+    if request.on_cpu:  # one process in host memory: nothing to spread, replicate or shard
+        _on_the_cpu(entries[0])
+    else:
+        entries += sharded_entries(layout, step, request, links)
+    chosen = "device_map" if request.on_cpu else choose(entries) if request.strategy == "auto" else request.strategy
     picked = next(e for e in entries if e["name"] == chosen)
     model = strategy_model(chosen, request.nodes)
 
@@ -82,7 +89,10 @@ def plan_memory(request: PlanRequest) -> Plan:
     max_len = largest_fitting(lambda n: model.fits(layout, replace(step, max_length=n), caps),
                               request.visual_tokens(layout) + 1, layout.shape.max_positions)
     max_batch = largest_fitting(lambda b: model.fits(layout, replace(step, batch_size=b), caps), 1, 256)
+    max_frames, frames_row = largest_video(request, layout, step, caps, model)
     suggested = []
+    if request.on_cpu:
+        device_map = {name: "cpu" for name in device_map}
     if not picked["fits"]:
         suggested = suggestions(request, layout, step, caps, model)
         if request.strategy != "auto":
@@ -90,10 +100,45 @@ def plan_memory(request: PlanRequest) -> Plan:
     return Plan(request=request, fits=picked["fits"], devices=picked["devices"],
                 device_map=device_map if chosen == "device_map" else None,
                 max_length_that_fits=max_len, max_batch_size_that_fits=max_batch, suggestions=suggested,
-                accelerate_auto=accelerate_auto(layout, step, caps), plan_seconds=time.perf_counter() - started,
+                accelerate_auto=ON_CPU_AUTO if request.on_cpu else accelerate_auto(layout, step, caps), plan_seconds=time.perf_counter() - started,
                 map_source=source, notes=notes, strategy=chosen, strategies=entries,
-                choice=choice_sentence(chosen, entries, request.strategy),
-                offloaded=list(offloaded) if chosen == "device_map" else [], speed_inputs=links.to_json())
+                choice=("device_map on this machine's CPU (no GPU here): one process, the whole model in its memory."
+                        if request.on_cpu else choice_sentence(chosen, entries, request.strategy)),
+                offloaded=list(offloaded) if chosen == "device_map" else [], speed_inputs=links.to_json(),
+                max_video_frames_that_fits=max_frames, video_row_tokens=frames_row)
+
+
+def largest_video(request: PlanRequest, layout: Layout, step: Step, caps: list[int], model) -> tuple:
+    """(frames, row tokens): the most video frames a row can hold while the step fits, the row's text
+    staying as it is (max_length less the visual tokens) so the row grows by each frame pair's tokens;
+    (None, None) without a video or when not even one frame pair fits."""
+    per_group = step.video_tokens_per_group
+    if not request.video_frames or not per_group:
+        return None, None
+    text = step.max_length - request.visual_tokens(layout)
+    others = request.visual_tokens(layout, video_frames=0)
+
+    def row(groups: int) -> int:
+        return text + others + groups * per_group
+
+    most = (layout.shape.max_positions - text - others) // per_group
+    groups = largest_fitting(lambda g: model.fits(layout, replace(step, video_groups=g, max_length=row(g)), caps),
+                             1, most)
+    if not groups:
+        return None, None
+    return groups * layout.shape.temporal_patch, row(groups)
+
+
+ON_CPU_AUTO = {"fits": True, "out_of_memory": [], "offloaded": [], "devices": [], "device_map": {},
+               "summary": "not compared: on the CPU the whole model is in one memory."}
+
+
+def _on_the_cpu(entry: dict) -> None:
+    for device in entry["devices"]:
+        device["device"] = "cpu"
+    entry["device_map"] = {name: "cpu" for name in entry.get("device_map") or {}}
+    entry["why"] = ("One process on this machine's CPU, in its memory (no GPU here)." if entry["fits"] else
+                    entry["why"].replace("One process on the one GPU", "One process on this machine's CPU"))
 
 
 def import_backends() -> None:

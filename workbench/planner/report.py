@@ -55,6 +55,8 @@ def verdict(plan) -> str:
     r = plan.request
     settings = (f"batch {r.batch_size}, max_length {r.max_length}, max_pixels {r.max_pixels}, gradient "
                 f"checkpointing {'on' if r.gradient_checkpointing else 'off'}, {loss_basis(r)}")
+    if getattr(r, "video_frames", 0):
+        settings += f", a video of {r.video_frames} frames at {r.video_max_pixels or 'the default'} pixels"
     if r.quantization != "none":
         settings += f", {r.quantization} base"
     amount = f"{gib(worst['total_bytes'])} GiB of {gib(worst['capacity_bytes'])} GiB"
@@ -72,6 +74,12 @@ def verdict(plan) -> str:
         head += f" Largest max_length that fits: {plan.max_length_that_fits}."
     else:
         head += " No max_length fits with these settings."
+    if getattr(r, "video_frames", 0):
+        if plan.max_video_frames_that_fits:
+            head += (f" Largest video frame count that fits: {plan.max_video_frames_that_fits} (rows of "
+                     f"{plan.video_row_tokens} tokens with the same text: set max_length to match).")
+        else:
+            head += " No video frame count fits with these settings."
     if plan.max_batch_size_that_fits:
         head += f" Largest batch size at this max_length: {plan.max_batch_size_that_fits}."
     return head

@@ -19,6 +19,9 @@ STRATEGIES = ("auto", "device_map", "ddp", "fsdp")
 # No real LoRA step runs more rows than this on one device; a larger value is a typo.
 MAX_BATCH_SIZE = 1024
 MAX_NODES = 1024
+# qwen-vl-utils' per-frame ceiling (VIDEO_MAX_TOKEN_NUM): 768 tokens, 768 x 28 x 28 pixels for Qwen2-VL and
+# Qwen2.5-VL, 768 x 32 x 32 for Qwen3-VL; a video_max_pixels of 0 plans with it.
+VIDEO_MAX_TOKENS_PER_FRAME = 768
 # One 200 Gb/s InfiniBand HDR port per node: what many small clusters have between nodes.
 DEFAULT_INTER_NODE_GBPS = 25.0
 
@@ -31,7 +34,8 @@ class PlanRequest:
     always runs in one process on one node). Link bandwidths are in GB/s; None takes the
     intra-node figure from the GPUs' card (PCIe for unnamed sizes). ``trained_tokens``: the
     answer tokens of a row, as the dataset's statistics measured them (p95 or max); 0 when
-    unknown, and then every token of a row counts as trained (the upper bound).
+    unknown, and then every token of a row counts as trained (the upper bound). ``max_length``
+    holds a row's text and its visual tokens, a video's included.
     """
 
     model: str
@@ -51,6 +55,10 @@ class PlanRequest:
     max_pixels: int = 1003520
     min_pixels: int = 3136
     images_per_sample: int = 1
+    # one video per row of this many sampled frames (0: no video), each resized to at most video_max_pixels
+    # (0: qwen-vl-utils' default, VIDEO_MAX_TOKENS_PER_FRAME tokens)
+    video_frames: int = 0
+    video_max_pixels: int = 0
     gradient_checkpointing: bool = True
     quantization: str = "none"
     loss_on_trained_tokens_only: bool = True
@@ -69,6 +77,9 @@ class PlanRequest:
                    batch_size=cfg.training.per_device_train_batch_size, max_length=cfg.data.max_length,
                    max_pixels=cfg.data.max_pixels, min_pixels=cfg.data.min_pixels,
                    images_per_sample=images_per_sample,
+                   # the data settings' video fields (data.video_*), where this workbench has them
+                   video_frames=int(getattr(cfg.data, "video_frames", 0) or getattr(cfg.data, "video_nframes", 0) or 0),
+                   video_max_pixels=int(getattr(cfg.data, "video_max_pixels", 0) or 0),
                    gradient_checkpointing=cfg.training.gradient_checkpointing,
                    quantization=cfg.model.quantization,
                    loss_on_trained_tokens_only=cfg.training.loss_on_trained_tokens_only,
@@ -77,6 +88,8 @@ class PlanRequest:
     def check(self) -> None:
         if not self.gpus:
             raise UserError("No GPUs to plan for: pass --gpus like 4x40GiB (none were detected on this machine).")
+        if self.on_cpu and (len(self.gpus) > 1 or self.nodes > 1):
+            raise UserError("A plan on the CPU is one process on this machine: give --gpus cpu alone, with nodes 1.")
         if self.dtype not in DTYPE_NAMES:
             raise UserError(f"dtype '{self.dtype}' is not one of bf16, fp16, fp32.")
         for name in ("lora_rank", "batch_size", "max_length", "max_pixels", "min_pixels", "nodes"):
@@ -90,6 +103,13 @@ class PlanRequest:
             raise UserError(f"nodes {self.nodes} is more than {MAX_NODES}: check the number.")
         if isinstance(self.images_per_sample, bool) or not isinstance(self.images_per_sample, int) or self.images_per_sample < 0:
             raise UserError(f"images-per-sample must be 0 or more, got {self.images_per_sample!r}.")
+        for name in ("video_frames", "video_max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"{name.replace('_', '-')} must be 0 or a positive whole number, got {value!r}.")
+        if 0 < self.video_max_pixels < self.min_pixels:
+            raise UserError(f"video-max-pixels ({self.video_max_pixels}) is smaller than min-pixels "
+                            f"({self.min_pixels}): raise video-max-pixels.")
         if self.min_pixels > self.max_pixels:
             raise UserError(f"min-pixels ({self.min_pixels}) is larger than max-pixels ({self.max_pixels}).")
         if self.quantization not in terms.QUANTIZATIONS:
@@ -109,6 +129,16 @@ class PlanRequest:
                 raise UserError(f"{name.replace('_', '-')} must be a bandwidth in GB/s between 0 and 100000, "
                                 f"got {value!r}.")
 
+    @property
+    def weight_dtype(self) -> str:
+        """bf16, fp16 or fp32: 'auto' is what training picks, fp32 on the CPU and bf16 on GPUs."""
+        return "fp32" if self.dtype == "auto" and self.on_cpu else DTYPE_NAMES[self.dtype]
+
+    @property
+    def on_cpu(self) -> bool:
+        """A plan for this machine's CPU (no GPU): one process in host memory."""
+        return any(g.is_cpu for g in self.gpus)
+
     def parts(self):
         """The LoraSettings of what trains (targets, recipe, parts): one reading, the training's own."""
         from workbench.settings import LoraSettings
@@ -123,10 +153,22 @@ class PlanRequest:
             raise UserError(str(exc).replace("lora.", "--").replace("_lr", "-lr")) from None
         return settings
 
-    def visual_tokens(self, layout: Layout) -> int:
-        """Image tokens in one row: images x max_pixels // (pixels per token)^2 (784 for Qwen2-VL, 1024 Qwen3-VL)."""
+    def visual_tokens(self, layout: Layout, video_frames: int | None = None) -> int:
+        """Image and video tokens in one row: images x max_pixels // (pixels per token)^2 (784 for Qwen2-VL,
+        1024 Qwen3-VL) + ceil(frames / 2) x one frame's tokens."""
         per_image = terms.visual_tokens_per_image(self.max_pixels, layout.shape.pixels_per_token)
-        return self.images_per_sample * per_image if self.images_per_sample else 0
+        images = self.images_per_sample * per_image if self.images_per_sample else 0
+        frames = self.video_frames if video_frames is None else video_frames
+        return images + terms.video_groups(frames, layout.shape.temporal_patch) * self.video_tokens_per_group(layout)
+
+    def video_pixels(self, layout: Layout) -> int:
+        """A frame's largest area: video_max_pixels, or qwen-vl-utils' default for this family."""
+        return self.video_max_pixels or VIDEO_MAX_TOKENS_PER_FRAME * layout.shape.pixels_per_token**2
+
+    def video_tokens_per_group(self, layout: Layout) -> int:
+        """Tokens of one temporal patch (2 frames): one frame's h x w tokens at its largest area."""
+        return terms.visual_tokens_per_image(self.video_pixels(layout), layout.shape.pixels_per_token) \
+            if self.video_frames else 0
 
 
 def request_defaults() -> dict:
@@ -151,7 +193,7 @@ def layout_for(request: PlanRequest, quantization: str | None = None) -> Layout:
     settings = request.parts()
     targets = lora_targets(settings, family_of(config))
     full = tuple(part for part, mode in settings.parts().items() if mode == "full")
-    return build_layout(config, DTYPE_NAMES[request.dtype], targets, request.lora_rank, kind, full)
+    return build_layout(config, request.weight_dtype, targets, request.lora_rank, kind, full)
 
 
 def trained_tokens_per_row(request: PlanRequest) -> int | None:
@@ -168,7 +210,9 @@ def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") ->
                 visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels, layout.shape.pixels_per_token),
                 gradient_checkpointing=request.gradient_checkpointing, lora_rank=request.lora_rank,
                 lora_dropout=request.lora_dropout > 0, device_kind=device_kind,
-                act_bytes=4 if layout.dtype == "fp32" else 2, trained_tokens=trained_tokens_per_row(request))
+                act_bytes=4 if layout.dtype == "fp32" else 2, trained_tokens=trained_tokens_per_row(request),
+                video_groups=terms.video_groups(request.video_frames, layout.shape.temporal_patch),
+                video_tokens_per_group=request.video_tokens_per_group(layout))
 
 
 def check_against_model(request: PlanRequest, layout: Layout) -> None:
@@ -186,9 +230,13 @@ def check_against_model(request: PlanRequest, layout: Layout) -> None:
                         f"(max_position_embeddings {shape.max_positions}): lower max-length.")
     visual = request.visual_tokens(layout)
     if visual >= request.max_length:
-        raise UserError(f"{request.images_per_sample} image(s) at max-pixels {request.max_pixels} take "
-                        f"{visual} tokens, not less than max-length {request.max_length}: raise "
-                        "max-length or lower max-pixels.")
+        what = f"{request.images_per_sample} image(s) at max-pixels {request.max_pixels}"
+        if request.video_frames:
+            what += (f" and a video of {request.video_frames} frames at video-max-pixels "
+                     f"{request.video_pixels(layout)}")
+        raise UserError(f"{what} take {visual} tokens, not less than max-length {request.max_length}: raise "
+                        f"max-length to {visual} plus the row's text, or lower "
+                        f"{'video-frames, video-max-pixels or ' if request.video_frames else ''}max-pixels.")
 
 
 def parse_targets(text: str):

@@ -92,10 +92,15 @@ def step_flops(layout: Layout, step: Step) -> float:
     # a trained merger alone back-propagates through itself only: the tower's output needs no gradient
     tower_passes = passes if layout.tower_trained else 1
     merger_passes = passes if layout.vision_trained else 1
-    patches = step.patches(s.merge_size) if step.images_per_sample else 0
-    per_image = step.visual_tokens_per_image * s.merge_size**2
-    attention = terms.vision_attention_flops(patches, per_image, s.vision_embed, s.vision_depth,
-                                             s.full_attention_blocks, s.window_patches) if patches else 0
+    patches = step.patches(s.merge_size)
+    # the tower attends within one image, and within one temporal patch (frame pair) of a video
+    attention = 0.0
+    for count, per_item in ((step.images_per_sample, step.visual_tokens_per_image),
+                            (step.video_groups, step.video_tokens_per_group)):
+        if count and per_item:
+            item = per_item * s.merge_size**2
+            attention += terms.vision_attention_flops(step.batch_size * count * item, item, s.vision_embed,
+                                                      s.vision_depth, s.full_attention_blocks, s.window_patches)
     return (2.0 * language * step.tokens * passes + (2.0 * tower * patches + attention) * tower_passes
             + 2.0 * merger * patches * merger_passes)
 

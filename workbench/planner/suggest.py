@@ -61,6 +61,18 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
             add(f"lower max_pixels {request.max_pixels} -> {pixels} ({per_image} -> {best_k} tokens per image; "
                 f"max_length {step.max_length} -> {st.max_length} for the same text)",
                 {"data.max_pixels": pixels, "data.max_length": st.max_length}, layout, st, caps)
+    # Fewer video frames: the same text in a row shorter by the dropped frame pairs' tokens.
+    if step.video_groups > 1:
+        def with_groups(g: int) -> Step:
+            return replace(step, video_groups=g,
+                           max_length=step.max_length - (step.video_groups - g) * step.video_tokens_per_group)
+
+        best_g = largest_fitting(lambda g: fits(with_groups(g)), 1, step.video_groups - 1)
+        if best_g:
+            st, temporal = with_groups(best_g), layout.shape.temporal_patch
+            add(f"lower video frames {request.video_frames} -> {best_g * temporal} (max_length {step.max_length} -> "
+                f"{st.max_length} for the same text)",
+                {"data.video_frames": best_g * temporal, "data.max_length": st.max_length}, layout, st, caps)
     if not step.gradient_checkpointing:
         st = replace(step, gradient_checkpointing=True)
         if fits(st):
@@ -79,7 +91,8 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
             break
     size = max(caps)
     card = _one_card(request.gpus)
-    for count in range(len(caps) + 1, min(2 * len(caps) + 2, MAX_GPUS_PER_NODE + 1)):
+    # more or larger GPUs do not apply to a plan for this machine's CPU
+    for count in range(len(caps) + 1, min(2 * len(caps) + 2, MAX_GPUS_PER_NODE + 1) if not request.on_cpu else 0):
         more = list(caps) + [size] * (count - len(caps))
         if fits(step, gpu_caps=more):
             per_node = " per node" if request.nodes > 1 else ""
@@ -94,7 +107,7 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
                 add(f"shard over {nodes} nodes of {len(caps)} GPUs", {"training.nodes": nodes}, layout, step, caps,
                     more_nodes)
                 break
-    for gib in LARGER_GPUS_GIB:
+    for gib in LARGER_GPUS_GIB if not request.on_cpu else ():
         if gib * GIB > size and fits(step, gpu_caps=[gib * GIB] * len(caps)):
             add(f"use {len(caps)} GPU(s) of {gib} GiB each", {"gpus": f"{len(caps)}x{gib}GiB"}, layout, step,
                 [gib * GIB] * len(caps))

@@ -40,8 +40,21 @@ def visual_tokens_per_image(max_pixels: int, factor: int = IMAGE_FACTOR) -> int:
     return max(1, int(max_pixels) // (factor * factor))
 
 
+def video_groups(frames: int, temporal_patch: int = 2) -> int:
+    """Temporal patches of a video of ``frames`` frames: each ``temporal_patch`` (2) frames are one; an odd
+    last frame is repeated to fill its pair, as the family's video processor pads it."""
+    return -(-int(frames) // temporal_patch) if frames > 0 else 0
+
+
+def visual_tokens_per_video(frames: int, max_pixels: int, factor: int = IMAGE_FACTOR, temporal_patch: int = 2) -> int:
+    """Tokens the LLM sees for one video: temporal patches x tokens of one frame at max_pixels,
+    ceil(frames / 2) x max_pixels // factor^2 (frames / 2 x (h/14)(w/14)/4 for Qwen2-VL)."""
+    return video_groups(frames, temporal_patch) * visual_tokens_per_image(max_pixels, factor) if frames > 0 else 0
+
+
 def vision_patches(visual_tokens: int, merge_size: int = 2) -> int:
-    """Patches the vision tower sees: tokens x merge^2 (4x the LLM's image tokens)."""
+    """Patches the vision tower sees: tokens x merge^2 (4x the LLM's image or video tokens; a video's
+    patch spans its temporal patch of 2 frames, so patches = frames / 2 x (h/14)(w/14))."""
     return visual_tokens * merge_size * merge_size
 
 
@@ -240,9 +253,10 @@ def vision_attention_flops(patches: int, patches_per_image: int, embed_dim: int,
     return 4.0 * patches * embed_dim * context_sum
 
 
-def overhead_bytes(dynamic_bytes: int) -> int:
-    """CUDA context + allocator slack: 512 MiB + 5% of the device's dynamic bytes."""
-    return CUDA_CONTEXT_BYTES + int(ALLOCATOR_RESERVE_FRACTION * dynamic_bytes)
+def overhead_bytes(dynamic_bytes: int, device_kind: str = "cuda") -> int:
+    """CUDA context + allocator slack: 512 MiB + 5% of the device's dynamic bytes (no CUDA context on the CPU)."""
+    context = CUDA_CONTEXT_BYTES if device_kind == "cuda" else 0
+    return context + int(ALLOCATOR_RESERVE_FRACTION * dynamic_bytes)
 
 
 QUANTIZATIONS = ("none", "nf4", "int8")

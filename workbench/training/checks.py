@@ -69,13 +69,13 @@ def check_model_and_data(config: RunConfig) -> None:
 
 def check_device_map(config: RunConfig) -> None:
     """A pinned device_map may only name devices this machine has (checked before anything loads)."""
-    import torch
+    from workbench import devices
 
     device_map = config.model.device_map
     if not device_map:
         return
     values = device_map.values() if isinstance(device_map, dict) else [device_map]
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = devices.count()
     for value in values:
         text = str(value).strip().lower()
         if text in ("cpu", "disk", "auto", "balanced", "balanced_low_0", "sequential", "meta"):

@@ -42,10 +42,10 @@ COLLECTIVE_TIMEOUT_S = int(os.environ.get("WORKBENCH_COLLECTIVE_TIMEOUT_S", "180
 # ---- the shape of a launch ---------------------------------------------------------
 def local_gpu_count() -> int:
     """GPUs visible here, without initialising CUDA in this process (NVML, else torch)."""
-    from workbench.hardware import detect_gpus
+    from workbench import devices
 
     try:
-        return len(detect_gpus())
+        return devices.count()
     except Exception:  # noqa: BLE001 - no driver, no NVML: a CPU machine
         return 0
 

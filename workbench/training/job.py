@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from workbench.run_folder import ADAPTER_FILES, RunFolder, RunStatus, checkpoint
 from workbench.settings import RunConfig
 from workbench.training.bridge import MetricsBuffer, WorkbenchCallback
 from workbench.training.faults import failure_message
+from workbench.training.loading import tiny_model_threads
 from workbench.training.trainer import trainer_class  # a module name here: tests swap it for a recording one
 # where a run writes: also imported from here by the launcher
 from workbench.training.output import new_run_dir, prepare_output_dir, save_adapter_atomically  # noqa: F401
@@ -163,6 +165,7 @@ class TrainingJob:
                 self.on_message(str(exc))
             return self.state
         model = trainer = None
+        self._scoped = ExitStack()  # what the run changes in this process (thread count) and gives back
         try:
             model, trainer = self._train()
         except LockLost as exc:
@@ -187,6 +190,7 @@ class TrainingJob:
             if self.state not in TERMINAL:  # a path above forgot to say how it ended
                 self._say(JobState.FAILED, "The run ended without a result; details are in the log.")
             del trainer, model
+            self._scoped.close()
             _release_memory()
             ours = self._holds_folder()  # a folder another process took over is never cleaned from here
             if self._lock is not None:
@@ -249,6 +253,7 @@ class TrainingJob:
         self._say(JobState.LOADING, f"Loading {self.config.model.name_or_path} and applying LoRA.")
         set_seed(self.config.training.seed)  # LoRA's initialisation too, not only the data order
         model = placement.load_model(model_path, self.config)
+        self._scoped.enter_context(tiny_model_threads(model))
         model = apply_lora(model, self.config.lora, self.config.training.gradient_checkpointing)
         trainable, total = model.get_nb_trainable_parameters()
         part_rates, trains = announce(model, self.config, self.folder.config_file if writes else None)

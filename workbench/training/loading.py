@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from workbench.errors import UserError
@@ -101,15 +102,16 @@ def load_model(path: str, config: RunConfig, device_map=None):
             path, dtype=dtype, device_map=device_map, use_safetensors=True, quantization_config=quantization)
     except OSError as exc:
         raise UserError(f"Could not load model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen-VL model folder with safetensors weights, or 'demo'.") from None
-    limit_threads_for_tiny_models(model)
     return model
 
 
 TINY_MODEL_PARAMETERS = 50_000_000
 
 
-def limit_threads_for_tiny_models(model) -> None:
-    """One CPU thread for a tiny model on the CPU (the demo).
+@contextmanager
+def tiny_model_threads(model):
+    """One CPU thread while a tiny model on the CPU (the demo) trains or answers, and the process's
+    own count again after: the app process runs other work (and later, larger models) too.
 
     Its matrices are so small that each op's cost is the OpenMP hand-off between threads;
     when another process keeps a core busy, every op waits for a descheduled thread. On
@@ -118,6 +120,11 @@ def limit_threads_for_tiny_models(model) -> None:
     """
     import torch
 
+    before = torch.get_num_threads()
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     if on_cpu and sum(p.numel() for p in model.parameters()) < TINY_MODEL_PARAMETERS:
         torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -2,9 +2,11 @@
 verdict, map, suggestions, and "Use this plan".
 
 Handlers are plain functions of plain values (testable without a browser); every number
-comes from ``workbench.planner.plan_memory``. The form starts from the planner's own
-defaults (``PlanRequest``, the same as the CLI's); "Fill from current settings" copies the
-run config's values in on request.
+comes from ``workbench.planner.plan_memory``. The form's settings follow the run config (the
+LoRA form, a loaded dataset or YAML): a plan is of the run being set up, and "Use this plan"
+changes only the placement and what was changed here. Fields the run config does not hold
+(GPUs, images per sample, links) start from the planner's defaults (``PlanRequest``, the CLI's).
+On a machine without a GPU the GPUs box says ``cpu``: the plan is for this machine.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import pandas as pd
 
 from workbench.errors import UserError
 from workbench.planner.report import GIB, TERM_LABELS, TERMS, map_ranges, terms_of, verdict
-from workbench.planner.request import STRATEGIES, request_defaults
+from workbench.planner.request import DTYPE_NAMES, STRATEGIES, request_defaults
 from workbench.settings import PART_MODES, PARTS, RECIPES, TARGET_PRESETS
 
-DTYPES = ["bf16", "fp16", "fp32"]
-FALLBACK_GPUS = "4x40GiB"
+DTYPES = ["auto", "bf16", "fp16", "fp32"]  # auto: as training picks it (bf16 on GPUs, fp32 on the CPU)
+# The form's fields in the order form_from_config gives them; FOLLOWED: those that follow the run config
+# (strategy and nodes are the plan's to choose).
+FILLED = ("model", "dtype", "rank", "targets", "batch", "max_length", "max_pixels", "min_pixels", "checkpointing",
+          "strategy", "nodes", "quantization", "trained_tokens", "trained_only", "recipe", *PARTS, "video_frames",
+          "video_max_pixels")
+FOLLOWED = tuple(name for name in FILLED if name not in ("strategy", "nodes"))
 STRATEGY_COLUMNS = ["strategy", "fits", "peak GPU GiB", "free GiB", "speed", "why"]
 # Fixed colours per term, so switching strategies (whose terms differ) keeps each term's colour.
 TERM_COLORS = {"weights": "#4c78a8", "LoRA+optim": "#f58518", "activations": "#e45756", "logits/loss": "#72b7b2",
@@ -28,24 +35,26 @@ TERM_COLORS = {"weights": "#4c78a8", "LoRA+optim": "#f58518", "activations": "#e
 QUANTIZATIONS = ["none", "nf4", "int8"]
 # The run config fields a plan sets, and where in the plan they come from.
 APPLIED = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("lora", "rank", "lora_rank"),
-           ("lora", "target_modules", "lora_targets"), ("lora", "dropout", "lora_dropout"),
+           ("lora", "target_modules", "lora_targets"),
            ("training", "per_device_train_batch_size", "batch_size"), ("data", "max_length", "max_length"),
            ("data", "max_pixels", "max_pixels"), ("data", "min_pixels", "min_pixels"),
            ("training", "gradient_checkpointing", "gradient_checkpointing"), ("model", "quantization", "quantization"),
            ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
            ("data", "trained_tokens", "trained_tokens"),
            *(("lora", name, name) for name in ("recipe", *PARTS)))
+# Applied only where the run config has them (the data settings' video fields).
+VIDEO_APPLIED = (("data", "video_frames", "video_frames"), ("data", "video_max_pixels", "video_max_pixels"))
 # What trains, as the LoRA tab offers it: empty defers to the recipe (or, without one, to the targets).
 RECIPE_CHOICES = [("as the LoRA targets reach", ""), *RECIPES]
 PART_CHOICES = [("as the recipe says", ""), *PART_MODES]
 
 
 def default_gpu_spec() -> str:
-    """The detected GPUs as a spec (cards by name where known), or an example spec without GPUs."""
+    """The detected GPUs as a spec (cards by name where known), or 'cpu' on a machine without one."""
     from workbench.hardware import detect_gpus, gpu_spec, usable
 
     gpus = usable(detect_gpus())
-    return gpu_spec(gpus) if gpus else FALLBACK_GPUS
+    return gpu_spec(gpus) if gpus else "cpu"
 
 
 def form_defaults(model: str) -> dict:
@@ -58,20 +67,39 @@ def form_defaults(model: str) -> dict:
             "checkpointing": d["gradient_checkpointing"], "strategy": d["strategy"], "nodes": d["nodes"],
             "intra": d["intra_node_gbps"], "inter": d["inter_node_gbps"], "quantization": d["quantization"],
             "trained_tokens": d["trained_tokens"], "trained_only": d["loss_on_trained_tokens_only"],
-            **{name: d[name] for name in ("recipe", *PARTS)}}
+            **{name: d[name] for name in ("recipe", *PARTS)},
+            "video_frames": d["video_frames"], "video_max_pixels": d["video_max_pixels"]}
 
 
 def form_from_config(config: dict) -> tuple:
     """(model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
-    quantization, trained tokens, loss on trained tokens only) from a RunConfig dict: the "Fill from current
-    settings" button."""
+    quantization, trained tokens, loss on trained tokens only, recipe, parts, video frames, video max pixels)
+    from a RunConfig dict: the "Fill from current settings" button."""
     m, d, l, t = config["model"], config["data"], config["lora"], config["training"]
     targets = l["target_modules"] if isinstance(l["target_modules"], str) else ",".join(l["target_modules"])
-    dtype = m["dtype"] if m["dtype"] in DTYPES else "bf16"
+    dtype = m["dtype"] if m["dtype"] in DTYPES else DTYPE_NAMES.get(m["dtype"], "bf16")
     return (m["name_or_path"], dtype, l["rank"], targets, t["per_device_train_batch_size"], d["max_length"],
             d["max_pixels"], d["min_pixels"], t["gradient_checkpointing"], t.get("strategy", "device_map"),
             t.get("nodes", 1), m.get("quantization", "none"), d.get("trained_tokens", 0),
-            t.get("loss_on_trained_tokens_only", True), *(l.get(name, "") for name in ("recipe", *PARTS)))
+            t.get("loss_on_trained_tokens_only", True), *(l.get(name, "") for name in ("recipe", *PARTS)),
+            d.get("video_frames"), d.get("video_max_pixels"))
+
+
+def followed(config: dict) -> dict:
+    """The form's values of the run config's settings (FOLLOWED), leaving out those it does not hold."""
+    values = dict(zip(FILLED, form_from_config(config)))
+    return {name: values[name] for name in FOLLOWED if values[name] is not None}
+
+
+def fill_from(config: dict):
+    """"Fill from current settings": every field the run config holds, strategy and nodes too."""
+    return tuple(gr.skip() if value is None else value for value in form_from_config(config))
+
+
+def follow(config: dict):
+    """The run config changed: its settings into the form (gr.skip() for what it does not hold)."""
+    values = followed(config)
+    return tuple(values.get(name, gr.skip()) for name in FOLLOWED)
 
 
 def _int(name: str, value, minimum: int = 1) -> int:
@@ -92,7 +120,7 @@ def _gbps(name: str, value) -> float | None:
 
 def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
               strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
-              trained_only=True, recipe="", vision="", merger="", language=""):
+              trained_only=True, recipe="", vision="", merger="", language="", video_frames=0, video_max_pixels=0):
     from workbench.planner.request import parse_targets
     from workbench.hardware import parse_gpu_spec
     from workbench.planner import PlanRequest, plan_memory
@@ -107,6 +135,8 @@ def make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, 
         trained_tokens=_int("Trained tokens per row", trained_tokens or 0, 0), loss_on_trained_tokens_only=bool(trained_only),
         strategy=str(strategy or "auto"), nodes=_int("Nodes", nodes), recipe=recipe or "", vision=vision or "",
         merger=merger or "", language=language or "",
+        video_frames=_int("Video frames", video_frames or 0, 0),
+        video_max_pixels=_int("Video max pixels per frame", video_max_pixels or 0, 0),
         intra_node_gbps=_gbps("Intra-node GB/s", intra),
         **({"inter_node_gbps": inter_gbps} if inter_gbps is not None else {}))
     return plan_memory(request)
@@ -164,7 +194,7 @@ def plan_state(plan) -> dict:
     """What the tab keeps of a plan: enough to redraw any strategy and to apply it to the run config."""
     r = plan.request
     entries = [dict(e) for e in plan.strategies]
-    state = {"chosen": plan.strategy, "strategies": entries, "model": r.model,
+    state = {"chosen": plan.strategy, "strategies": entries, "model": r.model, "on_cpu": r.on_cpu,
              "request": {"model": r.model, "dtype": r.dtype, "lora_rank": r.lora_rank,
                          "lora_targets": r.lora_targets, "lora_dropout": r.lora_dropout, "batch_size": r.batch_size,
                          "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
@@ -172,7 +202,8 @@ def plan_state(plan) -> dict:
                          "gpus_per_node": len(r.gpus), "quantization": r.quantization,
                          "loss_on_trained_tokens_only": r.loss_on_trained_tokens_only,
                          "trained_tokens": r.trained_tokens,
-                         **{name: getattr(r, name) for name in ("recipe", *PARTS)}},
+                         **{name: getattr(r, name) for name in ("recipe", *PARTS)},
+                         "video_frames": r.video_frames, "video_max_pixels": r.video_max_pixels},
              "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
              "gradient_checkpointing": r.gradient_checkpointing}
     return select(state, plan.strategy)
@@ -188,13 +219,13 @@ def select(state: dict, name: str) -> dict:
 
 def on_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images, checkpointing,
             strategy="auto", nodes=1, intra=None, inter=None, quantization="none", trained_tokens=0,
-            trained_only=True, recipe="", vision="", merger="", language=""):
+            trained_only=True, recipe="", vision="", merger="", language="", video_frames=0, video_max_pixels=0):
     """The Plan button: (verdict, strategy table, bars, per-GPU table, map table, auto comparison,
     suggestions, plan state)."""
     try:
         plan = make_plan(model, gpus, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, images,
                          checkpointing, strategy, nodes, intra, inter, quantization, trained_tokens, trained_only,
-                         recipe, vision, merger, language)
+                         recipe, vision, merger, language, video_frames, video_max_pixels)
     except UserError as exc:
         empty = pd.DataFrame()
         # no empty frame for the chart: Gradio 6.31 would keep its axes categorical for good
@@ -237,10 +268,15 @@ def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
         return config, (f"Not applied: this plan does not fit with {name}. Choose a strategy that fits in the "
                         "table, or apply one of the suggestions and plan again.")
     r = plan_state["request"]
+    on_cpu = plan_state.get("on_cpu", False)
     new = copy.deepcopy(config)
     for section, key, source in APPLIED:
         new[section][key] = copy.deepcopy(r[source])
-    new["model"]["device_map"] = dict(plan_state["device_map"]) if name == "device_map" else None
+    for section, key, source in VIDEO_APPLIED:
+        if key in new[section] and source in r:
+            new[section][key] = r[source]
+    # on the CPU the whole model is on the one device: training's own {"": "cpu"}
+    new["model"]["device_map"] = dict(plan_state["device_map"]) if name == "device_map" and not on_cpu else None
     new["training"]["strategy"] = name
     new["training"]["nodes"] = r["nodes"] if name != "device_map" else 1
     # device_map is one process whatever the GPU count; ddp/fsdp start one process per GPU.
@@ -249,7 +285,8 @@ def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
         RunConfig.from_dict(new)
     except UserError as exc:
         return config, f"Not applied: {exc}"
-    where = (f"device_map over {len(set(map(str, plan_state['device_map'].values())))} GPU(s)" if name == "device_map"
+    where = ("one process on this machine's CPU" if on_cpu else
+             f"device_map over {len(set(map(str, plan_state['device_map'].values())))} GPU(s)" if name == "device_map"
              else f"{name} over {r['nodes']} node(s) x {r['gpus_per_node']} GPU(s)")
     base = f", {r['quantization']} base" if r["quantization"] != "none" else ""
     return new, (f"Applied: {r['model']}{base}, {where}, LoRA r{r['lora_rank']}, batch {r['batch_size']}, max_length "
@@ -266,7 +303,7 @@ def build(ctx) -> dict:
     "chart" and "suggestions" components (for tests)."""
     config = ctx.config.value if ctx is not None and getattr(ctx, "config", None) is not None else None
     model_name = config["model"]["name_or_path"] if config else "qwen2-vl-7b-instruct"
-    d = form_defaults(model_name)
+    d = {**form_defaults(model_name), **(followed(config) if config else {})}
     gr.Markdown("How to train on your GPUs: per-GPU memory of one LoRA training step with `device_map` (one "
                 "process, layers spread over the GPUs), DDP (a replica per GPU) and FSDP2 (weights sharded over "
                 "every GPU of every node), the expected speed of each, and the fastest that fits.")
@@ -274,7 +311,7 @@ def build(ctx) -> dict:
     # over the old verdict; on_plan's own check names the field.
     with gr.Row():
         model = gr.Textbox(d["model"], label="Model", info="Preset (qwen2-vl-7b-instruct, qwen2.5-vl-72b-instruct, qwen3-vl-8b-instruct, ...), a demo or a local folder.", elem_id="planner-model")
-        gpus = gr.Textbox(default_gpu_spec(), label="GPUs per node", info="Detected, sizes (4x40GiB, 2x80GB) or cards (4xA800-40GB, 8xH100, 2x4090).", elem_id="planner-gpus")
+        gpus = gr.Textbox(default_gpu_spec(), label="GPUs per node", info="Detected (cpu: no GPU here, this machine's memory), sizes (4x40GiB, 2x80GB) or cards (4xA800-40GB, 8xH100, 2x4090).", elem_id="planner-gpus")
         nodes = gr.Number(d["nodes"], precision=0, label="Nodes", info="For ddp/fsdp; device_map uses one.", elem_id="planner-nodes")
         strategy = gr.Dropdown(list(STRATEGIES), value=d["strategy"], label="Strategy", info="auto: the fastest that fits.", elem_id="planner-strategy")
     with gr.Row():
@@ -295,6 +332,12 @@ def build(ctx) -> dict:
                                    elem_id="planner-trained-tokens")
         trained_only = gr.Checkbox(d["trained_only"], label="Loss on trained tokens only",
                                    info="Off: the model's own loss over every token.")
+    with gr.Row():
+        video_frames = gr.Number(d["video_frames"], precision=0, label="Video frames per row",
+                                 info="0: no video. Every 2 frames are one temporal patch.", elem_id="planner-video-frames")
+        video_max_pixels = gr.Number(d["video_max_pixels"], precision=0, label="Video max pixels per frame",
+                                     info="0: qwen-vl-utils' default (768 tokens a frame).",
+                                     elem_id="planner-video-max-pixels")
     with gr.Row():
         recipe = gr.Dropdown(RECIPE_CHOICES, value=d["recipe"], label="What to train",
                              info="A recipe (lora.recipe); the parts below override it.", elem_id="planner-recipe")
@@ -332,13 +375,14 @@ def build(ctx) -> dict:
               "max_length": max_length, "max_pixels": max_pixels, "min_pixels": min_pixels, "images": images,
               "checkpointing": checkpointing, "strategy": strategy, "nodes": nodes, "intra": intra, "inter": inter,
               "quantization": quantization, "trained_tokens": trained_tokens, "trained_only": trained_only,
-              "recipe": recipe, **parts}
+              "recipe": recipe, **parts, "video_frames": video_frames, "video_max_pixels": video_max_pixels}
     plan_button.click(on_plan, list(inputs.values()),
                       [verdict_md, strategies, chart, table, device_map, auto_md, suggestions, plan])
     strategies.select(_on_select_event, [plan], [strategies, chart, table, device_map, selected_md, plan])
-    fill.click(form_from_config, [ctx.config],
+    fill.click(fill_from, [ctx.config],
                [model, dtype, rank, targets, batch, max_length, max_pixels, min_pixels, checkpointing, strategy, nodes,
-                quantization, trained_tokens, trained_only, recipe, *parts.values()])
+                quantization, trained_tokens, trained_only, recipe, *parts.values(), video_frames, video_max_pixels])
     applied = use.click(use_plan, [plan, ctx.config], [ctx.config, use_status])
+    ctx.config.change(follow, [ctx.config], [inputs[name] for name in FOLLOWED], show_progress="hidden")
     return {"plan": plan, "applied": applied, "inputs": inputs, "strategies": strategies, "chart": chart,
             "suggestions": suggestions}
