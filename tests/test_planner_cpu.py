@@ -79,3 +79,32 @@ def test_a_cpu_plan_is_one_process():
 
     with pytest.raises(UserError, match="cpu alone, with nodes 1"):
         plan_memory(PlanRequest(model="demo", gpus=parse_gpu_spec("cpu"), nodes=2))
+
+
+def test_to_plan_request_and_with_plan_round_trip():
+    # One table maps the run's settings to the plan's request and back: a plan made from a config and
+    # applied to it changes only what the plan chose (strategy, nodes, processes, the map).
+    from workbench.hardware import parse_gpu_spec
+    from workbench.planner.request import CONFIG_FIELDS, NOT_WRITTEN_BACK, to_plan_request, with_plan
+    from workbench.settings import RunConfig
+
+    config = RunConfig().replace(model={"name_or_path": "qwen2-vl-7b-instruct", "quantization": "nf4"},
+                                 lora={"rank": 32, "dropout": 0.0, "recipe": "merger-full"},
+                                 data={"max_length": 4096, "max_pixels": 401408, "trained_tokens": 77},
+                                 training={"per_device_train_batch_size": 2, "gradient_checkpointing": False})
+    request = to_plan_request(config, parse_gpu_spec("4x80GiB"))
+    for section, name, field in CONFIG_FIELDS:
+        if hasattr(getattr(config, section), name):
+            assert getattr(request, field) == getattr(getattr(config, section), name), name
+    back = with_plan(config, request.fields(), "ddp")
+    changed = {(s, k) for s in ("model", "data", "lora", "training")
+               for k, v in getattr(back, s).__dict__.items() if getattr(getattr(config, s), k) != v}
+    assert changed == {("training", "strategy"), ("training", "nproc_per_node")}
+    assert back.training.nproc_per_node == 4
+    # the other way: a default config takes every setting the plan was made with, but not its dropout
+    fresh = with_plan(RunConfig(), request.fields(), "fsdp")
+    again = to_plan_request(fresh, parse_gpu_spec("4x80GiB"))
+    for section, name, field in CONFIG_FIELDS:
+        if field not in NOT_WRITTEN_BACK and hasattr(getattr(config, section), name):
+            assert getattr(again, field) == getattr(request, field), name
+    assert fresh.lora.dropout == RunConfig().lora.dropout and fresh.training.strategy == "fsdp"

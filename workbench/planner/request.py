@@ -70,20 +70,13 @@ class PlanRequest:
 
     @classmethod
     def from_run_config(cls, cfg, gpus: list[Gpu], images_per_sample: int = 1) -> "PlanRequest":
-        """The request for a ``workbench.settings.RunConfig`` on ``gpus``."""
-        return cls(model=cfg.model.name_or_path, gpus=list(gpus), dtype=cfg.model.dtype,
-                   lora_rank=cfg.lora.rank, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
-                   recipe=cfg.lora.recipe, vision=cfg.lora.vision, merger=cfg.lora.merger, language=cfg.lora.language,
-                   batch_size=cfg.training.per_device_train_batch_size, max_length=cfg.data.max_length,
-                   max_pixels=cfg.data.max_pixels, min_pixels=cfg.data.min_pixels,
-                   images_per_sample=images_per_sample,
-                   # the data settings' video fields (data.video_*), where this workbench has them
-                   video_frames=int(getattr(cfg.data, "video_frames", 0) or getattr(cfg.data, "video_nframes", 0) or 0),
-                   video_max_pixels=int(getattr(cfg.data, "video_max_pixels", 0) or 0),
-                   gradient_checkpointing=cfg.training.gradient_checkpointing,
-                   quantization=cfg.model.quantization,
-                   loss_on_trained_tokens_only=cfg.training.loss_on_trained_tokens_only,
-                   trained_tokens=cfg.data.trained_tokens, strategy=cfg.training.strategy, nodes=cfg.training.nodes)
+        """The request for a ``workbench.settings.RunConfig`` on ``gpus`` (``to_plan_request``)."""
+        return to_plan_request(cfg, gpus, images_per_sample)
+
+    def fields(self) -> dict:
+        """The request as plain values (what the Memory planner tab keeps of a plan): the GPUs as their count."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "gpus"}
+        return {**values, "gpus_per_node": len(self.gpus), "on_cpu": self.on_cpu}
 
     def check(self) -> None:
         if not self.gpus:
@@ -169,6 +162,54 @@ class PlanRequest:
         """Tokens of one temporal patch (2 frames): one frame's h x w tokens at its largest area."""
         return terms.visual_tokens_per_image(self.video_pixels(layout), layout.shape.pixels_per_token) \
             if self.video_frames else 0
+
+
+# The settings a plan depends on, in both directions: (RunConfig section, its field, the PlanRequest field).
+# A row whose RunConfig field does not exist (yet) is skipped.
+CONFIG_FIELDS = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("model", "quantization", "quantization"),
+                 ("lora", "rank", "lora_rank"), ("lora", "target_modules", "lora_targets"),
+                 ("lora", "dropout", "lora_dropout"), ("lora", "recipe", "recipe"), ("lora", "vision", "vision"),
+                 ("lora", "merger", "merger"), ("lora", "language", "language"),
+                 ("training", "per_device_train_batch_size", "batch_size"), ("data", "max_length", "max_length"),
+                 ("data", "max_pixels", "max_pixels"), ("data", "min_pixels", "min_pixels"),
+                 ("data", "video_frames", "video_frames"), ("data", "video_max_pixels", "video_max_pixels"),
+                 ("training", "gradient_checkpointing", "gradient_checkpointing"),
+                 ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
+                 ("data", "trained_tokens", "trained_tokens"), ("training", "strategy", "strategy"),
+                 ("training", "nodes", "nodes"))
+# What "Use this plan" writes back: not the dropout (the planner's form has no box for it, so a plan would
+# reset the run's own), and the strategy and nodes as the plan chose them (``with_plan``).
+NOT_WRITTEN_BACK = ("lora_dropout", "strategy", "nodes")
+
+
+def _config_fields(cfg) -> list[tuple[str, str, str]]:
+    return [row for row in CONFIG_FIELDS if hasattr(getattr(cfg, row[0]), row[1])]
+
+
+def to_plan_request(cfg, gpus: list[Gpu], images_per_sample: int = 1) -> PlanRequest:
+    """The request for a ``workbench.settings.RunConfig`` on ``gpus``."""
+    values = {request: getattr(getattr(cfg, section), name) for section, name, request in _config_fields(cfg)}
+    return PlanRequest(gpus=list(gpus), images_per_sample=images_per_sample, **values)
+
+
+def with_plan(cfg, request: dict, strategy: str, device_map: dict | None = None):
+    """``cfg`` (a RunConfig) with the settings a plan was made with (``request``: ``PlanRequest.fields()``)
+    and its strategy: the node count and processes for ddp/fsdp, the map for device_map on GPUs. What the
+    plan does not depend on stays as the user set it. Raises UserError when the result is not a valid config."""
+    from workbench.settings import RunConfig
+
+    raw = cfg.to_dict()
+    for section, name, source in _config_fields(cfg):
+        if source not in NOT_WRITTEN_BACK and source in request:
+            raw[section][name] = request[source]
+    on_cpu = request.get("on_cpu", False)
+    # on the CPU the whole model is on the one device: training's own {"": "cpu"}
+    raw["model"]["device_map"] = dict(device_map) if strategy == "device_map" and device_map and not on_cpu else None
+    raw["training"]["strategy"] = strategy
+    raw["training"]["nodes"] = request["nodes"] if strategy != "device_map" else 1
+    # device_map is one process whatever the GPU count; ddp/fsdp start one process per GPU.
+    raw["training"]["nproc_per_node"] = request["gpus_per_node"] if strategy != "device_map" else 0
+    return RunConfig.from_dict(raw)
 
 
 def request_defaults() -> dict:

@@ -11,14 +11,13 @@ On a machine without a GPU the GPUs box says ``cpu``: the plan is for this machi
 
 from __future__ import annotations
 
-import copy
 
 import gradio as gr
 import pandas as pd
 
 from workbench.errors import UserError
 from workbench.planner.report import GIB, TERM_LABELS, TERMS, map_ranges, terms_of, verdict
-from workbench.planner.request import DTYPE_NAMES, STRATEGIES, request_defaults
+from workbench.planner.request import DTYPE_NAMES, STRATEGIES, request_defaults, with_plan
 from workbench.settings import PART_MODES, PARTS, RECIPES, TARGET_PRESETS
 
 DTYPES = ["auto", "bf16", "fp16", "fp32"]  # auto: as training picks it (bf16 on GPUs, fp32 on the CPU)
@@ -34,16 +33,6 @@ TERM_COLORS = {"weights": "#4c78a8", "LoRA+optim": "#f58518", "activations": "#e
                "dequantised": "#9d755d", "gathered/buckets": "#b279a2", "CUDA+alloc": "#54a24b", "free": "#eeca3b"}
 QUANTIZATIONS = ["none", "nf4", "int8"]
 # The run config fields a plan sets, and where in the plan they come from.
-APPLIED = (("model", "name_or_path", "model"), ("model", "dtype", "dtype"), ("lora", "rank", "lora_rank"),
-           ("lora", "target_modules", "lora_targets"),
-           ("training", "per_device_train_batch_size", "batch_size"), ("data", "max_length", "max_length"),
-           ("data", "max_pixels", "max_pixels"), ("data", "min_pixels", "min_pixels"),
-           ("training", "gradient_checkpointing", "gradient_checkpointing"), ("model", "quantization", "quantization"),
-           ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
-           ("data", "trained_tokens", "trained_tokens"),
-           *(("lora", name, name) for name in ("recipe", *PARTS)))
-# Applied only where the run config has them (the data settings' video fields).
-VIDEO_APPLIED = (("data", "video_frames", "video_frames"), ("data", "video_max_pixels", "video_max_pixels"))
 # What trains, as the LoRA tab offers it: empty defers to the recipe (or, without one, to the targets).
 RECIPE_CHOICES = [("as the LoRA targets reach", ""), *RECIPES]
 PART_CHOICES = [("as the recipe says", ""), *PART_MODES]
@@ -195,15 +184,7 @@ def plan_state(plan) -> dict:
     r = plan.request
     entries = [dict(e) for e in plan.strategies]
     state = {"chosen": plan.strategy, "strategies": entries, "model": r.model, "on_cpu": r.on_cpu,
-             "request": {"model": r.model, "dtype": r.dtype, "lora_rank": r.lora_rank,
-                         "lora_targets": r.lora_targets, "lora_dropout": r.lora_dropout, "batch_size": r.batch_size,
-                         "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
-                         "gradient_checkpointing": r.gradient_checkpointing, "nodes": r.nodes,
-                         "gpus_per_node": len(r.gpus), "quantization": r.quantization,
-                         "loss_on_trained_tokens_only": r.loss_on_trained_tokens_only,
-                         "trained_tokens": r.trained_tokens,
-                         **{name: getattr(r, name) for name in ("recipe", *PARTS)},
-                         "video_frames": r.video_frames, "video_max_pixels": r.video_max_pixels},
+             "request": r.fields(),
              "max_length": r.max_length, "max_pixels": r.max_pixels, "min_pixels": r.min_pixels,
              "gradient_checkpointing": r.gradient_checkpointing}
     return select(state, plan.strategy)
@@ -259,7 +240,7 @@ def _on_select_event(state, evt: gr.SelectData):
 def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
     """'Use this plan': the model and settings the plan was made with, its strategy and node
     count (and for device_map its map) into the RunConfig dict; or the old dict and why not."""
-    from workbench.settings import RunConfig
+    from workbench.training.checks import config_from_raw
 
     if not plan_state:
         return config, "Make a plan first."
@@ -269,20 +250,8 @@ def use_plan(plan_state: dict | None, config: dict) -> tuple[dict, str]:
                         "table, or apply one of the suggestions and plan again.")
     r = plan_state["request"]
     on_cpu = plan_state.get("on_cpu", False)
-    new = copy.deepcopy(config)
-    for section, key, source in APPLIED:
-        new[section][key] = copy.deepcopy(r[source])
-    for section, key, source in VIDEO_APPLIED:
-        if key in new[section] and source in r:
-            new[section][key] = r[source]
-    # on the CPU the whole model is on the one device: training's own {"": "cpu"}
-    new["model"]["device_map"] = dict(plan_state["device_map"]) if name == "device_map" and not on_cpu else None
-    new["training"]["strategy"] = name
-    new["training"]["nodes"] = r["nodes"] if name != "device_map" else 1
-    # device_map is one process whatever the GPU count; ddp/fsdp start one process per GPU.
-    new["training"]["nproc_per_node"] = r["gpus_per_node"] if name != "device_map" else 0
     try:
-        RunConfig.from_dict(new)
+        new = {**config, **with_plan(config_from_raw(config), r, name, plan_state["device_map"]).to_dict()}
     except UserError as exc:
         return config, f"Not applied: {exc}"
     where = ("one process on this machine's CPU" if on_cpu else
