@@ -57,3 +57,21 @@ def test_an_installed_wheel_reads_its_templates_and_plans_a_preset(wheel, tmp_pa
     assert Path(where).is_relative_to(site)
     assert templates == "True"
     assert layers == "80"  # Qwen2-VL-72B's config.json
+
+
+def test_an_installed_wheel_plans_72b_and_trains_the_demo(wheel, tmp_path):
+    import json
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(site), "WORKBENCH_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    plan = subprocess.run([sys.executable, "-m", "workbench", "plan", "--model", "qwen2-vl-72b-instruct", "--gpus",
+                           "4xA800-40GB", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert json.loads(plan.stdout.splitlines()[-1])["strategy"] == "device_map"
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, "-m", "workbench", "train", "--max-steps", "2", "--output-dir", str(run)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert (run / "adapter_model.safetensors").is_file() and "Traceback" not in train.stderr
