@@ -26,7 +26,7 @@ def test_run_list_fills_the_folder_and_a_new_output_name(runs, tmp_path):
     from workbench.ui import export_tab as tab
 
     done, killed = runs
-    choices, value = tab.runs_menu(None)
+    choices, value = tab.runs_menu(Workbench(), None)
     assert value == str(done) and {path for _, path in choices} == {str(done), str(killed)}
     adapter, out, note = tab.choose_run(str(done), "merged")
     assert adapter == str(done) and out == str(tmp_path / "home" / "exports" / "colours-merged") and note == ""

@@ -194,14 +194,21 @@ def test_tab_errors_are_warnings_not_tracebacks(adapter, tmp_path, other_base, s
 def test_tab_run_list_follows_new_runs(trained_run, monkeypatch, tmp_path):
     from workbench.ui import inference_tab as tab
 
-    monkeypatch.setattr("workbench.runs.runs_root", lambda: tmp_path)
-    assert tab.refresh_runs(None, "demo")[0]["choices"] == []
-    shutil.copytree(trained_run.output_dir, tmp_path / "later-run")
-    dropdown, adapter_dir, base, note = tab.refresh_runs(None, "")  # a run that finished while the app was open
-    assert dropdown["value"] == str(tmp_path / "later-run") and "finished" in dropdown["choices"][0][0]
-    assert adapter_dir == str(tmp_path / "later-run") and base == "demo" and note == ""
-    kept = tab.refresh_runs(str(tmp_path / "later-run"), "demo")  # same selection: a pasted folder stays
+    from workbench.session import Workbench
+
+    monkeypatch.setattr("workbench.runs.runs_root", lambda: tmp_path / "runs")
+    session = Workbench()
+    assert tab.refresh_runs(session, None, "demo")[0]["choices"] == []
+    shutil.copytree(trained_run.output_dir, tmp_path / "runs" / "later-run")
+    dropdown, adapter_dir, base, note = tab.refresh_runs(session, None, "")  # a run that finished while the app was open
+    assert dropdown["value"] == str(tmp_path / "runs" / "later-run") and "finished" in dropdown["choices"][0][0]
+    assert adapter_dir == str(tmp_path / "runs" / "later-run") and base == "demo" and note == ""
+    kept = tab.refresh_runs(session, str(tmp_path / "runs" / "later-run"), "demo")  # same selection: a pasted folder stays
     assert "value" not in kept[0] and kept[1] == {"__type__": "update"}
+    # a run this session watched in a folder of its own (outside the runs folder) is listed too, as Training lists it
+    shutil.copytree(trained_run.output_dir, tmp_path / "elsewhere" / "own-run")
+    session.watch(str(tmp_path / "elsewhere" / "own-run"))
+    assert str(tmp_path / "elsewhere" / "own-run") in [p for _, p in tab.runs_menu(session, None)[0]]
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -22,11 +22,10 @@ def warning(text: str) -> str:
     return f"⚠️ {text}"
 
 
-def runs_menu(selected: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
-    """(choices, value): every run, newest first; keeps the selection, else the newest finished run."""
-    from workbench.runs import list_runs
-
-    runs = list_runs()
+def runs_menu(session, selected: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
+    """(choices, value): every run the session knows, newest first (a run in its own output_dir included);
+    keeps the selection, else the newest finished run."""
+    runs = session.runs()
     if selected not in [r.path for r in runs]:
         finished = [r.path for r in runs if r.state == "finished"]
         selected = finished[0] if finished else None
@@ -66,8 +65,8 @@ def choose_run(run_dir: str | None, mode: str) -> tuple[str, str, str]:
     return info.path, default_out(info.path, mode), note
 
 
-def refresh(selected: str | None, mode: str) -> tuple:
-    choices, value = runs_menu(selected)
+def refresh(session, selected: str | None, mode: str) -> tuple:
+    choices, value = runs_menu(session, selected)
     if value == selected:
         return gr.update(choices=choices), gr.update(), gr.update(), gr.update()
     return (gr.update(choices=choices, value=value), *choose_run(value, mode))
@@ -149,7 +148,7 @@ def build(ctx) -> None:
     """Widgets of the Export tab, inside an open ``gr.Tab``; wires its events."""
     from gradio.context import Context
 
-    choices, initial = runs_menu(None)
+    choices, initial = runs_menu(ctx.session, None)
     adapter_value, out_value, _ = choose_run(initial, "adapter")
     gr.Markdown("Ship it: the adapter as a clean folder for PEFT or a serving engine, or the base with the "
                 "adapter folded in. A merge streams the base shard by shard (memory: about one shard), and the "
@@ -176,9 +175,9 @@ def build(ctx) -> None:
     inputs = [adapter, mode, dtype, base, out]
     run.change(choose_run, [run, mode], [adapter, out, status])
     mode.change(mode_changed, [mode, adapter], [dtype, out])
-    refresh_button.click(refresh, [run, mode], [run, adapter, out, status], api_name="export_runs")
+    refresh_button.click(partial(refresh, ctx.session), [run, mode], [run, adapter, out, status], api_name="export_runs")
     check_button.click(check, inputs, status, api_name="export_check")
     export_button.click(partial(export_now, ctx.session), inputs, status, api_name="export_run", concurrency_limit=1)
     tab = Context.block
     if tab is not None and hasattr(tab, "select"):
-        tab.select(refresh, [run, mode], [run, adapter, out, status], api_visibility="private")
+        tab.select(partial(refresh, ctx.session), [run, mode], [run, adapter, out, status], api_visibility="private")

@@ -62,31 +62,23 @@ def comparer(session, base: str, adapter: str):
 
 
 # ---------------------------------------------------------------------------- handlers
-def run_choices() -> list[tuple[str, str]]:
-    """(label, run folder) for every run, newest first."""
-    from workbench.runs import list_runs
-
-    return [(r.label(), r.path) for r in list_runs()]
-
-
-def runs_menu(selected: str | None) -> tuple[list[tuple[str, str]], str | None]:
-    """(choices, value) for the runs dropdown: keeps the selection, else the newest usable run."""
-    from workbench.runs import list_runs
-
-    runs = list_runs()
+def runs_menu(session, selected: str | None) -> tuple[list[tuple[str, str]], str | None]:
+    """(choices, value) for the runs dropdown: every run the session knows (the Training tab's list, a run
+    in its own output_dir included); keeps the selection, else the newest usable run."""
+    runs = session.runs()
     if selected not in [r.path for r in runs]:
         ready = [r.path for r in runs if r.adapter_dir and r.state != "training"]
         selected = ready[0] if ready else None
     return [(r.label(), r.path) for r in runs], selected
 
 
-def refresh_runs(selected: str | None, base: str) -> tuple:
+def refresh_runs(session, selected: str | None, base: str) -> tuple:
     """Re-read the runs (one that finished meanwhile appears). -> (dropdown, adapter, base, status).
 
     A kept selection leaves the adapter folder alone (it may hold a pasted path); a new
     selection fills it directly rather than through the dropdown's change event.
     """
-    choices, value = runs_menu(selected)
+    choices, value = runs_menu(session, selected)
     if value == selected:
         return gr.update(choices=choices), gr.update(), gr.update(), gr.update()
     return (gr.update(choices=choices, value=value), *choose_run(value, base))
@@ -235,7 +227,7 @@ def build(ctx) -> None:
 
     options, session = ctx.options, ctx.session
     image_default, heldout_default = default_inputs(options.model)
-    initial_choices, initial_run = runs_menu(None)
+    initial_choices, initial_run = runs_menu(session, None)
     initial_adapter, initial_base, _ = choose_run(initial_run, options.model)
     gr.Markdown("Did the adapter help? The base model answers with the adapter switched off, then on: "
                 "same weights in memory, same input, same decoding.")
@@ -289,10 +281,10 @@ def build(ctx) -> None:
                          column_widths=["84px", "24%", "10%", "22%", "14%", "10%", "10%"])
 
     decoding = [max_new, temperature, top_p]
-    refresh.click(refresh_runs, [run, base], [run, adapter, base, status], api_name="inference_runs")
+    refresh.click(partial(refresh_runs, session), [run, base], [run, adapter, base, status], api_name="inference_runs")
     tab = Context.block
     if tab is not None and hasattr(tab, "select"):
-        tab.select(refresh_runs, [run, base], [run, adapter, base, status], api_visibility="private")  # a run finished meanwhile shows up on return
+        tab.select(partial(refresh_runs, session), [run, base], [run, adapter, base, status], api_visibility="private")  # a run finished meanwhile shows up on return
     run.change(choose_run, [run, base], [adapter, base, status])
     image.upload(lambda: "", None, image_path, show_progress="hidden")  # a new upload is the image asked about
     image_path.input(typed_path_clears_image, image_path, image, show_progress="hidden")
