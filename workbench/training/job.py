@@ -126,6 +126,10 @@ class TrainingJob:
                                        elapsed_s=elapsed).to_dict()
 
     # ---- internals ----------------------------------------------------------------
+    def say(self, message: str) -> None:
+        """A status line in the job's current state (the placements' stop sentences, from their callbacks)."""
+        self._say(self.state, message)
+
     def _say(self, state: JobState, message: str) -> None:
         self.state, self.message = state, message
         self._trained = self._trained or state == JobState.TRAINING

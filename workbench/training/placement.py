@@ -68,7 +68,7 @@ class SingleProcess:
         if not job.stop_requested and stop_file(job.folder).exists():
             clear_stop(job.folder)
             job._stop.set()
-            job._say(job.state, "Stop requested from another process: saving the adapter at the end of this step.")
+            job.say("Stop requested from another process: saving the adapter at the end of this step.")
         return job.stop_requested
 
     def same_on_every_rank(self, value: int) -> bool:
@@ -149,7 +149,7 @@ class RankPlacement(SingleProcess):
             job._stop.set()
             if self.is_main:
                 clear_stop(job.folder)  # consumed: a later resume must not stop at its first step
-            job._say(job.state, "Every rank agreed to stop at the end of this step.")
+            job.say("Every rank agreed to stop at the end of this step.")
         return job.stop_requested
 
     def all_reduce_max(self, value: int) -> int:
