@@ -18,6 +18,7 @@ from pathlib import Path
 
 from workbench.data.sample import IMAGE_TAG, Sample, Turn
 from workbench.errors import UserError
+from workbench.runs import adapter_base  # noqa: F401  (the CLI and the Inference tab ask it here)
 from workbench.settings import RunConfig
 
 log = logging.getLogger("workbench.inference")
@@ -69,27 +70,6 @@ def check_adapter_base(adapter_dir: str | Path, trained_on: str, base: str) -> N
         diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in want if want[k] != have[k])
         raise UserError(f"The adapter in {adapter_dir} was trained on '{trained_on}', which differs from '{base}' "
                         f"({diff}): choose base '{trained_on}' or an adapter trained on '{base}'.")
-
-
-def adapter_base(adapter_dir: str | Path) -> tuple[str, RunConfig | None]:
-    """The base model an adapter was trained on (from its run.yaml or adapter_config.json)."""
-    adapter_dir = Path(adapter_dir).expanduser()
-    if not adapter_dir.is_dir():
-        raise UserError(f"Adapter folder {adapter_dir} does not exist: pass a run folder that holds adapter_config.json.")
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise UserError(f"{adapter_dir} holds no adapter_config.json: pass a finished run's folder or a checkpoint folder.")
-    from workbench.run_folder import RunFolder
-
-    folder = RunFolder(adapter_dir)
-    if not folder.config_file.is_file():
-        folder = RunFolder(adapter_dir.parent)  # a checkpoint inside a run (or a bare adapter: no config)
-    run = folder.config()
-    try:
-        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{config_file} is not valid JSON: the adapter folder is damaged.") from None
-    return (run.model.name_or_path if run else base) or "", run
 
 
 class Comparer:

@@ -6,13 +6,18 @@ refresh on every tab visit, and a run trained by another process shows up the sa
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.errors import UserError
 from workbench.paths import runs_root
 from workbench.live_lock import live_runs
 from workbench.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from workbench.settings import RunConfig
 
 
 @dataclass
@@ -96,3 +101,22 @@ def headless_command(config_path: str = "run.yaml", output_dir: str = "", resume
     if resume and output_dir:
         parts += ["--output-dir", shlex.quote(str(output_dir)), "--resume"]
     return " ".join(parts)
+
+
+def adapter_base(adapter_dir: str | Path) -> tuple[str, RunConfig | None]:
+    """The base model an adapter was trained on (from its run.yaml or adapter_config.json)."""
+    adapter_dir = Path(adapter_dir).expanduser()
+    if not adapter_dir.is_dir():
+        raise UserError(f"Adapter folder {adapter_dir} does not exist: pass a run folder that holds adapter_config.json.")
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"{adapter_dir} holds no adapter_config.json: pass a finished run's folder or a checkpoint folder.")
+    folder = RunFolder(adapter_dir)
+    if not folder.config_file.is_file():
+        folder = RunFolder(adapter_dir.parent)  # a checkpoint inside a run (or a bare adapter: no config)
+    run = folder.config()
+    try:
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{config_file} is not valid JSON: the adapter folder is damaged.") from None
+    return (run.model.name_or_path if run else base) or "", run

@@ -71,7 +71,7 @@ def base_folder(base: str) -> Path:
 
 def read_source(adapter: str | Path, base: str | None = None) -> ExportSource:
     """The adapter to export; refuses runs that are training, unfinished or hold no adapter."""
-    from workbench.inference import adapter_base
+    from workbench.runs import adapter_base
 
     folder = Path(adapter).expanduser().absolute()
     info = _run_state(folder)
