@@ -78,7 +78,8 @@ class Comparer:
     def __init__(self, base: str, adapter_dir: str | Path | None = None, config: RunConfig | None = None,
                  quantization: str = "none"):
         from workbench.models import fetch_model
-        from workbench.training.loading import load_model, load_processor
+        from workbench.models.processors import load_processor
+        from workbench.training.loading import load_model
 
         # the base answers unquantised whatever the run trained on: an adapter trained on a
         # 4-bit base (QLoRA) is a plain LoRA adapter, served with the bf16 base; a quantised

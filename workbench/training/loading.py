@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.models.processors import load_processor  # noqa: F401  (training loads it here)
 from workbench.settings import RunConfig
 
 log = logging.getLogger("workbench.training")
@@ -44,17 +44,6 @@ def pick_device_map(config: RunConfig):
     if not plan.fits:
         log.warning("planner predicts out-of-memory; loading with its map anyway")
     return plan.device_map
-
-
-def load_processor(path: str):
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-    except OSError as exc:
-        raise UserError(f"Could not load a processor for model '{path}' ({str(exc).splitlines()[0]}): pass a local Qwen-VL model folder, a preset already downloaded, or 'demo'.") from None
-    processor.tokenizer.padding_side = "right"
-    return processor
 
 
 # Kept in the model's dtype under quantisation: the vision tower (its activations, not its

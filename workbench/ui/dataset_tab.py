@@ -35,15 +35,14 @@ def _context(model: str):
 
 @functools.lru_cache(maxsize=4)
 def _processor(model: str):
-    from transformers import AutoProcessor
-
     from workbench.models import locate_model
+    from workbench.models.processors import load_processor
 
     source = locate_model(model)
     if source.local_path is None:
         raise UserError(f"{source.label} is not downloaded yet: the row view needs its processor (train or "
                         "infer with it once, or give a local model folder).")
-    return AutoProcessor.from_pretrained(source.local_path, local_files_only=True)
+    return load_processor(str(source.local_path), local_only=True)
 
 
 def default_path(options) -> str:
