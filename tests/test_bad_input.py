@@ -269,7 +269,7 @@ def bad_inputs(folder: Path, adapter: Path, other_base: Path) -> list[Case]:
                                ("model-missing-path", folder / "nowhere" / "model", "does not exist|Unknown model|Could not load")]:
         cases.append(Case(f"train/{name}", train("--model", model, "--dataset", p["missing_image"], out=name), 2, words))
     for flag, value, words in [("--max-steps", "0", "max-steps"), ("--max-steps", "-3", "max-steps"),
-                               ("--save-steps", "-1", "save_steps"), ("--max-steps", "many", "invalid int")]:
+                               ("--save-steps", "-1", "save_steps"), ("--max-steps", "many", "max-steps must be a positive whole number")]:
         cases.append(Case(f"train/{flag[2:]}={value}", train(flag, value, out=f"f{flag}{value}"), 2, words))
     cases.append(Case("train/resume-missing-run", ["train", "--resume", "--output-dir", str(run / "never")], 2,
                       "does not exist"))

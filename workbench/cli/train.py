@@ -56,7 +56,7 @@ def check_max_steps(args) -> None:
     except ValueError:
         steps = 0
     if steps <= 0:
-        raise UserError(f"--max-steps must be a positive number, got {args.max_steps}.")
+        raise UserError(f"--max-steps must be a positive whole number of optimizer steps, got {args.max_steps!r}.")
 
 
 def run(args) -> int:
