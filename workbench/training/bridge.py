@@ -52,6 +52,19 @@ class MetricsBuffer:
             return len(self._rows)
 
 
+def best_of(folder: RunFolder, checkpoint: Path | None) -> dict:
+    """{"best_checkpoint", "best_score"} as Trainer recorded them in ``checkpoint`` (a resume starts from
+    it and Trainer restores the same record), or {} when there is none or it is gone."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")) if checkpoint else {}
+    except (OSError, ValueError):
+        return {}
+    best = state.get("best_model_checkpoint")
+    if not best or not (folder.path / Path(best).name).is_dir():
+        return {}
+    return {"best_checkpoint": Path(best).name, "best_score": state.get("best_metric")}
+
+
 class NonFiniteError(RuntimeError):
     """Loss or gradient norm became NaN/inf."""
 
@@ -106,7 +119,13 @@ class WorkbenchCallback(TrainerCallback):
             ensure_held(args.output_dir)
             folder = RunFolder(args.output_dir)
             folder.mark_complete(path)
-            folder.keep_newest_complete(self.job.config.training.save_total_limit)
+            best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
+            # Trainer's own rule (rotate_checkpoints): the newest and the best survive the limit
+            folder.keep_newest_complete(self.job.config.training.save_total_limit, best=best)
+            if best is not None and best.is_dir():
+                job = self.job
+                job.best = {"best_checkpoint": best.name, "best_score": state.best_metric}
+                folder.write_status(job.state.value, job.message, job.step, job.max_steps, **job.best)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         row = self.row(args, state, dict(logs or {}))
@@ -123,9 +142,11 @@ class WorkbenchCallback(TrainerCallback):
         else:
             return None  # Trainer's end-of-run summary: the rows already hold it
         row = {"kind": kind, "time": time.time(), "step": state.global_step, "epoch": state.epoch}
-        for key in ("loss", "eval_loss", "grad_norm", "learning_rate"):
+        for key in ("loss", "eval_loss", "eval_score", "eval_iou", "grad_norm", "learning_rate"):
             if isinstance(logs.get(key), (int, float)):
                 row[key] = float(logs[key])
+        if "eval_score" in row and self.job.answers is not None:
+            row["eval_metric"] = self.job.answers.metric
         if not math.isfinite(row.get("grad_norm", 0.0)):
             raise NonFiniteError(f"gradient norm became {row['grad_norm']} at step {state.global_step}")
         if kind == "train":

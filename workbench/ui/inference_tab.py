@@ -172,6 +172,9 @@ def accuracy_text(result: dict) -> str:
     text = (f"**{n} held-out rows.** Exact match: base **{result['base_accuracy']:.0%}**, "
             f"adapter **{result['adapter_accuracy']:.0%}**. Normalised (case and punctuation ignored): "
             f"base {result['base_accuracy_normalised']:.0%}, adapter {result['adapter_accuracy_normalised']:.0%}.")
+    if result.get("metric"):  # the score evaluation during training plots, on these rows
+        text += (f" Task metric ({result['metric']}, as in training's eval): base **{result['base_score']:.2f}**, "
+                 f"adapter **{result['adapter_score']:.2f}**.")
     skipped = result.get("problems") or []
     if skipped:
         first = skipped[0]
