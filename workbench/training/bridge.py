@@ -113,6 +113,12 @@ class WorkbenchCallback(TrainerCallback):
             control.should_save = True
             control.should_log = True
 
+    def on_evaluate(self, args, state, control, **kwargs):
+        # a stop asked for while the held-out rows were answered saves this step, not one more
+        if state.global_step > 0 and self.job.should_stop():
+            control.should_training_stop = True
+            control.should_save = True
+
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if path.is_dir():

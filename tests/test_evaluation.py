@@ -1,0 +1,102 @@
+"""Evaluation during training (workbench.training.evaluation): eval rows from step 0 with a task metric,
+the best checkpoint named in status.json and kept by the rotation, a stop during evaluation that leaves
+the run resumable, and the same score as the Inference tab's held-out check on the same model."""
+
+import json
+
+import pytest
+
+from workbench.run_folder import RunFolder
+from workbench.training import JobState, TrainingJob
+from workbench.training import evaluation
+
+
+@pytest.fixture(scope="module")
+def fast(demo_config):
+    """Demo settings, one small row per step, evaluation every 2 steps on 2 held-out answers."""
+    return demo_config.replace(training={"per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
+                                         "logging_steps": 1, "warmup_ratio": 0.0, "save_steps": 2, "eval_steps": 2,
+                                         "eval_samples": 2})
+
+
+def evals(out) -> list[dict]:
+    return [r for r in RunFolder(out).metrics() if r.get("kind") == "eval"]
+
+
+def scripted(monkeypatch, scores: dict, during=None):
+    """AnswerCheck.run answers for real, then reports ``scores[step]`` (a best that is not the newest)."""
+    real = evaluation.AnswerCheck.run
+    steps = []
+
+    def run(self, model):
+        result = real(self, model)
+        steps.append(len(steps))
+        if during is not None:
+            during(len(steps) - 1)
+        return {**result, "eval_score": scores[2 * (len(steps) - 1)]}
+
+    monkeypatch.setattr(evaluation.AnswerCheck, "run", run)
+
+
+def test_eval_rows_start_at_step_0_and_the_best_checkpoint_survives_the_rotation(fast, tmp_path, monkeypatch):
+    scripted(monkeypatch, {0: 0.0, 2: 0.9, 4: 0.1, 6: 0.2})
+    out = tmp_path / "run"
+    job = TrainingJob(fast.replace(training={"max_steps": 6, "save_total_limit": 1, "output_dir": str(out)}))
+    assert job.run() == JobState.FINISHED, job.message
+    rows = evals(out)
+    assert [r["step"] for r in rows] == [0, 2, 4, 6]
+    assert [r["eval_score"] for r in rows] == [0.0, 0.9, 0.1, 0.2]
+    assert all(r["eval_metric"] == "exact" and r["eval_loss"] > 0 for r in rows)  # the demo's one-word answers
+    assert rows[0]["eval_loss"] > rows[-1]["eval_loss"]  # the base's level first, then training lowers it
+    status = json.loads((out / "status.json").read_text())
+    assert status["best_checkpoint"] == "checkpoint-2" and status["best_score"] == 0.9
+    # save_total_limit 1 keeps the newest (to resume) and the best, as transformers' rotation does
+    assert [p.name for _, p in RunFolder(out).complete_checkpoints()] == ["checkpoint-2", "checkpoint-6"]
+
+
+def test_the_rotation_keeps_the_newest_and_the_best(tmp_path):
+    folder = RunFolder(tmp_path)
+    for step in (10, 20, 30, 40, 50):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        folder.mark_complete(tmp_path / f"checkpoint-{step}")
+    removed = folder.keep_newest_complete(2, best=tmp_path / "checkpoint-20")
+    assert sorted(p.name for p in removed) == ["checkpoint-10", "checkpoint-30", "checkpoint-40"]
+    assert [p.name for _, p in folder.complete_checkpoints()] == ["checkpoint-20", "checkpoint-50"]
+    assert folder.keep_newest_complete(1, best=tmp_path / "checkpoint-20") == []  # both protected
+    assert [p.name for p in folder.keep_newest_complete(1)] == ["checkpoint-20"]
+
+
+def test_a_stop_during_evaluation_leaves_the_run_resumable(fast, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    holder = {}
+    # the stop arrives while the step-4 evaluation answers: the run saves checkpoint-4 and stops there
+    scripted(monkeypatch, {0: 0.0, 2: 0.5, 4: 0.25, 6: 0.75, 8: 0.5},
+             during=lambda n: holder["job"].request_stop() if n == 2 else None)
+    config = fast.replace(training={"max_steps": 8, "output_dir": str(out)})
+    job = holder["job"] = TrainingJob(config)
+    assert job.run() == JobState.STOPPED, job.message
+    assert RunFolder(out).resumable() and RunFolder(out).newest_complete().name == "checkpoint-4"
+    assert json.loads((out / "status.json").read_text())["best_checkpoint"] == "checkpoint-2"
+    resumed = TrainingJob(config, resume=True)
+    assert resumed.run() == JobState.FINISHED, resumed.message
+    assert [r["step"] for r in evals(out)] == [0, 2, 4, 6, 8]  # no second step-0 or step-4 row
+    status = json.loads((out / "status.json").read_text())
+    assert status["best_checkpoint"] == "checkpoint-6" and status["best_score"] == 0.75
+
+
+def test_training_eval_and_the_inference_check_give_the_same_score(trained_run, demo, demo_config):
+    from workbench.data.collate import SampleEncoder
+    from workbench.inference import Comparer, heldout_check, heldout_samples
+
+    samples = heldout_samples(demo.heldout, limit=6)
+    comparer = Comparer("demo", trained_run.output_dir, demo_config)
+    checked = heldout_check(comparer, samples)
+    d = demo_config.data
+    check = evaluation.AnswerCheck(samples, SampleEncoder(comparer.processor, d.max_length, d.min_pixels,
+                                                          d.max_pixels), limit=6)
+    result = check.run(comparer.model)
+    assert checked["metric"] == check.metric == "exact"
+    assert [r["answer"] for r in check.last] == [r["adapter"] for r in checked["rows"]]
+    assert result["eval_score"] == pytest.approx(checked["adapter_score"])
+    # the score is the share of normalised matches, counted independently here
+    assert checked["adapter_score"] == pytest.approx(checked["adapter_accuracy_normalised"])
