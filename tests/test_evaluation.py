@@ -100,3 +100,39 @@ def test_training_eval_and_the_inference_check_give_the_same_score(trained_run, 
     assert result["eval_score"] == pytest.approx(checked["adapter_score"])
     # the score is the share of normalised matches, counted independently here
     assert checked["adapter_score"] == pytest.approx(checked["adapter_accuracy_normalised"])
+
+
+@pytest.mark.slow  # about 40 s: one run in this process and one launch of 2 processes
+def test_eval_on_two_ddp_processes_matches_one_process(demo_config, tmp_path, monkeypatch):
+    """Every rank answers its share of the held-out rows (row i on rank i mod 2, 5 rows: one rank pads
+    with a row that does not count); the scores meet on every rank, and the rows logged are one
+    process's rows: the same steps, the same score, the eval loss up to batch composition."""
+    from test_scale_out import cli, rank_processes
+
+    monkeypatch.setenv("WORKBENCH_COLLECTIVE_TIMEOUT_S", "120")  # a hang fails in 2 minutes, not 30
+    config = demo_config.replace(training={"max_steps": 20, "save_steps": 10, "eval_steps": 10, "eval_samples": 5,
+                                           "logging_steps": 5})
+    single = TrainingJob(config.replace(training={"output_dir": str(tmp_path / "one")}))
+    assert single.run() == JobState.FINISHED, single.message
+    out = tmp_path / "ddp"
+    proc = cli("train", config.save(tmp_path / "run.yaml"), "--strategy", "ddp", "--nproc", 2, "--output-dir", out)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        for pid, _ in rank_processes(out):
+            import os
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    one, two = evals(tmp_path / "one"), evals(out)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [0, 10, 20]
+    assert [r["eval_score"] for r in two] == [r["eval_score"] for r in one]
+    assert [r["eval_answers"] for r in two] == [r["eval_answers"] for r in one]  # rows in order, from both ranks
+    assert [a["row"] for a in one[0]["eval_answers"]] == [1, 2, 3, 4, 5]
+    # the answers changed with training, so their equality says the ranks answered with the trained model
+    assert one[-1]["eval_answers"] != one[0]["eval_answers"]
+    for a, b in zip(one, two):
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=2e-2)
+    assert json.loads((out / "status.json").read_text())["best_checkpoint"] == \
+        json.loads((tmp_path / "one" / "status.json").read_text())["best_checkpoint"]

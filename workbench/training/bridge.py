@@ -17,6 +17,7 @@ from workbench.run_folder import RunFolder
 # Throughput and ETA come from the last few log rows, not the average since the start:
 # warm-up, data skipping on resume and the first eval would otherwise skew them for long.
 RATE_WINDOW = 20
+ANSWER_CHARS = 200  # of each held-out answer kept in an eval row
 
 
 class MetricsBuffer:
@@ -153,6 +154,9 @@ class WorkbenchCallback(TrainerCallback):
                 row[key] = float(logs[key])
         if "eval_score" in row and self.job.answers is not None:
             row["eval_metric"] = self.job.answers.metric
+            # what the model answered: a score alone does not say how an answer is wrong
+            row["eval_answers"] = [{"row": r["row"], "answer": r["answer"][:ANSWER_CHARS], "score": r["score"]}
+                                   for r in self.job.answers.last]
         if not math.isfinite(row.get("grad_norm", 0.0)):
             raise NonFiniteError(f"gradient norm became {row['grad_norm']} at step {state.global_step}")
         if kind == "train":
