@@ -136,3 +136,26 @@ def test_eval_on_two_ddp_processes_matches_one_process(demo_config, tmp_path, mo
         assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=2e-2)
     assert json.loads((out / "status.json").read_text())["best_checkpoint"] == \
         json.loads((tmp_path / "one" / "status.json").read_text())["best_checkpoint"]
+
+
+def test_the_best_checkpoint_is_offered_to_the_inference_and_export_tabs(demo_config, tmp_path):
+    from workbench.runs import run_choices, run_info, list_runs
+    from workbench.ui import export_tab, inference_tab
+
+    run = tmp_path / "runs" / "r1"
+    for step in (10, 20):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "adapter_config.json").write_text("{}")
+        RunFolder(run).mark_complete(run / f"checkpoint-{step}")
+    demo_config.save(run / "run.yaml")
+    RunFolder(run).write_status("stopped", "Stopped at step 20.", 20, 40, best_checkpoint="checkpoint-10",
+                                best_score=0.875)
+    info = run_info(run)
+    assert info.best_checkpoint == str(run / "checkpoint-10") and info.best_score == 0.875
+    choices = run_choices(list_runs(tmp_path / "runs"))
+    assert choices[1] == ("r1 · best: checkpoint-10 · eval score 0.875", str(run / "checkpoint-10"))
+    assert run_info(run / "checkpoint-10").base == "demo"  # a checkpoint names its run's base
+    adapter, base, _ = inference_tab.choose_run(choices[1][1], "")
+    assert adapter == str(run / "checkpoint-10") and base == "demo"
+    adapter, out, note = export_tab.choose_run(choices[1][1], "adapter")
+    assert adapter == str(run / "checkpoint-10") and "r1-checkpoint-10-adapter" in out

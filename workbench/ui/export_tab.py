@@ -24,13 +24,14 @@ def warning(text: str) -> str:
 
 def runs_menu(selected: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
     """(choices, value): every run, newest first; keeps the selection, else the newest finished run."""
-    from workbench.runs import list_runs
+    from workbench.runs import list_runs, run_choices
 
     runs = list_runs()
-    if selected not in [r.path for r in runs]:
+    choices = run_choices(runs)
+    if selected not in [path for _, path in choices]:
         finished = [r.path for r in runs if r.state == "finished"]
         selected = finished[0] if finished else None
-    return [(r.label(), r.path) for r in runs], selected
+    return choices, selected
 
 
 def default_out(adapter: str | None, mode: str) -> str:

@@ -71,13 +71,14 @@ def run_choices() -> list[tuple[str, str]]:
 
 def runs_menu(selected: str | None) -> tuple[list[tuple[str, str]], str | None]:
     """(choices, value) for the runs dropdown: keeps the selection, else the newest usable run."""
-    from workbench.runs import list_runs
+    from workbench.runs import list_runs, run_choices
 
     runs = list_runs()
-    if selected not in [r.path for r in runs]:
+    choices = run_choices(runs)
+    if selected not in [path for _, path in choices]:
         ready = [r.path for r in runs if r.adapter_dir and r.state != "training"]
         selected = ready[0] if ready else None
-    return [(r.label(), r.path) for r in runs], selected
+    return choices, selected
 
 
 def refresh_runs(selected: str | None, base: str) -> tuple:
