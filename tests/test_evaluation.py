@@ -159,3 +159,48 @@ def test_the_best_checkpoint_is_offered_to_the_inference_and_export_tabs(demo_co
     assert adapter == str(run / "checkpoint-10") and base == "demo"
     adapter, out, note = export_tab.choose_run(choices[1][1], "adapter")
     assert adapter == str(run / "checkpoint-10") and "r1-checkpoint-10-adapter" in out
+
+
+def test_grounding_rows_are_scored_by_their_boxes(demo, demo_config, tmp_path, monkeypatch):
+    """ms-swift grounding rows, written in Qwen2-VL's 0-1000 boxes by the data check, are scored by IoU:
+    an answer with the reference box is found, one a box off by 200 of 1000 each way is not (IoU 1/7)."""
+    import torch
+
+    from data_helpers import png, write_jsonl
+    from workbench.training.setup import build_datasets
+
+    png(tmp_path / "img" / "a.png", 100, 100)
+    row = {"messages": [{"role": "user", "content": "<image>Where is the <ref-object>?"},
+                        {"role": "assistant", "content": "<ref-object><bbox>"}],
+           "images": ["img/a.png"], "objects": {"ref": ["box", "box"], "bbox": [[10, 10, 50, 50]]}}
+    path = str(write_jsonl(tmp_path / "ground.jsonl", [row, row]))
+    config = demo_config.replace(data={"train_path": path, "eval_path": path},
+                                 training={"eval_steps": 2, "eval_samples": 2})
+    _, eval_set, _ = build_datasets(config, str(demo.model))
+    check = evaluation.answer_check(config, eval_set)
+    assert check.metric == "iou"
+    assert check.samples[0].answer.endswith("<|box_start|>(100,100),(500,500)<|box_end|>")
+    answers = iter(["box(100,100),(500,500)", "box(300,300),(700,700)"])  # as decoded: box tokens dropped
+    monkeypatch.setattr(check, "answer", lambda model, sample: next(answers))
+    result = check.run(torch.nn.Linear(1, 1))
+    assert result == {"eval_score": 0.5, "eval_iou": pytest.approx((1 + 1 / 7) / 2)}
+
+
+def test_report_to_reaches_trainer_and_a_missing_tracker_is_named_before_loading(demo_config, monkeypatch):
+    import importlib.util
+
+    from workbench.errors import UserError
+    from workbench.training.checks import check_tracker
+    from workbench.training.setup import build_trainer_args
+
+    config = demo_config.replace(training={"report_to": "tensorboard", "eval_steps": 5})
+    args = build_trainer_args(config, has_eval=True)
+    assert args.report_to == ["tensorboard"] and args.metric_for_best_model == "eval_score"
+    assert args.greater_is_better and args.eval_on_start and args.prediction_loss_only
+    assert build_trainer_args(demo_config, has_eval=False).report_to == []  # none: no tracker
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="training.report_to is tensorboard but the tensorboard package is not installed"):
+        check_tracker("tensorboard")
+    check_tracker("none")
+    with pytest.raises(UserError, match="training.report_to 'neptune' is unknown"):
+        demo_config.replace(training={"report_to": "neptune"})
