@@ -22,6 +22,7 @@ from pathlib import Path
 import gradio as gr
 
 from workbench.errors import UserError
+from workbench.config_rules import EVAL_METRICS, TRACKERS
 from workbench.paths import configs_root
 from workbench.runs import headless_command
 from workbench.settings import (DATA_FORMATS, DTYPES, PART_MODES, PARTS, QUANTIZATIONS, RECIPES, SCHEDULERS, STRATEGIES,
@@ -32,6 +33,7 @@ CUSTOM = "custom list"
 CHOICES = {("model", "dtype"): list(DTYPES), ("model", "quantization"): list(QUANTIZATIONS),
            ("training", "lr_scheduler_type"): list(SCHEDULERS),
            ("training", "strategy"): list(STRATEGIES),
+           ("training", "eval_metric"): list(EVAL_METRICS), ("training", "report_to"): list(TRACKERS),
            ("data", "format"): list(DATA_FORMATS),
            ("lora", "target_modules"): [*TARGET_PRESETS, CUSTOM],
            # what trains: an empty value defers to the recipe (or, without one, to target_modules)
