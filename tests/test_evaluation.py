@@ -204,3 +204,24 @@ def test_report_to_reaches_trainer_and_a_missing_tracker_is_named_before_loading
     check_tracker("none")
     with pytest.raises(UserError, match="training.report_to 'neptune' is unknown"):
         demo_config.replace(training={"report_to": "neptune"})
+
+
+def test_the_generation_cache_is_what_the_planner_term_says_and_below_a_training_layers_input(demo):
+    """The KV cache of an answered row, measured on the demo model, against the planner's term; and for
+    the real shapes (2B, 7B, 72B: hidden, KV heads x 128) the term stays below the checkpointed layer
+    input the training step already holds for a row as long, so the plan's step peak bounds evaluation."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from workbench.planner.terms import checkpoint_boundary_bytes, generation_cache_bytes
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(demo.model, dtype=torch.bfloat16).eval()
+    text = model.config.text_config
+    kv_dim = text.num_key_value_heads * (text.hidden_size // text.num_attention_heads)
+    tokens = 37
+    with torch.no_grad():
+        cache = model(input_ids=torch.full((1, tokens), 5), use_cache=True).past_key_values
+    measured = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert measured == text.num_hidden_layers * generation_cache_bytes(tokens, kv_dim)
+    for hidden, kv_heads in ((1536, 2), (3584, 4), (8192, 8)):
+        assert generation_cache_bytes(4096, kv_heads * 128) < checkpoint_boundary_bytes(4096, hidden)
