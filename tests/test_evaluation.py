@@ -48,6 +48,8 @@ def test_eval_rows_start_at_step_0_and_the_best_checkpoint_survives_the_rotation
     assert [r["eval_score"] for r in rows] == [0.0, 0.9, 0.1, 0.2]
     assert all(r["eval_metric"] == "exact" and r["eval_loss"] > 0 for r in rows)  # the demo's one-word answers
     assert rows[0]["eval_loss"] > rows[-1]["eval_loss"]  # the base's level first, then training lowers it
+    said = [line for line in RunFolder(out).events() if "Evaluated at step" in line]
+    assert len(said) == 4 and said[1].endswith(f"Evaluated at step 2: eval loss {rows[1]['eval_loss']:.4f}, exact 0.900.")
     status = json.loads((out / "status.json").read_text())
     assert status["best_checkpoint"] == "checkpoint-2" and status["best_score"] == 0.9
     # save_total_limit 1 keeps the newest (to resume) and the best, as transformers' rotation does

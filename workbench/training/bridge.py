@@ -139,6 +139,9 @@ class WorkbenchCallback(TrainerCallback):
         if row is not None:
             ensure_held(args.output_dir)
             self.job.metrics.append(row)
+            if row["kind"] == "eval":  # said in the status and the log, as the CLI and the tab show them
+                score = f", {row['eval_metric']} {row['eval_score']:.3f}" if "eval_metric" in row else ""
+                self.job._say(self.job.state, f"Evaluated at step {row['step']}: eval loss {row['eval_loss']:.4f}{score}.")
 
     def row(self, args, state, logs: dict) -> dict | None:
         """One metrics row from Trainer's logs: kind 'train' (loss) or 'eval' (eval_loss)."""
