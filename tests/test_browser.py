@@ -17,6 +17,7 @@ from browser_helpers import SECOND, chromium, needs_chromium, new_page, open_tab
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("WORKBENCH_SCREENSHOTS") or ROOT / "test-artifacts" / "screenshots")
 WALK_STEPS = 60  # enough for the demo adapter to answer differently from the base
+EVAL_STEPS = 20  # evaluation (and a checkpoint) every 20 steps: rows at 0, 20, 40, 60
 
 pytestmark = needs_chromium
 
@@ -69,6 +70,11 @@ def test_walk_the_demo_across_all_tabs(page):
     steps = panel.get_by_label(re.compile(r"max.?steps", re.I)).first
     steps.fill(str(WALK_STEPS))
     steps.press("Tab")
+    panel.get_by_text("Advanced", exact=True).first.click()
+    for field in ("eval-steps", "save-steps"):  # a score for each checkpoint
+        box = panel.locator(f"#lora-training-{field} input").first
+        box.fill(str(EVAL_STEPS))
+        box.press("Tab")
     shoot(page, "3-lora")
 
     # 4. Training: Start, loss points appear, the run finishes.
@@ -77,6 +83,11 @@ def test_walk_the_demo_across_all_tabs(page):
     expect(panel).to_contain_text(re.compile(rf"step [1-9]\d*/{WALK_STEPS}"), timeout=180 * SECOND)
     expect(panel.locator(".vega-embed, canvas, svg.marks").first).to_be_visible()
     expect(panel).to_contain_text(re.compile(rf"Finished {WALK_STEPS} steps"), timeout=240 * SECOND)
+    # evaluation during training: the score plot beside the loss, each checkpoint with its score, the best marked
+    checkpoints = page.locator("#training-checkpoints")
+    expect(checkpoints).to_contain_text(f"checkpoint-{WALK_STEPS}", timeout=30 * SECOND)
+    expect(checkpoints).to_contain_text(f"checkpoint-{EVAL_STEPS}")
+    expect(checkpoints).to_contain_text("★ best")
     shoot(page, "4-training")
 
     # 5. Inference: the finished run is listed without a restart; two different answers; held-out table.

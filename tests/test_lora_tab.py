@@ -47,7 +47,6 @@ def test_an_edit_reaches_the_shared_config(config):
      "lora.target_modules ['qq_proj'] matches no linear layer of demo"),
     ({"lora__modules_to_save": "lm_hed"}, "lora.modules_to_save names 'lm_hed'"),
     ({"model__device_map": "{cpu}"}, "model.device_map is not valid JSON"),
-    ({"training__eval_steps": 10}, "training.eval_steps is 10 but there is no eval data"),
     ({"data__min_pixels": 10**7}, "data.min_pixels (10000000) is larger than data.max_pixels"),
 ])
 def test_validation_message_names_the_field_and_keeps_the_config(config, changes, words):
@@ -55,6 +54,13 @@ def test_validation_message_names_the_field_and_keeps_the_config(config, changes
     assert message.startswith("**Not applied:**") and words in message, message
     assert shared is config  # nothing half-applied
     assert is_skip(yaml_text)  # the preview keeps showing the valid settings in force
+
+
+def test_eval_steps_need_eval_data_except_the_demos_own_held_out_rows(config, demo):
+    _, message, _, _ = edit(config, training__eval_steps=10, data__train_path=str(demo.train))
+    assert message.startswith("**Not applied:**") and "training.eval_steps is 10 but there is no eval data" in message
+    shared, message, _, _ = edit(config, training__eval_steps=10)  # the demo without a dataset: its held-out rows
+    assert message == "Settings are valid." and shared["training"]["eval_steps"] == 10
 
 
 def test_an_existing_output_dir_is_refused_before_start(config, tmp_path):

@@ -52,7 +52,7 @@ def test_start_stop_and_the_same_job_in_every_browser_tab(demo_config, tmp_path)
     finally:
         assert "Stop requested" in training_tab.stop(session)
         job.wait(120)
-    status, _, loss, memory, log, view, run_dir, runs, box, _ = training_tab.tick(session, view, config)
+    status, _, loss, memory, log, view, run_dir, runs, box, _, *_ = training_tab.tick(session, view, config)
     assert status.startswith("**stopped**") and run_dir == str(job.output_dir)
     assert "[stopped]" in log and "cpu resident" in set(memory["value"]["series"])
     # room above the highest line: a peak on the plot's top edge reads as its border
@@ -175,13 +175,13 @@ def test_the_status_line_shows_tags_as_text():
 def test_another_run_without_rows_clears_the_last_runs_plots_and_an_ended_run_clears_the_action_line():
     session, rows = Scripted(), [{"kind": "train", "step": s, "loss": 1.0 / s, "time": 10.0 + s} for s in (1, 2)]
     session.show("/tmp/a", "training", True, rows)
-    _, _, loss, _, _, view, *_, action = training_tab.tick(session, {}, {})
+    _, _, loss, _, _, view, _, _, _, action, *_ = training_tab.tick(session, {}, {})
     assert isinstance(loss, pd.DataFrame) and len(loss) == 2 and is_skip(action)
     session.show("/tmp/a", "finished", False, rows)
-    *_, view, _, _, _, action = training_tab.tick(session, view, {})
+    _, _, _, _, _, view, _, _, _, action, *_ = training_tab.tick(session, view, {})
     assert action == ""  # "Not resumed: it is training now" must not outlive the run it was about
     session.show("/tmp/b", "failed", False, message="The dataset has problem rows.")  # a failed Start
-    _, _, loss, memory, _, view, *_, action = training_tab.tick(session, view, {})
+    _, _, loss, memory, _, view, _, _, _, action, *_ = training_tab.tick(session, view, {})
     assert loss is None and memory is None and is_skip(action)
 
 
@@ -195,12 +195,36 @@ def test_the_list_of_runs_to_continue_follows_a_resumed_run():
 
     session = Listed()
     session.show("/tmp/a", "stopped", False)
-    *_, view, _, runs, _, _ = training_tab.tick(session, {}, {})
+    *_, view, _, runs, _, _, _, _ = training_tab.tick(session, {}, {})
     assert is_skip(runs)  # the first look changes nothing
     session.resumable = set()  # resumed: it trains now
     session.show("/tmp/a", "training", True)
-    *_, view, _, runs, _, _ = training_tab.tick(session, view, {})
+    *_, view, _, runs, _, _, _, _ = training_tab.tick(session, view, {})
     assert runs["choices"] == [] and runs["value"] is None
     session.show("/tmp/a", "finished", False)
-    *_, view, _, runs, _, _ = training_tab.tick(session, view, {})
+    *_, view, _, runs, _, _, _, _ = training_tab.tick(session, view, {})
     assert runs["choices"] == []
+
+
+def test_eval_scores_are_plotted_and_each_checkpoint_shows_its_score_with_the_best_marked(tmp_path):
+    from workbench.run_folder import RunFolder
+    from workbench.training.series import checkpoint_frame, score_frame
+
+    rows = [{"kind": "train", "step": 1, "loss": 2.0}]
+    rows += [{"kind": "eval", "step": s, "eval_loss": 3.0 - s / 100, "eval_metric": "iou", "eval_score": score,
+              "eval_iou": score / 2} for s, score in ((0, 0.0), (50, 0.75), (100, 0.5))]
+    frame = score_frame(rows)
+    assert list(frame[frame["series"] == "iou"]["score"]) == [0.0, 0.75, 0.5]
+    assert list(frame[frame["series"] == "mean IoU"]["score"]) == [0.0, 0.375, 0.25]
+    folder = RunFolder(tmp_path)
+    for step in (50, 100):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        folder.mark_complete(tmp_path / f"checkpoint-{step}")
+    folder.write_status("finished", "done", 100, 100, best_checkpoint="checkpoint-50", best_score=0.75)
+    table = training_tab.checkpoints_table(folder, rows, {})
+    assert list(table["checkpoint"]) == ["checkpoint-50", "checkpoint-100"]
+    assert list(table["eval score"]) == [0.75, 0.5] and list(table["best"]) == ["★ best", ""]
+    assert list(table["eval loss"]) == [2.5, 2.0]
+    view = {}
+    training_tab.checkpoints_table(folder, rows, view)
+    assert is_skip(training_tab.checkpoints_table(folder, rows, view))  # unchanged: not resent

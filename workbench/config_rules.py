@@ -49,6 +49,9 @@ MAX_PROCESSES = 1024
 # A billion optimizer steps is years of training: a larger count is a typo (and past int64 a crash).
 MAX_STEP_COUNT = 10**9
 SEED_LIMIT = 2**32  # numpy's seed range, which transformers' set_seed seeds too
+EVAL_METRICS = ("auto", "exact", "rouge-l", "bleu", "iou", "cer")
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+MAX_EVAL_SAMPLES = 10_000  # each is a generation at every evaluation: more is a benchmark, not a check
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -121,6 +124,13 @@ def validate(config) -> None:
     for name in ("eval_steps", "save_steps", "save_total_limit"):
         if getattr(t, name) < 0:
             raise UserError(f"training.{name} {getattr(t, name)} is negative: use 0 or a positive number.")
+    if t.eval_metric not in EVAL_METRICS:
+        raise UserError(f"training.eval_metric '{t.eval_metric}' is unknown: use one of {', '.join(EVAL_METRICS)}.")
+    if not 0 <= t.eval_samples <= MAX_EVAL_SAMPLES:
+        raise UserError(f"training.eval_samples {t.eval_samples} is outside 0..{MAX_EVAL_SAMPLES}: use e.g. 8 "
+                        "(0: eval loss only, no generation).")
+    if t.report_to not in TRACKERS:
+        raise UserError(f"training.report_to '{t.report_to}' is unknown: use one of {', '.join(TRACKERS)}.")
     _check_ranges(config)
     _check_choices(config)
 

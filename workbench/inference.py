@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from workbench.data.sample import IMAGE_TAG, Sample, Turn
 from workbench.errors import UserError
 from workbench.runs import adapter_base  # noqa: F401  (the CLI and the Inference tab ask it here)
+from workbench.metrics import normalise  # noqa: F401  (also this module's interface: the normalised match)
 from workbench.settings import RunConfig
 
 log = logging.getLogger("workbench.inference")
@@ -241,22 +241,23 @@ def heldout_samples(path: str | Path | None = None, limit: int = 8) -> list[Samp
     return heldout_rows(path, limit)[0]
 
 
-def normalise(text: str) -> str:
-    return re.sub(r"[^\w\s]", "", text).strip().lower()
-
-
 def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding | None = None,
-                  skipped: list[dict] | None = None) -> dict:
-    """Answer each row with base and adapter; exact and normalised match against the expected answer.
+                  skipped: list[dict] | None = None, metric: str | None = None) -> dict:
+    """Answer each row with base and adapter; exact and normalised match against the expected answer,
+    and the task metric evaluation during training uses (``workbench.metrics``: ``metric``, else the
+    run's training.eval_metric, auto by default, chosen from the same rows the same way).
 
     A row whose image cannot be read is skipped with its sentence (``problems``), as are the rows
     in ``skipped`` (from ``heldout_rows``); accuracy counts the rows answered."""
+    from workbench.metrics import choose_metric, score, summary
+
     from workbench.data.images import thumbnail
     from workbench.data.problems import BadImage
     from workbench.data.refs import short
     from workbench.paths import home
 
-    rows, problems = [], list(skipped or [])
+    metric = choose_metric(samples, metric or comparer.config.training.eval_metric)
+    rows, problems, scored = [], list(skipped or []), []
     for sample in samples:
         try:
             answers = comparer.compare(sample, decoding)
@@ -274,6 +275,8 @@ def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding 
             "base_match_normalised": normalise(answers["base"]["text"]) == normalise(expected),
             "adapter_match_normalised": normalise(answers["adapter"]["text"]) == normalise(expected),
         })
+        scored.append({side: score(metric, answers[side]["text"], expected) for side in ("base", "adapter")})
+        rows[-1].update({f"{side}_score": scored[-1][side].score for side in ("base", "adapter")})
     problems.sort(key=lambda p: p["row"])
     if not rows and problems:
         raise UserError(f"None of the {len(samples)} held-out row(s) could be answered (row {problems[0]['row']}: "
@@ -286,4 +289,7 @@ def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding 
         "adapter_accuracy": sum(r["adapter_match"] for r in rows) / n,
         "base_accuracy_normalised": sum(r["base_match_normalised"] for r in rows) / n,
         "adapter_accuracy_normalised": sum(r["adapter_match_normalised"] for r in rows) / n,
+        "metric": metric,
+        **{f"{side}_{key}": value for side in ("base", "adapter")
+           for key, value in summary(metric, [s[side] for s in scored]).items()},
     }

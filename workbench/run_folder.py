@@ -288,12 +288,19 @@ class RunFolder:
             removed.append(path)
         return removed
 
-    def keep_newest_complete(self, keep: int) -> list[Path]:
-        """Delete the oldest complete checkpoints beyond ``keep`` (0: keep all). Called only after
-        the newest one is marked complete, so at least one complete checkpoint survives."""
+    def keep_newest_complete(self, keep: int, best: Path | None = None) -> list[Path]:
+        """Delete the oldest complete checkpoints beyond ``keep`` (0: keep all), never the newest nor
+        ``best`` (the best by the eval metric: then up to ``keep`` + 1 remain when ``keep`` is 1, as
+        transformers' ``rotate_checkpoints`` does). Called only after the newest one is marked
+        complete, so at least one complete checkpoint survives."""
         if keep <= 0:
             return []
-        removed = [p for _, p in self.complete_checkpoints()[:-keep]]
+        complete = [p for _, p in self.complete_checkpoints()]
+        protected = {complete[-1]} if complete else set()
+        if best is not None and any(p.name == Path(best).name for p in complete):
+            protected.add(self.path / Path(best).name)
+        excess = len(complete) - max(keep, len(protected))
+        removed = [p for p in complete if p not in protected][:max(excess, 0)]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
         return removed

@@ -33,6 +33,8 @@ class RunInfo:
     resumable: bool  # stopped early with a complete checkpoint to continue from
     message: str  # how it ended, in the job's words ("" when it never said)
     modified: float
+    best_checkpoint: str | None = None  # the checkpoint folder with the best eval score, when kept
+    best_score: float | None = None
 
     def label(self) -> str:
         loss = f"loss {self.final_loss:.3f}" if self.final_loss is not None else "no loss yet"
@@ -51,6 +53,8 @@ def run_info(folder: str | Path) -> RunInfo:
     if not run.exists():
         raise UserError(f"Run folder {run.path} does not exist: pick a run from the list or paste an adapter folder.")
     base, max_steps = run.config_summary()
+    if not base and not run.config_file.is_file() and RunFolder(run.path.parent).config_file.is_file():
+        base = RunFolder(run.path.parent).config_summary()[0]  # a checkpoint: its run's base
     step, loss = 0, None
     for row in run.metrics():
         step = int(row.get("step") or step)
@@ -59,10 +63,26 @@ def run_info(folder: str | Path) -> RunInfo:
     status = run.status()
     max_steps = int(status.get("max_steps") or 0) or max_steps
     adapter = run.adapter_dir()
+    best = run.path / str(status.get("best_checkpoint") or "")
+    best_kept = bool(status.get("best_checkpoint")) and (best / "adapter_config.json").is_file()
+    score = status.get("best_score")
     return RunInfo(path=str(run.path), name=run.name, state=run.state(), base=base, step=step,
                    max_steps=max_steps, final_loss=loss, adapter_dir=str(adapter) if adapter else None,
                    resumable=run.resumable(), message=str(status.get("message") or ""),
-                   modified=run.path.stat().st_mtime)
+                   modified=run.path.stat().st_mtime, best_checkpoint=str(best) if best_kept else None,
+                   best_score=float(score) if best_kept and isinstance(score, (int, float)) else None)
+
+
+def run_choices(runs: list[RunInfo]) -> list[tuple[str, str]]:
+    """(label, folder) per run, each followed by its best checkpoint (by eval score) when it kept one:
+    what the Inference and Export tabs offer ("export the best")."""
+    choices = []
+    for r in runs:
+        choices.append((r.label(), r.path))
+        if r.best_checkpoint and r.best_checkpoint != r.adapter_dir:
+            score = f" · eval score {r.best_score:.3f}" if r.best_score is not None else ""
+            choices.append((f"{r.name} · best: {Path(r.best_checkpoint).name}{score}", r.best_checkpoint))
+    return choices
 
 
 def list_runs(root: str | Path | None = None, extra: list[str | Path] = ()) -> list[RunInfo]:

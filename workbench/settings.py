@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from workbench.config_rules import (  # noqa: F401  (the allowed values are part of the settings' interface)
-    DATA_FORMATS, DEMO_MODEL, DTYPES, LANGUAGE_LINEAR, MAX_CONFIG_BYTES, MAX_NODES, MAX_PATH_CHARS, MAX_PROCESSES,
-    MAX_STEP_COUNT, PART_MODES, PARTS, QUANTIZATIONS, RECIPES, SCHEDULERS, SEED_LIMIT, STRATEGIES, TARGET_PRESETS,
+    DATA_FORMATS, DEMO_MODEL, DTYPES, EVAL_METRICS, LANGUAGE_LINEAR, MAX_CONFIG_BYTES, MAX_NODES, MAX_PATH_CHARS, MAX_PROCESSES,
+    MAX_STEP_COUNT, PART_MODES, PARTS, QUANTIZATIONS, RECIPES, SCHEDULERS, SEED_LIMIT, STRATEGIES, TARGET_PRESETS, TRACKERS,
     target_modules_for, validate)
 from workbench.errors import UserError
 from workbench.strict_yaml import PlainDumper, StrictLoader
@@ -49,7 +49,8 @@ class ModelSettings:
 class DataSettings:
     train_path: str = _f("", "Training dataset: a JSON/JSONL file, a Parquet or Arrow file or a datasets folder, "
                          "in any layout of docs/data-formats.md. Empty with the demo model: the demo's rows.")
-    eval_path: str = _f("", "Held-out dataset file for eval loss. Empty: none (or eval_split).")
+    eval_path: str = _f("", "Held-out dataset file for evaluation during training (eval loss and a task metric, see "
+                        "training.eval_steps). Empty: none (or eval_split; the demo model uses its held-out rows).")
     image_folder: str = _f("", "Folder that relative image paths start at, for both files. Empty: each "
                            "dataset file's own folder. Set it when the images live apart from the file.")
     format: str = _f("auto", "Dataset layout: auto (read from the rows' keys), swift, sharegpt, messages, "
@@ -145,7 +146,20 @@ class TrainingSettings:
                                            "(the answers), not over the image and prompt tokens: the same "
                                            "loss and gradients with far less memory on the lm_head GPU. "
                                            "Turn off only to compare with the plain full-vocabulary loss.")
-    eval_steps: int = _f(0, "Evaluate every N steps (0: never). Needs an eval file or eval_split.")
+    eval_steps: int = _f(0, "Evaluate every N steps and before the first (0: never): eval loss on the held-out rows "
+                         "and a task metric on eval_samples of them, answered greedily by the model being trained. "
+                         "Needs data.eval_path or data.eval_split (the demo uses its held-out rows). Make save_steps "
+                         "a multiple of it so each checkpoint has a score and the best one is kept.")
+    eval_samples: int = _f(8, "Held-out rows answered (greedy generation) at each evaluation for the task metric. A "
+                           "check, not a benchmark: each row costs one generation; raise it for a steadier score.")
+    eval_metric: str = _f("auto", "How an answer is scored at each evaluation (0..1, higher is better): auto (iou for "
+                          "grounding rows, cer for OCR-like prompts, exact for short answers, rouge-l otherwise), "
+                          "exact (normalised match), rouge-l, bleu, iou (accuracy at IoU 0.5 of the boxes) or cer "
+                          "(1 - character error rate). Set it when auto picks the wrong one.", choices=EVAL_METRICS)
+    report_to: str = _f("none", "Also log to an experiment tracker through transformers' report_to: none, "
+                        "tensorboard (event files in RUN/runs; needs `pip install tensorboard`), wandb or mlflow "
+                        "(each needs its package installed and configured). metrics.jsonl is written either way.",
+                        choices=TRACKERS)
     save_steps: int = _f(100, "Save a checkpoint every N steps (0: only at the end).")
     save_total_limit: int = _f(3, "Keep at most this many checkpoints (oldest removed first).")
     logging_steps: int = _f(1, "Log loss every N steps.")

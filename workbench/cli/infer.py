@@ -88,7 +88,8 @@ def run(args) -> int:
                 print(f"row {p['row']}: skipped: {p['reason']}")
             print(f"exact-match accuracy: base {result['base_accuracy']:.3f}, adapter {result['adapter_accuracy']:.3f}; "
                   f"normalised: base {result['base_accuracy_normalised']:.3f}, "
-                  f"adapter {result['adapter_accuracy_normalised']:.3f} ({len(result['rows'])} rows)")
+                  f"adapter {result['adapter_accuracy_normalised']:.3f} ({len(result['rows'])} rows); "
+                  f"{result['metric']}: base {result['base_score']:.3f}, adapter {result['adapter_score']:.3f}")
         return 0
     sample = prompt_sample(args.prompt, args.image, args.system)
     with Workbench().inference(base, adapter, run_config) as comparer:

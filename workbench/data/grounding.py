@@ -166,3 +166,18 @@ def _fill(text: str, words, boxes) -> str:
         out.append(text[i:pos])
         out.append(next(words) if placeholder == REF else next(boxes))
         i = pos + len(placeholder)
+
+
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+# every family's written box: "(x1,y1),(x2,y2)" (Qwen2/2.5-VL, box tokens dropped or not) and "[x1, y1, x2, y2]"
+# (Qwen3-VL, and the JSON "bbox_2d" answers Qwen2.5-VL gives)
+_WRITTEN_BOX = re.compile(rf"\({_NUMBER},{_NUMBER}\)\s*,\s*\({_NUMBER},{_NUMBER}\)|\[{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}\]")
+
+
+def boxes_in_text(text: str) -> list[tuple[float, float, float, float]]:
+    """The boxes a text writes, in the order written, in whatever units it writes them (an answer and its
+    reference use the same family's units, so they compare as they are)."""
+    found = []
+    for match in _WRITTEN_BOX.finditer(text or ""):
+        found.append(tuple(float(v) for v in match.groups() if v is not None))
+    return found

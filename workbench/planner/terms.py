@@ -104,6 +104,15 @@ def checkpoint_boundary_bytes(tokens: int, hidden: int, act_bytes: int = 2) -> i
     return tokens * hidden * act_bytes
 
 
+def generation_cache_bytes(tokens: int, kv_dim: int, act_bytes: int = 2) -> int:
+    """One decoder layer's KV cache while evaluation answers a held-out row (batch 1, prompt + answer
+    tokens): 2 x T x kv_dim x a. Not a term of its own in a plan: evaluation runs between steps, when
+    the step's activations are freed, and for every Qwen-VL shape this is below the layer input that
+    gradient checkpointing keeps for a training row as long (``checkpoint_boundary_bytes``:
+    kv_dim is H/7 to H/4), so the training step's peak bounds the evaluation's."""
+    return 2 * tokens * kv_dim * act_bytes
+
+
 def rotary_bytes(tokens: int, head_dim: int, act_bytes: int = 2) -> int:
     """cos and sin of the multimodal RoPE, shared by the layers on a device: 2 x T x head_dim x a."""
     return 2 * tokens * head_dim * act_bytes

@@ -16,6 +16,7 @@ from workbench.run_folder import RunFolder, checkpoint_name
 # Throughput and ETA come from the last few log rows, not the average since the start:
 # warm-up, data skipping on resume and the first eval would otherwise skew them for long.
 RATE_WINDOW = 20
+ANSWER_CHARS = 200  # of each held-out answer kept in an eval row
 
 
 class MetricsBuffer:
@@ -47,6 +48,19 @@ class MetricsBuffer:
     def __len__(self):
         with self._lock:
             return len(self._rows)
+
+
+def best_of(folder: RunFolder, checkpoint: Path | None) -> dict:
+    """{"best_checkpoint", "best_score"} as Trainer recorded them in ``checkpoint`` (a resume starts from
+    it and Trainer restores the same record), or {} when there is none or it is gone."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")) if checkpoint else {}
+    except (OSError, ValueError):
+        return {}
+    best = state.get("best_model_checkpoint")
+    if not best or not (folder.path / Path(best).name).is_dir():
+        return {}
+    return {"best_checkpoint": Path(best).name, "best_score": state.get("best_metric")}
 
 
 class NonFiniteError(RuntimeError):
@@ -97,19 +111,34 @@ class WorkbenchCallback(TrainerCallback):
             control.should_save = True
             control.should_log = True
 
+    def on_evaluate(self, args, state, control, **kwargs):
+        # a stop asked for while the held-out rows were answered saves this step, not one more
+        if state.global_step > 0 and self.job.should_stop():
+            control.should_training_stop = True
+            control.should_save = True
+
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / checkpoint_name(state.global_step)
         if path.is_dir():
             ensure_held(args.output_dir)
             folder = RunFolder(args.output_dir)
             folder.mark_complete(path)
-            folder.keep_newest_complete(self.job.config.training.save_total_limit)
+            best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
+            # Trainer's own rule (rotate_checkpoints): the newest and the best survive the limit
+            folder.keep_newest_complete(self.job.config.training.save_total_limit, best=best)
+            if best is not None and best.is_dir():
+                job = self.job
+                job.best = {"best_checkpoint": best.name, "best_score": state.best_metric}
+                folder.write_status(job.state.value, job.message, job.step, job.max_steps, **job.best)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         row = self.row(args, state, dict(logs or {}))
         if row is not None:
             ensure_held(args.output_dir)
             self.job.metrics.append(row)
+            if row["kind"] == "eval":  # said in the status and the log, as the CLI and the tab show them
+                score = f", {row['eval_metric']} {row['eval_score']:.3f}" if "eval_metric" in row else ""
+                self.job._say(self.job.state, f"Evaluated at step {row['step']}: eval loss {row['eval_loss']:.4f}{score}.")
 
     def row(self, args, state, logs: dict) -> dict | None:
         """One metrics row from Trainer's logs: kind 'train' (loss) or 'eval' (eval_loss)."""
@@ -120,9 +149,14 @@ class WorkbenchCallback(TrainerCallback):
         else:
             return None  # Trainer's end-of-run summary: the rows already hold it
         row = {"kind": kind, "time": time.time(), "step": state.global_step, "epoch": state.epoch}
-        for key in ("loss", "eval_loss", "grad_norm", "learning_rate"):
+        for key in ("loss", "eval_loss", "eval_score", "eval_iou", "grad_norm", "learning_rate"):
             if isinstance(logs.get(key), (int, float)):
                 row[key] = float(logs[key])
+        if "eval_score" in row and self.job.answers is not None:
+            row["eval_metric"] = self.job.answers.metric
+            # what the model answered: a score alone does not say how an answer is wrong
+            row["eval_answers"] = [{"row": r["row"], "answer": r["answer"][:ANSWER_CHARS], "score": r["score"]}
+                                   for r in self.job.answers.last]
         if not math.isfinite(row.get("grad_norm", 0.0)):
             raise NonFiniteError(f"gradient norm became {row['grad_norm']} at step {state.global_step}")
         if kind == "train":

@@ -35,9 +35,13 @@ def check_run_config(config: RunConfig, check_output_dir: bool = True, check_fil
     if check_files:
         check_model_and_data(config)
     t, d = config.training, config.data
-    if t.eval_steps > 0 and not d.eval_path and d.eval_split <= 0:
+    from workbench.demo import is_demo
+
+    own_rows = is_demo(config.model.name_or_path) and not d.train_path  # the demo evaluates on its held-out rows
+    if t.eval_steps > 0 and not d.eval_path and d.eval_split <= 0 and not own_rows:
         raise UserError(f"training.eval_steps is {t.eval_steps} but there is no eval data: set data.eval_path "
                         "or data.eval_split (e.g. 0.05), or set eval_steps to 0.")
+    check_tracker(t.report_to)
     if config.model.dtype == "fp16" and not _cuda():
         raise UserError("model.dtype fp16 needs a GPU (mixed precision in fp16 does not run on the CPU): use "
                         "auto or fp32 here.")
@@ -65,6 +69,17 @@ def check_model_and_data(config: RunConfig) -> None:
         check_dataset_path(d.train_path, "data.train_path")
     if d.eval_path:
         check_dataset_path(d.eval_path, "data.eval_path")
+
+
+def check_tracker(report_to: str) -> None:
+    """training.report_to names a tracker whose package is installed (transformers would fail at its
+    first log, after the model loaded)."""
+    import importlib.util
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}.get(report_to)
+    if package and importlib.util.find_spec(package) is None:
+        raise UserError(f"training.report_to is {report_to} but the {package} package is not installed: "
+                        f"`pip install {package}`, or set report_to to none (metrics.jsonl is written either way).")
 
 
 def check_device_map(config: RunConfig) -> None:

@@ -22,7 +22,7 @@ from workbench.errors import UserError
 from workbench.live_lock import LockLost, ensure_held
 from workbench.run_folder import ADAPTER_FILES, RunFolder, RunStatus, checkpoint_step
 from workbench.settings import RunConfig
-from workbench.training.bridge import MetricsBuffer, WorkbenchCallback
+from workbench.training.bridge import MetricsBuffer, WorkbenchCallback, best_of
 from workbench.training.faults import failure_message
 from workbench.training.loading import tiny_model_threads
 from workbench.training.trainer import trainer_class  # a module name here: tests swap it for a recording one
@@ -76,6 +76,8 @@ class TrainingJob:
         self.metrics: MetricsBuffer | None = None
         self.exit_code = 0  # for the CLI: 2 bad input, 1 any other failure
         self.error: BaseException | None = None  # what ended a failed run (a launch's rank reports it)
+        self.answers = None  # the evaluation's held-out answers (workbench.training.evaluation.AnswerCheck)
+        self.best: dict = {}  # {"best_checkpoint": name, "best_score": value} once Trainer has a best
 
     # ---- control ------------------------------------------------------------------
     @property
@@ -138,7 +140,7 @@ class TrainingJob:
         log.info(line)
         if self.placement.is_main and self.folder.exists() and self._holds_folder():  # watchers read it too
             try:
-                self.folder.write_status(state.value, message, self.step, self.max_steps)
+                self.folder.write_status(state.value, message, self.step, self.max_steps, **self.best)
                 self.folder.append_event(line)
             except OSError:
                 log.warning("could not write the status of %s", self.folder.path, exc_info=True)
@@ -153,7 +155,7 @@ class TrainingJob:
         first = self.max_steps == 0 and max_steps > 0
         self.step, self.max_steps = step, max_steps
         if first and self.placement.is_main and self._holds_folder():  # watchers learn the length once
-            self.folder.write_status(self.state.value, self.message, step, max_steps)
+            self.folder.write_status(self.state.value, self.message, step, max_steps, **self.best)
 
     def run(self) -> JobState:
         """The whole run, in the calling thread. Never raises: the outcome is the state."""
@@ -219,6 +221,7 @@ class TrainingJob:
         from workbench.data.collate import Collator
         from workbench.training.lora import apply_lora
         from workbench.training.checks import training_arguments
+        from workbench.training.evaluation import answer_check
         from workbench.training.parts import announce
         from workbench.training.setup import build_datasets
 
@@ -242,6 +245,7 @@ class TrainingJob:
             if writes:
                 self.folder.remove_incomplete()
             resume_from, notes = usable_checkpoint(self.folder, move_aside=writes)
+            self.best = best_of(self.folder, resume_from)
             for note in notes:
                 self._say(JobState.LOADING, note)
             if writes:
@@ -269,15 +273,17 @@ class TrainingJob:
             else:
                 self._say(JobState.STOPPED, "Stopped before the first step; nothing was trained or saved.")
             return model, None
+        # a resumed run measured its start already: its step-0 (and checkpoint-step) rows are kept
         args = training_arguments(placement.trainer_config(self.config), has_eval=eval_set is not None,
-                                  **placement.trainer_overrides())
+                                  **placement.trainer_overrides(), **({"eval_on_start": False} if resume_from else {}))
         placement.before_trainer(model)
+        self.answers = answer_check(self.config, eval_set)
         trainer = placement.trainer_class(trainer_class())(
             model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
             data_collator=Collator(processor.tokenizer.pad_token_id),
             callbacks=placement.callbacks(self),
             loss_on_trained_tokens_only=self.config.training.loss_on_trained_tokens_only,
-            part_rates=part_rates,
+            part_rates=part_rates, answer_check=self.answers,
         )
         # with tqdm off Trainer prints every log dict to stdout; the bridge already reports them
         trainer.remove_callback(PrinterCallback)

@@ -14,6 +14,8 @@ GIB = 1024**3
 MAX_POINTS = 400
 LOSS_COLUMNS = ["step", "loss", "series"]
 MEMORY_COLUMNS = ["step", "GiB", "series"]
+SCORE_COLUMNS = ["step", "score", "series"]
+CHECKPOINT_COLUMNS = ["checkpoint", "step", "eval score", "eval loss", "best"]
 
 
 def decimate(items: list, max_points: int = MAX_POINTS) -> list:
@@ -30,6 +32,26 @@ def loss_frame(rows: list[dict], max_points: int = MAX_POINTS) -> pd.DataFrame:
     evals = [(r["step"], r["eval_loss"], "eval") for r in rows if "eval_loss" in r]
     data = decimate(train, max_points) + decimate(evals, max_points)
     return pd.DataFrame(data, columns=LOSS_COLUMNS)
+
+
+def score_frame(rows: list[dict], max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """The task metric of each evaluation against step (0..1, higher is better), named by its metric;
+    with grounding rows, the mean IoU beside accuracy at 0.5."""
+    evals = [r for r in rows if isinstance(r.get("eval_score"), (int, float))]
+    data = [(r["step"], r["eval_score"], r.get("eval_metric") or "score") for r in evals]
+    data += [(r["step"], r["eval_iou"], "mean IoU") for r in evals if isinstance(r.get("eval_iou"), (int, float))]
+    return pd.DataFrame(decimate(data, 2 * max_points), columns=SCORE_COLUMNS)
+
+
+def checkpoint_frame(checkpoints: list[tuple[int, object]], rows: list[dict], best: str | None) -> pd.DataFrame:
+    """One line per complete checkpoint ((step, path) pairs): the evaluation at its step, the best marked."""
+    evals = {r.get("step"): r for r in rows if "eval_loss" in r or "eval_score" in r}
+    data = []
+    for step, path in checkpoints:
+        row = evals.get(step, {})
+        name = getattr(path, "name", str(path))
+        data.append((name, step, row.get("eval_score"), row.get("eval_loss"), "★ best" if name == best else ""))
+    return pd.DataFrame(data, columns=CHECKPOINT_COLUMNS)
 
 
 def memory_frame(rows: list[dict], predicted: dict[str, int] | None = None,

@@ -20,7 +20,10 @@ def dataset_paths(config: RunConfig) -> tuple[str, str]:
     if not train:
         if not is_demo(config.model.name_or_path):
             raise UserError("data.train_path is empty: pass --dataset PATH (a .jsonl or .json file).")
-        train = str(ensure_demo(name=config.model.name_or_path).train)
+        demo = ensure_demo(name=config.model.name_or_path)
+        train = str(demo.train)
+        if not evaluation and config.data.eval_split <= 0 and config.training.eval_steps > 0:
+            evaluation = str(demo.heldout)  # the demo evaluates on its own held-out rows
     return train, evaluation
 
 
@@ -138,6 +141,11 @@ def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
         save_total_limit=None,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=t.eval_steps if evaluate else None,
+        eval_on_start=evaluate,  # the base's level first: the curve starts where training starts
+        prediction_loss_only=True,  # the eval loop keeps no logits: the task metric generates its own answers
+        # the best checkpoint by the task metric (by eval loss without answers), kept by the rotation
+        metric_for_best_model=(("eval_score" if t.eval_samples > 0 else "eval_loss") if evaluate else None),
+        greater_is_better=(t.eval_samples > 0) if evaluate else None,
         seed=t.seed,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
@@ -146,7 +154,7 @@ def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
         # use_reentrant=False and input grads, which frozen embeddings under LoRA need
         include_num_input_tokens_seen="non_padding",  # honest tokens/s: padding excluded
         remove_unused_columns=False,
-        report_to="none",
+        report_to=t.report_to,
         disable_tqdm=True,
         dataloader_num_workers=0,
         # installs a SIGTERM handler, which fails outside the main thread

@@ -21,10 +21,12 @@ def trainer_class():
         """Trainer that stops on a non-finite raw loss (the logged loss filters NaN away) and, unless
         told otherwise, computes the loss on trained tokens only (``workbench.training.loss``)."""
 
-        def __init__(self, *args, loss_on_trained_tokens_only: bool = True, part_rates=None, **kwargs):
+        def __init__(self, *args, loss_on_trained_tokens_only: bool = True, part_rates=None, answer_check=None,
+                     **kwargs):
             if loss_on_trained_tokens_only:
                 kwargs["compute_loss_func"] = TrainedTokenLoss(kwargs["model"] if "model" in kwargs else args[0])
             self.part_rates = part_rates  # {vision, merger, language: learning rate}; None: one rate
+            self.answer_check = answer_check  # workbench.training.evaluation.AnswerCheck: the task metric
             super().__init__(*args, **kwargs)
 
         def create_optimizer(self, model=None):
@@ -40,6 +42,16 @@ def trainer_class():
             if isinstance(self.compute_loss_func, TrainedTokenLoss) and "labels" in inputs:
                 inputs = self.compute_loss_func.forward_inputs(inputs)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            """Trainer's eval loss, then the task metric on held-out answers, in the same metrics: logged
+            together, and ``metric_for_best_model`` (eval_score) picks the best checkpoint from them."""
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            if self.answer_check is not None and metric_key_prefix == "eval":
+                output.metrics.update(self.answer_check.run(self.model))
+            return output
 
         def _save_checkpoint(self, model, trial):
             # recorded first: after a kill mid-write, resume knows this half-written folder is its own

@@ -23,13 +23,16 @@ def warning(text: str) -> str:
 
 
 def runs_menu(session, selected: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
-    """(choices, value): every run the session knows, newest first (a run in its own output_dir included);
-    keeps the selection, else the newest finished run."""
+    """(choices, value): every run the session knows, newest first (a run in its own output_dir included, each
+    with its best checkpoint); keeps the selection, else the newest finished run."""
+    from workbench.runs import run_choices
+
     runs = session.runs()
-    if selected not in [r.path for r in runs]:
+    choices = run_choices(runs)
+    if selected not in [path for _, path in choices]:
         finished = [r.path for r in runs if r.state == "finished"]
         selected = finished[0] if finished else None
-    return [(r.label(), r.path) for r in runs], selected
+    return choices, selected
 
 
 def default_out(adapter: str | None, mode: str) -> str:

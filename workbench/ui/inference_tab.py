@@ -64,12 +64,16 @@ def comparer(session, base: str, adapter: str):
 # ---------------------------------------------------------------------------- handlers
 def runs_menu(session, selected: str | None) -> tuple[list[tuple[str, str]], str | None]:
     """(choices, value) for the runs dropdown: every run the session knows (the Training tab's list, a run
-    in its own output_dir included); keeps the selection, else the newest usable run."""
+    in its own output_dir included, each with its best checkpoint); keeps the selection, else the newest
+    usable run."""
+    from workbench.runs import run_choices
+
     runs = session.runs()
-    if selected not in [r.path for r in runs]:
+    choices = run_choices(runs)
+    if selected not in [path for _, path in choices]:
         ready = [r.path for r in runs if r.adapter_dir and r.state != "training"]
         selected = ready[0] if ready else None
-    return [(r.label(), r.path) for r in runs], selected
+    return choices, selected
 
 
 def refresh_runs(session, selected: str | None, base: str) -> tuple:
@@ -169,6 +173,9 @@ def accuracy_text(result: dict) -> str:
     text = (f"**{n} held-out rows.** Exact match: base **{result['base_accuracy']:.0%}**, "
             f"adapter **{result['adapter_accuracy']:.0%}**. Normalised (case and punctuation ignored): "
             f"base {result['base_accuracy_normalised']:.0%}, adapter {result['adapter_accuracy_normalised']:.0%}.")
+    if result.get("metric"):  # the score evaluation during training plots, on these rows
+        text += (f" Task metric ({result['metric']}, as in training's eval): base **{result['base_score']:.2f}**, "
+                 f"adapter **{result['adapter_score']:.2f}**.")
     skipped = result.get("problems") or []
     if skipped:
         first = skipped[0]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from workbench.errors import UserError
 from workbench.training.checks import config_from_raw
-from workbench.training.series import loss_frame, memory_frame, predicted_peaks
+from workbench.training.series import checkpoint_frame, loss_frame, memory_frame, predicted_peaks, score_frame
 
 TICK_SECONDS = 1.0
 LOG_LINES = 40
@@ -130,7 +130,7 @@ def watch(session, run_dir: str) -> str:
 
 def tick(session, view: dict | None, config: dict | None = None, plan: dict | None = None):
     """One timer tick -> (status, progress, loss plot, memory plot, log, view, finished run folder,
-    the "continue a run" list, its accordion, the action line).
+    the "continue a run" list, its accordion, the action line, the eval score plot, the checkpoints table).
 
     ``view`` remembers which run and how many metric rows this browser already shows; plots
     are sent again only when that changed (``gr.skip()`` otherwise). When the run shown stops
@@ -142,7 +142,8 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
     snap = session.snapshot()
     if snap is None:
         return ("No training run yet. Check the settings in the LoRA tab, then press Start.",
-                progress_html(None), gr.skip(), gr.skip(), "", view, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                progress_html(None), gr.skip(), gr.skip(), "", view, gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                gr.skip(), gr.skip())
     status, rows = snap["status"], snap["rows"]
     predicted = predicted_peaks((config or {}).get("plan")) or predicted_peaks(plan)
     key = [status["output_dir"], len(rows), sorted(predicted.items())]
@@ -153,9 +154,11 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
         other_run = bool(view.get("key")) and view["key"][0] != status["output_dir"]
         empty = None if other_run else gr.skip()
         loss, memory = _or(loss_frame(rows), empty), _headroom(_or(memory_frame(rows, predicted), empty))
+        score = _or(score_frame(rows), empty)
         view["key"] = key
     else:
-        loss = memory = gr.skip()
+        loss = memory = score = gr.skip()
+    checkpoints = checkpoints_table(snap.get("folder"), rows, view)
     run_dir = status["output_dir"] if not status["running"] else gr.skip()
     runs = box = action = gr.skip()
     ended = view.get("running") and not status["running"]  # it ended while this page watched it
@@ -171,7 +174,19 @@ def tick(session, view: dict | None, config: dict | None = None, plan: dict | No
     if snap["external"] and status["running"]:
         text += ("  \n*Started outside this app (CLI or launch): watched from its run folder; Stop asks it to stop "
                  "at the end of its current step.*")
-    return text, progress_html(status), loss, memory, log, view, run_dir, runs, box, action
+    return text, progress_html(status), loss, memory, log, view, run_dir, runs, box, action, score, checkpoints
+
+
+def checkpoints_table(folder, rows: list[dict], view: dict):
+    """The run's complete checkpoints with their eval score, the best marked; resent only when they changed."""
+    if folder is None:
+        return gr.skip()
+    complete, best = folder.complete_checkpoints(), folder.status().get("best_checkpoint")
+    key = [str(folder.path), [n for n, _ in complete], best, len(rows)]
+    if view.get("checkpoints") == key:
+        return gr.skip()
+    view["checkpoints"] = key
+    return checkpoint_frame(complete, rows, best)
 
 
 def _or(frame, empty):
@@ -253,6 +268,12 @@ def build(ctx, plan=None) -> TrainingTab:
                                 y_title="loss", height=320)
         memory_plot = gr.LinePlot(x="step", y="GiB", color="series", title="Memory per device",
                                   x_title="step", y_title="GiB", y_lim=[0, None], height=320)
+    with gr.Row():
+        score_plot = gr.LinePlot(x="step", y="score", color="series", title="Eval score (held-out answers, higher "
+                                 "is better)", x_title="step", y_title="score", y_lim=[0, 1], height=280)
+        checkpoints = gr.Dataframe(label="Checkpoints (eval score at their step; the best is kept by the rotation "
+                                   "and offered to the Inference and Export tabs)", interactive=False,
+                                   elem_id="training-checkpoints")
     log = gr.Textbox(label="Log (newest last)", lines=10, max_lines=10, interactive=False, autoscroll=True)
     run_dir = gr.Textbox(label="Last finished run folder (open it in the Inference tab)", interactive=False)
     with gr.Accordion("Watch a run folder", open=False):
@@ -264,7 +285,8 @@ def build(ctx, plan=None) -> TrainingTab:
     inputs = [view, ctx.config] + ([plan] if plan is not None else [])
     timer = gr.Timer(TICK_SECONDS)
     timer.tick(partial(tick, session), inputs=inputs,
-               outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir, runs, continue_box, action],
+               outputs=[status, progress, loss_plot, memory_plot, log, view, run_dir, runs, continue_box, action,
+                        score_plot, checkpoints],
                show_progress="hidden", queue=False)
     skip_set = skip.input(set_skip, inputs=[ctx.config, skip], outputs=ctx.config, show_progress="hidden")
     start_button.click(partial(start, session), inputs=ctx.config, outputs=action)
