@@ -81,7 +81,7 @@ def validate(config) -> None:
     _positive("data.max_pixels", d.max_pixels)
     if d.min_pixels > d.max_pixels:
         raise UserError(f"data.min_pixels ({d.min_pixels}) is larger than data.max_pixels ({d.max_pixels}): lower min_pixels or raise max_pixels.")
-    _video_rules(d)
+    video_rules(d)
     if not 0 <= d.eval_split <= 0.5:
         raise UserError(f"data.eval_split {d.eval_split} is outside 0..0.5: use e.g. 0.05, or 0 for none.")
     _positive("lora.rank", l.rank)
@@ -170,7 +170,7 @@ def check_parts(l, main_rate: float) -> None:
                             "or the rate to 0.")
 
 
-def _video_rules(d) -> None:
+def video_rules(d) -> None:
     """qwen-vl-utils' own limits (its smart_nframes and smart_resize assert them mid-epoch otherwise)."""
     _positive("data.video_fps", d.video_fps)
     for name in ("video_min_frames", "video_max_frames"):

@@ -378,12 +378,15 @@ def video_tokens(nframes: int, height: int, width: int, factor: int) -> int:
     return math.ceil(nframes / 2) * (height // factor) * (width // factor)
 
 
+SETTINGS = {"video_fps": "fps", "video_min_frames": "min_frames", "video_max_frames": "max_frames",
+            "video_min_pixels": "min_pixels", "video_max_pixels": "max_pixels", "video_total_pixels": "total_pixels"}
+
+
 def defaults_from(data) -> dict:
-    """qwen-vl-utils' element keys from a run's ``DataSettings`` (0: qwen-vl-utils' own default)."""
-    out = {"fps": data.video_fps, "min_frames": data.video_min_frames, "max_frames": data.video_max_frames,
-           "min_pixels": data.video_min_pixels, "max_pixels": data.video_max_pixels,
-           "total_pixels": data.video_total_pixels}
-    return {k: v for k, v in out.items() if v}
+    """qwen-vl-utils' element keys from a run's ``DataSettings`` (or its dict form); a field at 0 or
+    absent leaves qwen-vl-utils' own default."""
+    get = data.get if isinstance(data, dict) else (lambda key: getattr(data, key, None))
+    return {key: get(field) for field, key in SETTINGS.items() if get(field)}
 
 
 def is_video_path(ref) -> bool:

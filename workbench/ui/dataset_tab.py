@@ -106,6 +106,7 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
     from workbench.data.preview import preview_page, rows_table
     from workbench.data.stats import histogram
     from workbench.data.validation import check_dataset
+    from workbench.data.videos import defaults_from
 
     if not (upload or path or "").strip():
         return _empty_outputs("Give a dataset path or upload a .jsonl / .json file (or a .zip with its images).")
@@ -114,7 +115,7 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
         path, note = dataset_path(path, upload)
         report = check_dataset(path, fmt or "auto", d["max_length"], d["min_pixels"], d["max_pixels"],
                                tokenizer=_tokenizer(model), image_folder=(image_folder or "").strip() or None,
-                               context=_context(model), model=model,
+                               context=_context(model), model=model, video=defaults_from(d),
                                headers=ImageHeaders(downloads=Downloads(allow_private=d.get("allow_private_urls", False))))
     except UserError as exc:
         # The summary, right under the Check button, says it; a toast would cover that button.
@@ -187,7 +188,8 @@ def show_row(holder, row, config: dict):
         return gallery, segments, f"**Row {row}**: {_escape(reasons[0])}{where}"
     d, model = config["data"], config["model"]["name_or_path"]
     try:
-        encoder = SampleEncoder(_processor(model), d["max_length"], d["min_pixels"], d["max_pixels"])
+        encoder = SampleEncoder(_processor(model), d["max_length"], d["min_pixels"], d["max_pixels"],
+                                defaults_from(d))
     except (OSError, ValueError, UserError) as exc:
         return gallery, [], _escape(f"The processor of '{model}' is not available locally ({exc}): counts only.") + where
     try:

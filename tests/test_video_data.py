@@ -1,0 +1,242 @@
+"""Video rows: every layout read, frames sampled as qwen-vl-utils samples them, counts equal to an
+independent count, problem rows for videos that cannot be read, batches that carry the frames."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from data_helpers import png, video, write_jsonl
+from workbench.data.validation import check_dataset
+
+SMALL = {"min_pixels": 1000, "max_pixels": 6000}  # a few tokens a frame: fast on CPU
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    video(root / "v" / "a.mp4", frames=24, width=64, height=48, fps=8)
+    video(root / "v" / "b.webm", frames=17, width=80, height=40, fps=10, codec="libvpx-vp9")
+    png(root / "img" / "a.png", 90, 60)
+    for i in range(5):
+        png(root / "fr" / f"{i}.png", 50, 40, (40 * i, 0, 0))
+    return root
+
+
+def _processor(name):
+    from transformers import AutoProcessor
+
+    from workbench.demo import ensure_demo
+
+    return AutoProcessor.from_pretrained(str(ensure_demo(name=name).model))
+
+
+def _user(content, answer="right"):
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+
+
+LAYOUTS = {
+    "swift videos + <video>": {"messages": _user("<video>Which way?"), "videos": ["v/a.mp4"]},
+    "qwen-vl-finetune video": {"conversations": [{"from": "human", "value": "<video>\nWhich way?"},
+                                                 {"from": "gpt", "value": "right"}], "video": "v/b.webm"},
+    "video part with nframes": {"messages": [
+        {"role": "user", "content": [{"type": "video", "video": "v/a.mp4", "nframes": 4},
+                                     {"type": "text", "text": "Which way?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "right"}]}]},
+    "frame list with an image": {"messages": _user("<image><video>Which way?", "left"), "images": ["img/a.png"],
+                                 "videos": [[f"fr/{i}.png" for i in range(5)]]},
+    "two videos, options per entry": {"messages": _user("Look: <video> and <video>", "same"),
+                                      "videos": [{"video": "v/a.mp4", "fps": 1.0}, "v/b.webm"]},
+}
+
+
+def _independent_frames(path, nframes, height, width):
+    """Every frame decoded with PyAV, ``nframes`` picked evenly, resized with torch: none of the workbench's code."""
+    import av
+
+    with av.open(str(path)) as container:
+        pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        fps = float(container.streams.video[0].average_rate)
+    indices = np.linspace(0, len(pictures) - 1, nframes).round().astype(int).tolist()
+    stack = torch.from_numpy(np.stack([pictures[i] for i in indices])).permute(0, 3, 1, 2).float()
+    frames = torch.nn.functional.interpolate(stack, size=(height, width), mode="bicubic", antialias=True)
+    return frames, {"fps": fps, "frames_indices": indices, "total_num_frames": len(pictures)}
+
+
+def _size(height, width, nframes, factor):
+    """qwen-vl-utils' documented rule by hand: the per-frame cap is SMALL's max_pixels here."""
+    from qwen_vl_utils import smart_resize
+
+    return smart_resize(height, width, factor=factor, min_pixels=SMALL["min_pixels"], max_pixels=SMALL["max_pixels"])
+
+
+@pytest.mark.parametrize("name,factor", [("demo", 28), ("demo-qwen3-vl", 32)])
+def test_check_counts_a_video_row_as_the_processor_does(media, tmp_path, name, factor):
+    processor = _processor(name)
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": _user("<video>Which way?"),
+                                               "videos": [str(media / "v" / "a.mp4")]}])
+    report = check_dataset(path, tokenizer=processor.tokenizer, model=name, video=SMALL)
+    assert not report.problems
+    # 24 frames at 8 fps, sampled at 2 fps: 6 frames (even, within 4..24)
+    nframes = math.floor(24 / 8 * 2 / 2) * 2
+    h, w = _size(48, 64, nframes, factor)
+    frames, metadata = _independent_frames(media / "v" / "a.mp4", nframes, h, w)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "right"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False)
+    enc = processor(text=[text], videos=[frames], videos_kwargs={"video_metadata": [metadata], "do_resize": False,
+                                                                 "do_sample_frames": False}, return_tensors="pt")
+    row = report.per_row()[0]
+    assert row["video_frames"] == [nframes]
+    assert row["visual_tokens"] == (nframes // 2) * (h // factor) * (w // factor)
+    assert row["tokens"] == enc["input_ids"].shape[1]
+    assert report.stats["max"] == row["tokens"] and report.stats["videos"] == 1
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("name", ["demo", "demo-qwen2.5-vl", "demo-qwen3-vl"])
+def test_every_layout_counts_what_the_encoder_feeds(media, tmp_path, layout, name):
+    from workbench.data.collate import SampleEncoder
+
+    processor = _processor(name)
+    path = write_jsonl(media / f"{abs(hash((layout, name)))}.jsonl", [LAYOUTS[layout]])
+    report = check_dataset(path, tokenizer=processor.tokenizer, model=name, video=SMALL)
+    assert not report.problems, report.problems
+    item = SampleEncoder(processor, 4096, 3136, 20000, SMALL).encode(report.samples[0])
+    row = report.per_row()[0]
+    assert row["tokens"] == item["input_ids"].shape[0]
+    grids = item["video_grid_thw"]
+    assert row["video_frames"] == [int(t) * 2 for t in grids[:, 0]]
+    pads = int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).sum())
+    assert pads == int(grids.prod(dim=1).sum()) // 4
+    assert item["pixel_values_videos"].shape[0] == int(grids.prod(dim=1).sum())
+
+
+def test_fetch_video_and_the_header_plan_agree(media):
+    """The check's frames and sizes (from headers) equal what fetch_video really returns."""
+    from PIL import Image
+
+    from workbench.data.videos import read_video_info, sample_video, video_element, video_plan
+
+    for path in (media / "v" / "a.mp4", media / "v" / "b.webm"):
+        info = read_video_info(str(path))
+        for options in ({}, {"nframes": 6}, {"fps": 1.0}, SMALL, {"total_pixels": 20000, "min_pixels": 784},
+                        {"resized_height": 60, "resized_width": 90}, {"video_start": 0.5, "video_end": 1.5}):
+            for factor in (28, 32):
+                sampled = sample_video(str(path), options, {}, factor)
+                plan = video_plan(info.height, info.width, info.frames, info.fps,
+                                  video_element(str(path), options, {}), factor)
+                assert plan == (sampled.count, *sampled.frames.shape[2:]), (path, options, factor)
+    frames = [Image.new("RGB", (70, 50)) for _ in range(5)]
+    for options in ({}, SMALL, {"resized_height": 60, "resized_width": 90}):
+        for factor in (28, 32):
+            sampled = sample_video(frames, options, {}, factor)
+            plan = video_plan(50, 70, 5, 0, video_element(frames, options, {}), factor, frame_list=True)
+            assert plan == (sampled.count, *sampled.frames.shape[2:]) and sampled.count == 6
+
+
+def test_settings_reach_the_sampler(media):
+    from workbench.data.videos import defaults_from, sample_video
+    from workbench.settings import DataSettings
+
+    d = DataSettings(video_fps=4.0, video_max_frames=8, video_max_pixels=6000, video_min_pixels=1000)
+    sampled = sample_video(str(media / "v" / "a.mp4"), {}, defaults_from(d))
+    assert sampled.count == 8  # 24 frames at 8 fps sampled at 4 fps: 12, capped at 8
+    assert sampled.frames.shape[2] * sampled.frames.shape[3] <= 6000
+    assert sample_video(str(media / "v" / "a.mp4"), {"nframes": 4}, defaults_from(d)).count == 4  # the row wins
+
+
+def test_unreadable_videos_are_problem_rows_naming_file_and_reason(media, tmp_path):
+    (tmp_path / "text.mp4").write_text("not a video at all")
+    video(tmp_path / "one.mp4", frames=1)
+    (tmp_path / "folder.mp4").mkdir()
+    os.mkfifo(tmp_path / "pipe.mp4")
+    png(tmp_path / "big.png", 60, 60)
+    rows = [{"messages": _user("<video>Which way?"), "videos": [v]} for v in
+            ("missing.mp4", "text.mp4", "one.mp4", "folder.mp4", "pipe.mp4", "https://example.com/a.mp4",
+             [str(media / "fr" / "0.png"), str(tmp_path / "big.png")])]
+    report = check_dataset(write_jsonl(tmp_path / "d.jsonl", rows), video=SMALL)
+    problems = {p.row: p for p in report.problems}
+    assert sorted(problems) == [1, 2, 3, 4, 5, 6, 7] and not report.samples
+    assert problems[1].kind == "video-missing" and "missing.mp4" in problems[1].reason
+    assert problems[2].kind == "video-unreadable" and "text.mp4" in problems[2].reason
+    assert problems[3].kind == "video-too-short" and "one.mp4" in problems[3].reason
+    assert "folder" in problems[4].reason and "pipe" in problems[5].reason
+    assert "not a local file" in problems[6].reason
+    assert "different sizes" in problems[7].reason
+
+
+def test_bad_video_options_are_problem_rows(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": [{"type": "video", "video": "a.mp4", **opts}]},
+                          {"role": "assistant", "content": "x"}]}
+            for opts in ({"fps": 2, "nframes": 4}, {"nframes": "four"}, {"resized_height": 60})]
+    report = check_dataset(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert [p.kind for p in report.problems] == ["wrong-type", "wrong-type", "missing-field"]
+
+
+def test_audio_is_still_refused(tmp_path):
+    report = check_dataset(write_jsonl(tmp_path / "d.jsonl", [{"messages": _user("<audio>Hi"), "audios": ["a.wav"]}]))
+    assert [p.kind for p in report.problems] == ["audio"]
+
+
+def test_labels_unchanged_by_the_video_and_a_mixed_batch(media):
+    from workbench.data.collate import IGNORE_INDEX, Collator, SampleEncoder
+    from workbench.data.sample import Sample, Turn
+
+    processor = _processor("demo")
+    encoder = SampleEncoder(processor, 4096, 3136, 20000, SMALL)
+    turns = [Turn("user", "<video>Which way does it move?"), Turn("assistant", "to the right")]
+    with_video = Sample(turns, videos=[str(media / "v" / "a.mp4")], row=1)
+    mixed = Sample([Turn("user", "<image><video>And here?"), Turn("assistant", "left")],
+                   images=[str(media / "img" / "a.png")], videos=[[str(media / "fr" / f"{i}.png") for i in range(5)]],
+                   row=2)
+    items = [encoder.encode(with_video), encoder.encode(mixed)]
+    tok = processor.tokenizer
+    for item, answer in zip(items, ("to the right", "left")):
+        trained = item["labels"][item["labels"] != IGNORE_INDEX].tolist()
+        assert trained == tok.encode(answer, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
+    batch = Collator(tok.pad_token_id)(items)
+    assert batch["video_grid_thw"].shape == (2, 3) and batch["image_grid_thw"].shape == (1, 3)
+    assert batch["pixel_values_videos"].shape[0] == int(batch["video_grid_thw"].prod(dim=1).sum())
+    assert (batch["labels"] != IGNORE_INDEX).sum() == sum((i["labels"] != IGNORE_INDEX).sum() for i in items)
+
+
+def test_two_training_steps_on_videos(media, demo, demo_config, tmp_path):
+    from transformers import Trainer
+
+    from workbench.data.collate import IGNORE_INDEX, Collator
+    from workbench.training.loading import load_model
+    from workbench.training.lora import apply_lora
+    from workbench.training.setup import build_datasets, build_trainer_args
+
+    rows = [{"messages": _user("<video>Which way?", answer), "videos": [str(media / "v" / name)]}
+            for answer, name in (("right", "a.mp4"), ("left", "b.webm"))] * 2
+    rows.append({"messages": _user("<image><video>Which way?", "up"), "images": [str(media / "img" / "a.png")],
+                 "videos": [[str(media / "fr" / f"{i}.png") for i in range(5)]]})
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    config = demo_config.replace(data={"train_path": str(path), "video_max_pixels": 6000, "video_min_pixels": 1000},
+                                 training={"max_steps": 2, "save_steps": 0, "warmup_ratio": 0.0,
+                                           "per_device_train_batch_size": 3, "gradient_accumulation_steps": 1,
+                                           "output_dir": str(tmp_path / "run")})
+    train, _, processor = build_datasets(config, str(demo.model))
+    seen = []
+    collator = Collator(processor.tokenizer.pad_token_id)
+
+    def collate(items):
+        batch = collator(items)
+        seen.append(batch)
+        return batch
+
+    model = apply_lora(load_model(str(demo.model), config), config.lora, False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    Trainer(model=model, args=build_trainer_args(config, False), train_dataset=train, data_collator=collate).train()
+    assert len(seen) >= 2 and all("pixel_values_videos" in b and "video_grid_thw" in b for b in seen)
+    tok = processor.tokenizer
+    answers = {tuple(tok.encode(a, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")])
+               for a in ("right", "left", "up")}
+    for batch in seen:
+        for labels in batch["labels"]:
+            assert tuple(labels[labels != IGNORE_INDEX].tolist()) in answers
+    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if n in before)
