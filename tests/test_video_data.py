@@ -240,3 +240,26 @@ def test_two_training_steps_on_videos(media, demo, demo_config, tmp_path):
         for labels in batch["labels"]:
             assert tuple(labels[labels != IGNORE_INDEX].tolist()) in answers
     assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if n in before)
+
+
+def test_dataset_tab_shows_a_strip_of_the_sampled_frames(media, tmp_path, demo_config):
+    from PIL import Image
+
+    from workbench.ui.dataset_tab import check, show_row, stats_markdown
+
+    config = demo_config.replace(data={"video_max_pixels": 6000, "video_min_pixels": 1000}).to_dict()
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": _user("<image><video>Which way?"),
+                                               "images": [str(media / "img" / "a.png")],
+                                               "videos": [str(media / "v" / "a.mp4")]}])
+    holder = check(str(path), None, "auto", config)[0]
+    assert "Videos: 1, **6-6** frames each" in stats_markdown(holder["report"])
+    assert list(holder["table"]["videos"]) == [1]
+    gallery, segments, counts = show_row(holder, 1, config)
+    strip, caption = gallery[-1]
+    assert caption.startswith("video #1:") and "6 frames" in caption
+    # 24 frames at 8 fps, 6 sampled at indices 0, 5, 9, 14, 18, 23: 0.0 s ... 2.9 s
+    assert "0.0s, 0.6s, 1.1s, 1.8s, 2.2s, 2.9s" in caption and "Videos:" in counts
+    assert Image.open(strip).size[0] > 6 * 50  # six frames side by side
+    assert any(kind == "video" for _, kind in segments)
+    assert sum(int(text.split()[0][1:]) for text, kind in segments if kind == "video") == \
+        holder["report"].lengths[1].visual_tokens[1]
