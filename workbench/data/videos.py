@@ -29,16 +29,12 @@ import threading
 from dataclasses import dataclass, field
 
 from workbench.data.images import MAX_IMAGE_PIXELS, load_image
-from workbench.data.problems import BadImage
+from workbench.data.problems import VIDEO_MISSING, VIDEO_TOO_LARGE, VIDEO_TOO_SHORT, VIDEO_UNREADABLE, BadImage
 from workbench.data.refs import DATA, FILE, URL, kind_of, short
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v", ".mpeg", ".mpg", ".flv", ".wmv", ".3gp", ".ts")
-VIDEO_MISSING = "video-missing"
-VIDEO_UNREADABLE = "video-unreadable"
-VIDEO_TOO_LARGE = "video-too-large"
-VIDEO_TOO_SHORT = "video-too-short"
 # qwen-vl-utils' per-video keys (its ``fetch_video`` / ``smart_nframes``): a row may set them per video.
 VIDEO_OPTIONS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
                  "resized_height", "resized_width", "video_start", "video_end", "sample_fps")
