@@ -263,3 +263,42 @@ def test_dataset_tab_shows_a_strip_of_the_sampled_frames(media, tmp_path, demo_c
     assert any(kind == "video" for _, kind in segments)
     assert sum(int(text.split()[0][1:]) for text, kind in segments if kind == "video") == \
         holder["report"].lengths[1].visual_tokens[1]
+
+
+def test_a_file_without_pictures_is_a_problem_row(tmp_path):
+    import wave
+
+    with wave.open(str(tmp_path / "sound.mp4"), "wb") as sound:  # audio only, under a video's name
+        sound.setnchannels(1), sound.setsampwidth(2), sound.setframerate(8000)
+        sound.writeframes(b"\0\0" * 800)
+    report = check_dataset(write_jsonl(tmp_path / "d.jsonl", [{"messages": _user("<video>?"),
+                                                                "videos": ["sound.mp4"]}]))
+    assert [p.kind for p in report.problems] == ["video-unreadable"]
+    assert "sound.mp4" in report.problems[0].reason and "no video stream" in report.problems[0].reason
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"video_min_frames": 1}, "at least 2"), ({"video_min_frames": 10, "video_max_frames": 8}, "above"),
+    ({"video_fps": 0.0}, "positive"), ({"video_max_pixels": -1}, "0 for qwen-vl-utils' default"),
+    ({"video_min_pixels": 9000, "video_max_pixels": 6000}, "above")])
+def test_video_settings_are_validated(fields, words):
+    from workbench.errors import UserError
+    from workbench.settings import RunConfig
+
+    with pytest.raises(UserError, match=words):
+        RunConfig().replace(data=fields).validate()
+
+
+def test_data_check_cli_reports_frames_per_video(media, tmp_path, capsys):
+    import json
+
+    from workbench.cli.main import main
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": _user("<video>Which way?"),
+                                               "videos": [str(media / "v" / "a.mp4")]}])
+    args = ["data", "check", str(path), "--model", "demo", "--video-min-pixels", "1000", "--video-max-pixels", "6000"]
+    assert main(args + ["--video-fps", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["per_row"][0]["video_frames"] == [12] and out["stats"]["video_frames_max"] == 12
+    assert main(args + ["--video-max-frames", "4"]) == 0
+    assert "4-4 frames each" in capsys.readouterr().out
