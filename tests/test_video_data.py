@@ -302,3 +302,17 @@ def test_data_check_cli_reports_frames_per_video(media, tmp_path, capsys):
     assert out["per_row"][0]["video_frames"] == [12] and out["stats"]["video_frames_max"] == 12
     assert main(args + ["--video-max-frames", "4"]) == 0
     assert "4-4 frames each" in capsys.readouterr().out
+
+
+def test_a_low_max_pixels_setting_lowers_the_default_min(media):
+    """qwen-vl-utils refuses max_pixels below its default min_pixels (100352); a run's setting brings min down."""
+    from workbench.data.videos import BadVideo, sample_video
+
+    sampled = sample_video(str(media / "v" / "a.mp4"), {}, {"max_pixels": 6000})
+    assert sampled.frames.shape[2] * sampled.frames.shape[3] <= 6000
+    with pytest.raises(BadVideo, match="min/max_pixels"):  # a row's own keys stay qwen-vl-utils' rule
+        sample_video(str(media / "v" / "a.mp4"), {"max_pixels": 6000}, {})
+    # above qwen-vl-utils' default min the setting is passed as it is: the same frames as qwen-vl-utils gives
+    from workbench.data.videos import video_element
+
+    assert "min_pixels" not in video_element("a.mp4", {}, {"max_pixels": 200704})

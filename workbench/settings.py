@@ -74,7 +74,8 @@ class DataSettings:
                                "tokens a frame (100352 pixels for Qwen2-VL and Qwen2.5-VL, 131072 for Qwen3-VL).")
     video_max_pixels: int = _f(0, "Largest frame area in pixels after resizing. 0: qwen-vl-utils' default, 768 "
                                "tokens a frame (602112 pixels; 786432 for Qwen3-VL), less when video_total_pixels "
-                               "shared over the frames is smaller.")
+                               "shared over the frames is smaller. Below 128 tokens a frame it lowers "
+                               "video_min_pixels with it.")
     video_total_pixels: int = _f(0, "Pixels of all of a video's frames together; frames shrink to fit. 0: "
                                  "qwen-vl-utils' default (90% of 128000 tokens, about 90 million pixels).")
     allow_private_urls: bool = _f(False, "Fetch image URLs that point into this machine or its private network "

@@ -55,7 +55,7 @@ def count_video(ref, options: dict, defaults: dict, factor: int, headers: ImageH
     import torch
     from qwen_vl_utils.vision_process import calculate_video_frame_range
 
-    ele = video_element(ref, options, defaults)
+    ele = video_element(ref, options, defaults, factor)
     if is_frame_list(ref):
         sizes = set()
         for frame in ref:

@@ -270,12 +270,19 @@ def register_backend() -> None:
 
 
 # ---------------------------------------------------------------------------- sampling
-def video_element(ref, options: dict, defaults: dict) -> dict:
+def video_element(ref, options: dict, defaults: dict, factor: int = 28) -> dict:
     """qwen-vl-utils' element for one video: the run's defaults, then the row's own keys.
 
     ``fps`` and ``nframes`` exclude each other (``smart_nframes`` asserts it): a row's
-    ``nframes`` drops the run's ``fps``, and so do min/max_frames."""
+    ``nframes`` drops the run's ``fps``, and so do min/max_frames. A run's max_pixels below
+    qwen-vl-utils' default min_pixels (128 tokens) brings min_pixels down to a quarter of it, where
+    qwen-vl-utils would refuse every video (a quarter: smart_resize rounds a frame under min_pixels
+    up, which could pass max_pixels)."""
+    from qwen_vl_utils.vision_process import VIDEO_MIN_TOKEN_NUM
+
     ele = {k: v for k, v in defaults.items() if v not in (None, 0, "")}
+    if "min_pixels" not in ele and ele.get("max_pixels", math.inf) < VIDEO_MIN_TOKEN_NUM * factor * factor:
+        ele["min_pixels"] = ele["max_pixels"] // 4
     if "nframes" in options:
         for key in ("fps", "min_frames", "max_frames"):
             ele.pop(key, None)
@@ -295,7 +302,7 @@ def sample_video(ref, options: dict | None = None, defaults: dict | None = None,
     ``BadVideo`` with one sentence when the video cannot be read."""
     from qwen_vl_utils.vision_process import fetch_video
 
-    ele = video_element(ref, options or {}, defaults or {})
+    ele = video_element(ref, options or {}, defaults or {}, factor)
     if is_frame_list(ref):
         ele["video"] = [load_image(r, downloads) for r in _frame_refs(ref)]
         _same_size(ref, ele["video"])
