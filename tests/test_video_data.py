@@ -316,3 +316,20 @@ def test_a_low_max_pixels_setting_lowers_the_default_min(media):
     from workbench.data.videos import video_element
 
     assert "min_pixels" not in video_element("a.mp4", {}, {"max_pixels": 200704})
+
+
+def test_a_still_video_gives_the_pixels_of_its_image():
+    """Frames reach the processor at 0-255 like images: two copies of an image (sized as it is) give the
+    image's own patches, so a video is normalised exactly as an image is."""
+    from PIL import Image
+
+    from workbench.data.collate import SampleEncoder
+    from workbench.data.sample import Sample, Turn
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (56, 112, 3), dtype=np.uint8))
+    encoder = SampleEncoder(_processor("demo"), 4096, 56 * 112, 56 * 112, {"min_pixels": 1000, "max_pixels": 56 * 112})
+    turns = [Turn("user", "<image><video>Same?"), Turn("assistant", "yes")]
+    item = encoder.encode(Sample(turns, images=[image], videos=[[image, image]], row=1))
+    assert torch.equal(item["video_grid_thw"], item["image_grid_thw"])
+    assert torch.equal(item["pixel_values_videos"], item["pixel_values"])
