@@ -333,3 +333,16 @@ def test_a_still_video_gives_the_pixels_of_its_image():
     item = encoder.encode(Sample(turns, images=[image], videos=[[image, image]], row=1))
     assert torch.equal(item["video_grid_thw"], item["image_grid_thw"])
     assert torch.equal(item["pixel_values_videos"], item["pixel_values"])
+
+
+def test_a_video_too_large_to_hold_decoded_is_a_problem_row(media, tmp_path, monkeypatch):
+    from workbench.data import videos
+    from workbench.data.videos import BadVideo, sample_video
+
+    monkeypatch.setattr(videos, "MAX_DECODED_BYTES", 5 * 64 * 48 * 3)  # five frames of a.mp4
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": _user("<video>?"), "videos": [str(media / "v" / "a.mp4")]}])
+    assert [p.kind for p in check_dataset(path, video={"fps": 2.0}).problems] == ["video-too-large"]  # 6 frames
+    assert check_dataset(path, video={"fps": 1.0}).problems == []  # 4 frames
+    with pytest.raises(BadVideo, match="video_max_frames"):
+        sample_video(str(media / "v" / "a.mp4"), {"nframes": 6}, {})
+    assert sample_video(str(media / "v" / "a.mp4"), {"nframes": 4}, {}).count == 4

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from workbench.data.images import ImageHeaders
 from workbench.data.problems import IMAGE_SHAPE, Problem
-from workbench.data.videos import (VIDEO_TOO_SHORT, VIDEO_UNREADABLE, VideoInfo, describe, is_frame_list,
-                                   read_video_info, video_element, video_plan, video_tokens)
+from workbench.data.videos import (VIDEO_TOO_SHORT, VIDEO_UNREADABLE, BadVideo, VideoInfo, check_decoded_size,
+                                   describe, is_frame_list, read_video_info, video_element, video_plan, video_tokens)
 
 TIMESTAMP_FALLBACK_TOKENS = 6  # "<", digits, ".", digit, " seconds", ">" without a tokenizer
 
@@ -92,6 +92,10 @@ def count_video(ref, options: dict, defaults: dict, factor: int, headers: ImageH
     if is_frame_list(ref):
         indices = list(range(nframes))
     else:
+        try:
+            check_decoded_size(ref, nframes, width, height)
+        except BadVideo as exc:
+            return Problem(row, str(exc), exc.kind)
         start, end, _ = calculate_video_frame_range(ele, total, fps)
         indices = torch.linspace(start, end, nframes).round().long().tolist()
     return VideoCount(nframes, h, w, video_tokens(nframes, h, w, factor), indices, fps)

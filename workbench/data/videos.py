@@ -41,6 +41,8 @@ VIDEO_OPTIONS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "ma
 # Decoding walks every frame up to the last one sampled: a file of more frames costs minutes per epoch.
 MAX_VIDEO_FRAMES = 100_000
 MAX_VIDEO_BYTES = 8 << 30
+# The sampled frames are held decoded (RGB) before qwen-vl-utils resizes them, then as float32.
+MAX_DECODED_BYTES = 4 << 30
 BACKEND = "pyav"
 
 
@@ -209,6 +211,7 @@ def read_video_pyav(ele: dict):
             nframes = smart_nframes(ele, total_frames=total, video_fps=info.fps)
         except ValueError:
             raise BadVideo(VIDEO_TOO_SHORT, _too_short(path, total)) from None
+        check_decoded_size(path, nframes, info.width, info.height)
         indices = torch.linspace(start, end, nframes).round().long().tolist()
         wanted: dict[int, int] = {}
         for i in indices:
@@ -237,6 +240,16 @@ def read_video_pyav(ele: dict):
     video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": total, "video_backend": BACKEND}
     return video, metadata, nframes / max(total, 1e-6) * info.fps
+
+
+def check_decoded_size(path, nframes: int, width: int, height: int) -> None:
+    """``BadVideo`` when the sampled frames would take more than MAX_DECODED_BYTES decoded."""
+    size = nframes * width * height * 3
+    if size > MAX_DECODED_BYTES:
+        raise BadVideo(VIDEO_TOO_LARGE, f"video {short(path)} would take {size / 2**30:.1f} GiB decoded ({nframes} "
+                                        f"frames of {width}x{height}), over the {MAX_DECODED_BYTES >> 30} GiB the "
+                                        "workbench holds per video: lower data.video_fps or data.video_max_frames "
+                                        "(or the row's fps/nframes), or downscale the file")
 
 
 def _too_short(path, total: int) -> str:
