@@ -118,7 +118,8 @@ def test_fetch_video_and_the_header_plan_agree(media):
     """The check's frames and sizes (from headers) equal what fetch_video really returns."""
     from PIL import Image
 
-    from workbench.data.videos import read_video_info, sample_video, video_element, video_plan
+    from workbench.data.video_counts import video_plan
+    from workbench.data.videos import read_video_info, sample_video, video_element
 
     for path in (media / "v" / "a.mp4", media / "v" / "b.webm"):
         info = read_video_info(str(path))

@@ -15,8 +15,8 @@ Windows, CPU or CUDA machine alike, and is already a dependency of qwen-vl-utils
 registered as a qwen-vl-utils reader backend (``VIDEO_READER_BACKENDS["pyav"]``), so frame
 indices, counts and sizes stay qwen-vl-utils' own code; only the decoding is ours.
 
-``video_plan`` gives the same (frames, height, width) from the container's header without
-decoding, for ``data check``; tests pin it against ``fetch_video``'s real output.
+``workbench.data.video_counts.video_plan`` gives the same (frames, height, width) from the
+container's header without decoding, for ``data check``; tests pin it against ``fetch_video``.
 """
 
 from __future__ import annotations
@@ -345,53 +345,6 @@ def _same_size(ref, images) -> None:
         raise BadVideo(VIDEO_UNREADABLE, f"video {describe(ref)} has frames of different sizes "
                                          f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:3])}): give frames of "
                                          "one size (qwen-vl-utils stacks them)")
-
-
-# ---------------------------------------------------------------------------- counting
-def frame_limits(nframes: int, ele: dict, factor: int) -> tuple[int, int]:
-    """(min_pixels, max_pixels) a frame is sized within: ``fetch_video``'s rule, its ``total_pixels``
-    shared over the frames and its per-frame token limits (128 and 768 tokens by default)."""
-    from qwen_vl_utils import vision_process as vp
-
-    min_pixels = ele.get("min_pixels", vp.VIDEO_MIN_TOKEN_NUM * factor * factor)
-    total_pixels = ele.get("total_pixels", vp.MODEL_SEQ_LEN * factor * factor * 0.9)
-    limit = max(min(vp.VIDEO_MAX_TOKEN_NUM * factor * factor, total_pixels / nframes * vp.FRAME_FACTOR),
-                int(min_pixels * 1.05))
-    return min_pixels, min(ele.get("max_pixels", limit), limit)
-
-
-def video_plan(height: int, width: int, total_frames: int, fps: float, ele: dict, factor: int,
-               frame_list: bool = False) -> tuple[int, int, int]:
-    """(frames, height, width) ``fetch_video`` gives for a video of this header, without decoding it.
-
-    For a frame list qwen-vl-utils first sizes each frame as an image at twice the factor (it
-    passes its pixels-per-token as the patch size), then sizes the stack again as a video."""
-    from qwen_vl_utils import smart_resize
-    from qwen_vl_utils import vision_process as vp
-
-    if frame_list:
-        if "resized_height" in ele and "resized_width" in ele:
-            height, width = smart_resize(ele["resized_height"], ele["resized_width"], factor=2 * factor)
-        else:
-            double = 2 * factor
-            height, width = smart_resize(height, width, factor=double,
-                                         min_pixels=ele.get("min_pixels", vp.IMAGE_MIN_TOKEN_NUM * double ** 2),
-                                         max_pixels=ele.get("max_pixels", vp.IMAGE_MAX_TOKEN_NUM * double ** 2))
-        nframes = vp.ceil_by_factor(total_frames, vp.FRAME_FACTOR)
-    else:
-        _, _, total = vp.calculate_video_frame_range(ele, total_frames, fps)
-        nframes = vp.smart_nframes(ele, total_frames=total, video_fps=fps)
-    if "resized_height" in ele and "resized_width" in ele:
-        h, w = smart_resize(ele["resized_height"], ele["resized_width"], factor=factor)
-    else:
-        min_pixels, max_pixels = frame_limits(nframes, ele, factor)
-        h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    return nframes, h, w
-
-
-def video_tokens(nframes: int, height: int, width: int, factor: int) -> int:
-    """<|video_pad|> tokens for a video: (frames / temporal patch 2) x (H / factor) x (W / factor)."""
-    return math.ceil(nframes / 2) * (height // factor) * (width // factor)
 
 
 SETTINGS = {"video_fps": "fps", "video_min_frames": "min_frames", "video_max_frames": "max_frames",
