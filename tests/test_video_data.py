@@ -112,6 +112,20 @@ def test_every_layout_counts_what_the_encoder_feeds(media, tmp_path, layout, nam
     pads = int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).sum())
     assert pads == int(grids.prod(dim=1).sum()) // 4
     assert item["pixel_values_videos"].shape[0] == int(grids.prod(dim=1).sum())
+    tok = processor.tokenizer
+    answer = report.samples[0].answer
+    trained = item["labels"][item["labels"] != -100].tolist()
+    assert trained == tok.encode(answer, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
+    assert row["trained_tokens"] == len(trained)
+
+
+def test_a_video_part_without_reference_takes_the_next_of_videos(media, tmp_path):
+    row = {"messages": [{"role": "user", "content": [{"type": "video", "nframes": 4}, {"type": "text", "text": "?"}]},
+                        {"role": "assistant", "content": "x"}], "videos": ["v/a.mp4"]}
+    path = write_jsonl(media / "trl-style.jsonl", [row])
+    report = check_dataset(path, video=SMALL)
+    assert not report.problems and report.samples[0].videos == [str(media / "v" / "a.mp4")]
+    assert report.samples[0].video_options == [{"nframes": 4}] and report.per_row()[0]["video_frames"] == [4]
 
 
 def test_fetch_video_and_the_header_plan_agree(media):
