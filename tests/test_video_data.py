@@ -361,3 +361,22 @@ def test_a_video_too_large_to_hold_decoded_is_a_problem_row(media, tmp_path, mon
     with pytest.raises(BadVideo, match="video_max_frames"):
         sample_video(str(media / "v" / "a.mp4"), {"nframes": 6}, {})
     assert sample_video(str(media / "v" / "a.mp4"), {"nframes": 4}, {}).count == 4
+
+
+@pytest.mark.parametrize("model_type, model", [("qwen3_vl", "qwen3-vl-8b-instruct"),
+                                               ("qwen2_5_vl", "qwen2.5-vl-7b-instruct")])
+def test_real_vocabulary_counts_text_glued_to_a_video(media, model_type, model):
+    """Qwen3-VL's first timestamp follows the text with no special token between: with the real
+    vocabulary "?<" is one token, so the check tokenizes that boundary joined."""
+    from test_real_vocabulary import encoder_for
+
+    from workbench.data.collate import SampleEncoder
+
+    processor = encoder_for(model_type).processor
+    encoder = SampleEncoder(processor, 4096, 3136, 112 * 112, SMALL)
+    rows = [{"messages": _user(q, "ok"), "videos": ["v/a.mp4"] * q.count("<video>")}
+            for q in ("What happens?<video>", "Look:<video>", "(<video>)", "Say: <video>!", "  <video>", "x\n<video>")]
+    report = check_dataset(write_jsonl(media / f"glued-{model_type}.jsonl", rows), tokenizer=processor.tokenizer,
+                           model=model, video=SMALL)
+    assert not report.problems
+    assert [r["tokens"] for r in report.per_row()] == [encoder.encode(s)["input_ids"].shape[0] for s in report.samples]

@@ -18,7 +18,7 @@ from workbench.data.images import ImageHeaders
 from workbench.data.problems import GROUNDING, IMAGE_SHAPE, TOO_LONG, Problem
 from workbench.data.refs import short
 from workbench.data.sample import Sample
-from workbench.data.video_counts import TimestampText, VideoCount, VideoHeaders, count_video
+from workbench.data.video_counts import TimestampText, VideoCount, VideoHeaders, count_video, text_before_videos
 from workbench.data.stats import (IMAGE_FACTOR, TextTokenCounter, pixels_per_token, resized_size, summarize,
                                   summarize_trained, visual_token_count)
 
@@ -185,7 +185,7 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
             measurable.append(sample)
             visual[sample.row] = tokens + [c.tokens for c in counts]
             frames[sample.row] = [c.frames for c in counts]
-            extra[sample.row] = sum(stamps(c) for c in counts)
+            extra[sample.row] = sum(stamps(c, b) for c, b in zip(counts, text_before_videos(sample)))
     counter = TextTokenCounter(tokenizer)
     limits = [n for n in (max_length, context) if n]
     text = counter.count(measurable, near=min(limits) if limits else None)

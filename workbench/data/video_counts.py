@@ -8,7 +8,9 @@ Tokens per video: ``<|video_pad|>`` x (frames / 2) x (H / f) x (W / f) (temporal
 spatial merge 2). Qwen3-VL writes each pair of frames as ``<t seconds><|vision_start|>pads
 <|vision_end|>`` where the chat template wrote one start/pad/end for the whole video; the
 timestamps are the processor's own (``Qwen3VLProcessor._calculate_timestamps``: the mean of
-each pair's times, one decimal), tokenized with the model's tokenizer.
+each pair's times, one decimal), tokenized with the model's tokenizer. The first one follows the
+row's text without a special token between, and the real Qwen vocabulary merges a space or
+punctuation there with its "<" ("?<" is one token): that boundary is tokenized joined.
 """
 
 from __future__ import annotations
@@ -148,6 +150,17 @@ def count_video(ref, options: dict, defaults: dict, factor: int, headers: ImageH
     return VideoCount(nframes, h, w, video_tokens(nframes, h, w, factor), indices, fps)
 
 
+def text_before_videos(sample) -> list[str]:
+    """Per video of the row, the text right before its tag in its turn ('' after a tag or at the turn's start)."""
+    from workbench.data.sample import MEDIA_TAG, VIDEO_TAG
+
+    out = []
+    for turn in sample.turns:
+        parts = MEDIA_TAG.split(turn.text)
+        out += [parts[j - 1] for j in range(1, len(parts), 2) if parts[j] == VIDEO_TAG]
+    return out
+
+
 def timestamps(indices: list[int], fps: float, temporal_patch: int = 2) -> list[str]:
     """Qwen3-VL's text before each pair of frames, as its processor writes it."""
     indices = list(indices)
@@ -168,11 +181,16 @@ class TimestampText:
         self.tokenizer = tokenizer
         self._cache: dict[str, int] = {}
 
-    def __call__(self, count: VideoCount) -> int:
+    def __call__(self, count: VideoCount, before: str = "") -> int:
+        """Tokens beyond the template's; ``before``: the text right before the video in its turn."""
         if not self.on:
             return 0
         texts = timestamps(count.indices, count.fps)
-        return sum(self._tokens(t) for t in texts) + 2 * (len(texts) - 1)
+        joined = 0
+        if before and self.tokenizer is not None:
+            both = self.tokenizer([before + texts[0], before], add_special_tokens=False)["input_ids"]
+            joined = len(both[0]) - len(both[1]) - self._tokens(texts[0])
+        return sum(self._tokens(t) for t in texts) + 2 * (len(texts) - 1) + joined
 
     def _tokens(self, text: str) -> int:
         if text not in self._cache:
