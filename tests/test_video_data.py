@@ -380,3 +380,26 @@ def test_real_vocabulary_counts_text_glued_to_a_video(media, model_type, model):
                            model=model, video=SMALL)
     assert not report.problems
     assert [r["tokens"] for r in report.per_row()] == [encoder.encode(s)["input_ids"].shape[0] for s in report.samples]
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-qwen2.5-vl", "demo-qwen3-vl"])
+def test_every_family_trains_on_a_mixed_image_and_video_batch(media, name):
+    from transformers import AutoModelForImageTextToText
+
+    from workbench.data.collate import IGNORE_INDEX, Collator, SampleEncoder
+    from workbench.data.formats import load_samples
+    from workbench.demo import ensure_demo
+
+    rows = [LAYOUTS["frame list with an image"], LAYOUTS["two videos, options per entry"],
+            {"messages": _user("<image>Colour?", "red"), "images": ["img/a.png"]}]
+    samples = load_samples(write_jsonl(media / f"mixed-{name}.jsonl", rows)).samples
+    processor = _processor(name)
+    encoder = SampleEncoder(processor, 4096, 3136, 20000, SMALL)
+    batch = Collator(processor.tokenizer.pad_token_id)([encoder.encode(s) for s in samples])
+    assert {"pixel_values", "pixel_values_videos", "video_grid_thw"} <= set(batch)
+    assert ("second_per_grid_ts" in batch) == (name == "demo-qwen2.5-vl")
+    model = AutoModelForImageTextToText.from_pretrained(str(ensure_demo(name=name).model))
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and (batch["labels"] != IGNORE_INDEX).sum() > 0
+    assert model.model.visual.patch_embed.proj.weight.grad is not None  # the vision tower ran backward
