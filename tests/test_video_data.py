@@ -403,3 +403,26 @@ def test_every_family_trains_on_a_mixed_image_and_video_batch(media, name):
     loss.backward()
     assert torch.isfinite(loss) and (batch["labels"] != IGNORE_INDEX).sum() > 0
     assert model.model.visual.patch_embed.proj.weight.grad is not None  # the vision tower ran backward
+
+
+@pytest.mark.parametrize("row, videos, options", [
+    ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "c.mp4"}}]},
+                   {"role": "assistant", "content": "x"}]}, ["c.mp4"], [{}]),
+    ({"messages": [{"role": "user", "content": [{"type": "video_url", "value": "c.mp4", "video_fps": 1}]},
+                   {"role": "assistant", "content": [{"type": "text", "value": "x"}]}]}, ["c.mp4"], [{"fps": 1}]),
+    ({"video": ["f/1.png", "f/2.png"], "conversations": [{"from": "human", "value": "<video>?"},
+                                                          {"from": "gpt", "value": "x"}]},
+     [["f/1.png", "f/2.png"]], [{}]),
+    ({"messages": _user("?"), "videos": [{"path": "c.mp4", "video_max_pixels": 50176, "video_maxlen": 8}]},
+     ["c.mp4"], [{"max_pixels": 50176, "max_frames": 8}]),
+])
+def test_video_forms_parse(tmp_path, row, videos, options):
+    from workbench.data.formats import load_samples
+
+    loaded = load_samples(write_jsonl(tmp_path / "d.jsonl", [row]))
+    assert not loaded.problems, loaded.problems
+    sample = loaded.samples[0]
+    absolute = [[str(tmp_path / f) for f in v] if isinstance(v, list) else str(tmp_path / v) for v in videos]
+    assert sample.videos == absolute and sample.video_options == options
+    assert sum(t.text.count("<video>") for t in sample.turns) == len(videos)
+    assert [p["type"] for m in sample.messages() for p in m["content"]].count("video") == len(videos)
