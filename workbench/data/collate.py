@@ -119,6 +119,10 @@ class SampleEncoder:
             kwargs["videos"] = [v.frames for v in videos]
             kwargs["videos_kwargs"] = {"video_metadata": [v.metadata() for v in videos], "do_resize": False,
                                        "do_sample_frames": False}
+            if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):
+                # its per-frame cap applies only to its own resizing, which qwen-vl-utils did already;
+                # named, it stops the processor's warning about it
+                kwargs["videos_kwargs"]["cap_pixels_per_frame"] = False
         return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **kwargs)
 
     def processor_inputs(self, text: str, sample: Sample) -> dict:
