@@ -107,3 +107,23 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def video(path: Path, frames: int = 24, width: int = 64, height: int = 48, fps: int = 8,
+          codec: str = "mpeg4") -> Path:
+    """A small real video written with PyAV: a white bar moving right, one column per frame."""
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            picture = np.zeros((height, width, 3), np.uint8)
+            picture[:, (4 * i) % width] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

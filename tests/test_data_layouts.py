@@ -158,16 +158,17 @@ def test_per_image_sizing_keys_count_as_qwen_vl_utils_sizes(folder):
 
 @pytest.mark.parametrize("row, kind, words", [
     ({"messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "x"}],
-      "videos": ["clip.mp4"]}, "video", "video"),
+      "videos": ["clip.mp4"]}, "video-missing", "clip.mp4"),
     ({"video": "clip.mp4", "conversations": [{"from": "human", "value": "<video>\nWhat?"},
-                                             {"from": "gpt", "value": "x"}]}, "video", "video"),
+                                             {"from": "gpt", "value": "x"}]}, "video-missing", "clip.mp4"),
     ({"messages": [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
                                                 {"type": "text", "text": "What?"}]},
-                   {"role": "assistant", "content": "x"}]}, "video", "video"),
+                   {"role": "assistant", "content": "x"}]}, "video-missing", "clip.mp4"),
     ({"messages": [{"role": "user", "content": "<audio>Who speaks?"}, {"role": "assistant", "content": "x"}],
       "audios": ["a.wav"]}, "audio", "hears"),
 ])
-def test_video_and_audio_rows_are_refused_naming_the_modality(row, kind, words, folder):
+def test_missing_videos_and_audio_are_problem_rows(row, kind, words, folder):
+    """A video row is read (tests/test_video_data.py); its missing file is the row's problem. Audio is refused."""
     report = check(write_jsonl(folder / f"media-{kind}-{abs(hash(json.dumps(row)))}.jsonl", [row]))
     assert report.valid == 0 and [p.kind for p in report.problems] == [kind]
     assert words in report.problems[0].reason

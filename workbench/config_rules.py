@@ -84,6 +84,7 @@ def validate(config) -> None:
     _positive("data.max_pixels", d.max_pixels)
     if d.min_pixels > d.max_pixels:
         raise UserError(f"data.min_pixels ({d.min_pixels}) is larger than data.max_pixels ({d.max_pixels}): lower min_pixels or raise max_pixels.")
+    video_rules(d)
     if not 0 <= d.eval_split <= 0.5:
         raise UserError(f"data.eval_split {d.eval_split} is outside 0..0.5: use e.g. 0.05, or 0 for none.")
     _positive("lora.rank", l.rank)
@@ -192,6 +193,27 @@ def check_parts(l, main_rate: float) -> None:
         if rate and parts[part] == "frozen":
             raise UserError(f"lora.{part}_lr is {rate:g} but the {part} is frozen: set lora.{part} to lora or full, "
                             "or the rate to 0.")
+
+
+def video_rules(d) -> None:
+    """qwen-vl-utils' own limits (its smart_nframes and smart_resize assert them mid-epoch otherwise)."""
+    _positive("data.video_fps", d.video_fps)
+    for name in ("video_min_frames", "video_max_frames"):
+        value = getattr(d, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise UserError(f"data.{name} is {value!r}: use a whole number of frames, at least 2 (the model reads "
+                            "frames in pairs).")
+    if d.video_min_frames > d.video_max_frames:
+        raise UserError(f"data.video_min_frames ({d.video_min_frames}) is above data.video_max_frames "
+                        f"({d.video_max_frames}): lower one or raise the other.")
+    for name in ("video_min_pixels", "video_max_pixels", "video_total_pixels"):
+        value = getattr(d, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"data.{name} is {value!r}: use a whole number of pixels, or 0 for qwen-vl-utils' "
+                            "default.")
+    if d.video_min_pixels and d.video_max_pixels and d.video_min_pixels > d.video_max_pixels:
+        raise UserError(f"data.video_min_pixels ({d.video_min_pixels}) is above data.video_max_pixels "
+                        f"({d.video_max_pixels}): lower one or raise the other.")
 
 
 def _positive(name: str, value) -> None:

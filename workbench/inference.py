@@ -120,11 +120,12 @@ class Comparer:
     def _inputs(self, sample: Sample):
         from workbench.data.collate import SampleEncoder
         from workbench.data.problems import IMAGE_MISSING, BadImage
+        from workbench.data.videos import defaults_from
 
         text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False, add_generation_prompt=True)
         if self._encoder is None:  # the training encoder's images: the same sizing, per-image keys included
             d = self.config.data
-            self._encoder = SampleEncoder(self.processor, d.max_length, d.min_pixels, d.max_pixels)
+            self._encoder = SampleEncoder(self.processor, d.max_length, d.min_pixels, d.max_pixels, defaults_from(d))
             self._encoder.downloads = self.downloads
         try:
             enc = self._encoder.processor_inputs(text, sample)
@@ -203,7 +204,10 @@ def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = ""
     from workbench.data.grounding import grounding_style
     from workbench.data.images import ImageHeaders
     from workbench.data.stats import pixels_per_token
-    from workbench.data.validation import measure
+    from workbench.data.problems import Problem
+    from workbench.data.validation import measure, measure_videos
+    from workbench.data.video_counts import VideoHeaders
+    from workbench.data.videos import defaults_from
 
     if limit <= 0:
         raise UserError(f"The number of held-out rows must be positive, got {limit}.")
@@ -213,6 +217,7 @@ def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = ""
         path = ensure_demo().heldout
     loaded = load_samples(Path(str(path).strip()).expanduser())
     headers = ImageHeaders(downloads=Downloads(allow_private=allow_private_urls))
+    videos = VideoHeaders()
     candidates = loaded.samples[:limit * 2]
     headers.prefetch(ref for sample in candidates for ref in sample.images)
     problems = {p.row: p.reason for p in loaded.problems}
@@ -223,6 +228,9 @@ def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = ""
         d = RunConfig().data
         sample, _, problem = measure(sample, headers, d.min_pixels, d.max_pixels, pixels_per_token(model),
                                      grounding_style(model))
+        if problem is None and sample.videos:  # a video the model cannot read is skipped like a missing image
+            counts = measure_videos(sample, headers, videos, defaults_from(d), pixels_per_token(model))
+            problem = counts if isinstance(counts, Problem) else None
         if problem:
             problems[sample.row] = problem.reason
         else:

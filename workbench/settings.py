@@ -67,6 +67,20 @@ class DataSettings:
                          "Rarely changed.")
     max_pixels: int = _f(1003520, "Largest image area in pixels after resizing; every 28x28 block is "
                          "one visual token. Lower it first when memory is short.")
+    video_fps: float = _f(2.0, "Frames sampled per second of video (qwen-vl-utils' fps; a row's own fps or nframes "
+                          "wins). Each pair of frames costs (H/28)x(W/28) tokens: lower it first for long videos.")
+    video_min_frames: int = _f(4, "Fewest frames sampled from a video (qwen-vl-utils' min_frames), never more than "
+                               "it has.")
+    video_max_frames: int = _f(768, "Most frames sampled from a video (qwen-vl-utils' max_frames). Tokens and "
+                               "vision-tower memory grow with it: lower it when long videos do not fit.")
+    video_min_pixels: int = _f(0, "Smallest frame area in pixels after resizing. 0: qwen-vl-utils' default, 128 "
+                               "tokens a frame (100352 pixels for Qwen2-VL and Qwen2.5-VL, 131072 for Qwen3-VL).")
+    video_max_pixels: int = _f(0, "Largest frame area in pixels after resizing. 0: qwen-vl-utils' default, 768 "
+                               "tokens a frame (602112 pixels; 786432 for Qwen3-VL), less when video_total_pixels "
+                               "shared over the frames is smaller. Below 128 tokens a frame it lowers "
+                               "video_min_pixels with it.")
+    video_total_pixels: int = _f(0, "Pixels of all of a video's frames together; frames shrink to fit. 0: "
+                                 "qwen-vl-utils' default (90% of 128000 tokens, about 90 million pixels).")
     allow_private_urls: bool = _f(False, "Fetch image URLs that point into this machine or its private network "
                                   "(127.0.0.1, 10.x, 192.168.x, link-local, ...). Off: a dataset's URLs may only "
                                   "name public hosts, so a downloaded dataset cannot probe your network. Turn on "

@@ -36,6 +36,7 @@ def register(sub) -> None:
     c.add_argument("--max-pixels", type=int, default=1003520,
                    help="Largest image area after resizing (default 1003520 = 1280 visual tokens); "
                         "lower it to shorten rows.")
+    _video_flags(c)
     c.add_argument("--model", default=None,
                    help="Whose tokenizer counts the text tokens, whose image rule counts the visual ones and "
                         "whose context (max_position_embeddings) bounds a row: a demo, a local model folder, or a "
@@ -87,6 +88,7 @@ def run(args) -> int:
     if args.min_pixels > args.max_pixels:
         raise UserError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}): "
                         "lower one or raise the other.")
+    video = _video_settings(args)
     path = args.path
     args.model = check_model(args.model, path)
     if str(path).lower().endswith(".zip") and Path(path).expanduser().is_file():
@@ -94,7 +96,7 @@ def run(args) -> int:
         print(f"unpacked to {path}")
     report = check_dataset(path, args.format, args.max_length, args.min_pixels, args.max_pixels,
                            tokenizer=load_tokenizer(args.model), image_folder=args.image_folder,
-                           context=model_context(args.model), model=args.model,
+                           context=model_context(args.model), model=args.model, video=video,
                            headers=ImageHeaders(downloads=Downloads(allow_private=args.allow_private_urls)))
     problems = [{"row": p.row, "reason": p.reason, "kind": p.kind} for p in report.problems]
     if args.json:
@@ -112,6 +114,10 @@ def run(args) -> int:
             print(f"tokens per row: p50 {s['p50']}, p95 {s['p95']}, max {s['max']}, "
                   f"visual share {s['visual_share']:.0%} (min/max pixels {args.min_pixels}/{args.max_pixels}; "
                   f"text tokens {s['text_tokens']})")
+            if s.get("videos"):
+                print(f"videos: {s['videos']}, {s['video_frames_min']}-{s['video_frames_max']} frames each "
+                      f"(fps {args.video_fps}, {args.video_min_frames}-{args.video_max_frames} frames; per row in "
+                      "--json: video_frames)")
             print(f"trained (answer) tokens per row: p95 {s['trained_p95']}, max {s['trained_max']} "
                   f"(plan with --trained-tokens {s['trained_p95']})")
         for kind, count in report.problems_by_kind().items():
@@ -121,3 +127,30 @@ def run(args) -> int:
         if len(problems) > 50:
             print(f"  ... and {len(problems) - 50} more (use --json for all)")
     return 1 if problems else 0
+
+
+def _video_flags(parser) -> None:
+    """--video-fps ... from the run settings' video fields (the same names, defaults and help)."""
+    import dataclasses
+
+    from workbench.data.videos import SETTINGS
+    from workbench.settings import DataSettings
+
+    for f in dataclasses.fields(DataSettings):
+        if f.name in SETTINGS:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                                help=f.metadata["help"] + f" (default {f.default})")
+
+
+def _video_settings(args) -> dict:
+    from workbench.config_rules import video_rules
+    from workbench.data.videos import SETTINGS, defaults_from
+    from workbench.settings import DataSettings
+
+    data = DataSettings(**{name: getattr(args, name) for name in SETTINGS})
+    try:
+        video_rules(data)
+    except UserError as exc:  # the rule names the setting; the flag is how it was given here
+        raise UserError(str(exc).replace("data.video_", "--video-").replace("_", "-")) from None
+    return defaults_from(data)
+

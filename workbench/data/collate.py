@@ -1,4 +1,8 @@
-"""Samples -> model inputs: chat template, images through the processor, trained-token labels.
+"""Samples -> model inputs: chat template, images and videos through the processor, trained-token labels.
+
+A video's frames are sampled and sized by qwen-vl-utils (``workbench.data.videos.sample_video``)
+and reach the processor already sized, with their metadata (Qwen2.5-VL's seconds per frame
+pair, Qwen3-VL's timestamps come from it), so the processor neither samples nor resizes them again.
 
 The trained tokens come from the chat template's own spans (``workbench.data.spans``): the
 prompt before each answer and the answer are tokenized apart, as the model generates the
@@ -18,6 +22,9 @@ from workbench.data.images import load_image
 from workbench.data.problems import IMAGE_MISSING, BadImage
 from workbench.data.sample import Sample
 from workbench.data.spans import template_segments
+from workbench.data.videos import VIDEO_MISSING, sample_video
+
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 IGNORE_INDEX = -100
 
@@ -51,15 +58,18 @@ def sized_image(image, options: dict, min_pixels: int, max_pixels: int, factor: 
 
 
 class SampleEncoder:
-    """Turns one Sample into input_ids, labels, pixel_values and image_grid_thw."""
+    """Turns one Sample into input_ids, labels, pixel_values and image_grid_thw (pixel_values_videos and
+    video_grid_thw for its videos). ``video``: the run's qwen-vl-utils video keys
+    (``workbench.data.videos.defaults_from``)."""
 
-    def __init__(self, processor, max_length: int, min_pixels: int, max_pixels: int):
+    def __init__(self, processor, max_length: int, min_pixels: int, max_pixels: int, video: dict | None = None):
         from workbench.data.downloads import Downloads
 
         self.processor = processor
         self.downloads = Downloads()  # URL images come from the cache; a failure is not retried per epoch
         self.max_length = max_length
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.video = dict(video or {})
         self.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         image_processor = getattr(processor, "image_processor", None)
         self.factor = getattr(image_processor, "patch_size", 14) * getattr(image_processor, "merge_size", 2)
@@ -88,9 +98,31 @@ class SampleEncoder:
                    for i, image in enumerate(out)]
         return out
 
-    def _call_processor(self, texts: list[str], sample: Sample, images: list | None = None) -> dict:
+    def videos(self, sample: Sample) -> list:
+        """The row's videos as qwen-vl-utils samples them (``workbench.data.videos.SampledVideo`` each)."""
+        out = []
+        for i, ref in enumerate(sample.videos):
+            try:
+                out.append(sample_video(ref, sample.video_option(i), self.video, self.factor, self.downloads))
+            except BadImage as exc:
+                if exc.kind in (IMAGE_MISSING, VIDEO_MISSING):  # vanished since the check: the run can resume
+                    raise FileNotFoundError(errno.ENOENT, str(exc), str(ref)) from None
+                raise
+        return out
+
+    def _call_processor(self, texts: list[str], sample: Sample, images: list | None = None,
+                        videos: list | None = None) -> dict:
         images = self.pixels(sample) if images is None else images
-        kwargs = {"do_resize": False} if any(sample.image_options) else {"size": self.size}
+        videos = self.videos(sample) if videos is None else videos
+        kwargs = {"images_kwargs": {"do_resize": False} if any(sample.image_options) else {"size": self.size}}
+        if videos:
+            kwargs["videos"] = [v.frames for v in videos]
+            kwargs["videos_kwargs"] = {"video_metadata": [v.metadata() for v in videos], "do_resize": False,
+                                       "do_sample_frames": False}
+            if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):
+                # its per-frame cap applies only to its own resizing, which qwen-vl-utils did already;
+                # named, it stops the processor's warning about it
+                kwargs["videos_kwargs"]["cap_pixels_per_frame"] = False
         return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **kwargs)
 
     def processor_inputs(self, text: str, sample: Sample) -> dict:
@@ -129,6 +161,9 @@ class SampleEncoder:
         if "pixel_values" in enc:
             item["pixel_values"] = enc["pixel_values"]
             item["image_grid_thw"] = enc["image_grid_thw"]
+        for key in VIDEO_KEYS:
+            if key in enc:
+                item[key] = torch.as_tensor(enc[key])
         return item
 
 
@@ -147,7 +182,7 @@ class SampleDataset(torch.utils.data.Dataset):
 
 @dataclass
 class Collator:
-    """Right-pads a batch; concatenates the images' patches and grids."""
+    """Right-pads a batch; concatenates the images' and videos' patches and grids."""
 
     pad_token_id: int
 
@@ -171,4 +206,8 @@ class Collator:
         if with_images:
             batch["pixel_values"] = torch.cat([item["pixel_values"] for item in with_images])
             batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in with_images])
+        for key in VIDEO_KEYS:
+            with_videos = [item[key] for item in items if key in item]
+            if with_videos:
+                batch[key] = torch.cat(with_videos)
         return batch

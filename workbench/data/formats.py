@@ -283,6 +283,7 @@ def load_samples(path: str | Path, format: str = "auto", image_folder: str | Pat
                                                 f"paths start at {where})", IMAGE_MISSING))
             result.unusable[row] = sample
             continue
+        result.urls.update(f for video in sample.videos if isinstance(video, list) for f in video if kind_of(f) == URL)
         result.samples.append(sample)
     result.format = chosen or "swift"
     if result.rows and not result.samples and all(p.kind == MALFORMED_JSON for p in result.problems):

@@ -6,7 +6,8 @@ workbench home, so it costs the same on row 10 and row 99,990.
 
 A row view renders the sample exactly as training does: ``SampleEncoder.tokens`` (the
 model's chat template, the processor expanding each image into its visual tokens, and the
-trained flag of every token).
+trained flag of every token). A video shows as a strip of the frames training samples, each
+with its time in the video.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from workbench.paths import home
 PAGE_SIZE = 20
 TEXT_PREVIEW = 80
 IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+STRIP_HEIGHT = 96  # each sampled frame's height in a video's strip
+STRIP_FRAMES = 16  # frames drawn at most (evenly chosen among those sampled)
 
 
 def shown_folders() -> list:
@@ -45,7 +49,7 @@ def rows_table(report: DatasetReport):
     for p in report.problems:
         problems.setdefault(p.row, p.kind)
     rows = sorted(set(report.parsed) | set(problems))
-    user, assistant, images, tokens = [], [], [], []
+    user, assistant, images, videos, tokens = [], [], [], [], []
     for row in rows:
         sample = report.parsed.get(row)
         length = report.lengths.get(row)
@@ -57,11 +61,13 @@ def rows_table(report: DatasetReport):
             user.append(_short(loose[0]))
             assistant.append(_short(loose[1]))
         images.append(len(sample.images) if sample else 0)
+        videos.append(len(sample.videos) if sample else 0)
         tokens.append(length.total if length else None)
     return pd.DataFrame({
         "row": rows,
         "status": [problems.get(r, "ok") for r in rows],
         "images": images,
+        "videos": videos,
         "user": user,
         "assistant": assistant,
         "tokens": pd.array(tokens, dtype="Int64"),
@@ -147,6 +153,60 @@ def draw_boxes(preview: str, boxes: list, size: tuple[int, int]) -> str:
     return str(out)
 
 
+def video_sources(sample, encoder) -> list[tuple[str | None, str]]:
+    """(strip PNG or None, caption) per video of a row: the frames training samples (``encoder``, a
+    ``SampleEncoder``, holds the run's video settings), side by side, each with its time in seconds."""
+    from workbench.data.videos import describe
+
+    out = []
+    for i, ref in enumerate(sample.videos, start=1):
+        sampled = encoder.videos(_one_video(sample, i - 1))[0]  # BadVideo: one sentence
+        h, w = sampled.frames.shape[2:]
+        caption = (f"video #{i}: {describe(ref)}, {sampled.count} frames at {w}x{h} "
+                   f"({', '.join(f'{t:.1f}s' for t in sampled.timestamps[:8])}{' ...' if sampled.count > 8 else ''})")
+        out.append((frame_strip(sampled, shown_folders()[1]), caption))
+    return out
+
+
+def _one_video(sample, index: int):
+    """The row with only its video ``index``: the encoder samples that one."""
+    from dataclasses import replace
+
+    return replace(sample, videos=[sample.videos[index]], video_options=[sample.video_option(index)])
+
+
+def frame_strip(sampled, folder: Path) -> str:
+    """A PNG of the sampled frames in a row, each labelled with its timestamp (made once per content)."""
+    import hashlib
+    import os
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    frames = sampled.frames
+    picks = np.linspace(0, sampled.count - 1, min(sampled.count, STRIP_FRAMES)).round().astype(int).tolist()
+    times = sampled.timestamps
+    key = hashlib.sha1(frames[picks].numpy().tobytes() + repr([times[i] for i in picks]).encode()).hexdigest()[:20]
+    out = folder / f"strip-{key}.png"
+    if out.is_file():
+        return str(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = frames.shape[2:]
+    width = max(1, round(w * STRIP_HEIGHT / h))
+    label = 14
+    strip = Image.new("RGB", (len(picks) * (width + 2), STRIP_HEIGHT + label), "#dddddd")
+    draw = ImageDraw.Draw(strip)
+    for n, i in enumerate(picks):
+        pixels = frames[i].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+        picture = Image.fromarray(pixels).resize((width, STRIP_HEIGHT))
+        strip.paste(picture, (n * (width + 2), 0))
+        draw.text((n * (width + 2) + 2, STRIP_HEIGHT + 1), f"{times[i]:.1f}s", fill="black")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    strip.save(tmp, format="PNG")
+    os.replace(tmp, out)
+    return str(out)
+
+
 BOX_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
@@ -154,9 +214,9 @@ BOX_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 class RowView:
     row: int
     images: list[str]
-    segments: list[tuple[str, str | None]]  # (text, "trained" | "image" | None) for HighlightedText
+    segments: list[tuple[str, str | None]]  # (text, "trained" | "image" | "video" | None) for HighlightedText
     text_tokens: int  # everything but the visual tokens (chat template included)
-    visual_tokens: list[int]  # per image
+    visual_tokens: list[int]  # per run of image or video tokens (Qwen3-VL: one run per pair of frames)
     trained_tokens: int
     total_tokens: int
 
@@ -170,6 +230,8 @@ def render_row(sample, encoder) -> RowView:
     ids = enc["input_ids"][0].tolist()
     tokenizer = encoder.processor.tokenizer
     pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    media = ("image", "video")
     segments: list[tuple[str, str | None]] = []
     run: list[int] = []
     label = None
@@ -177,23 +239,23 @@ def render_row(sample, encoder) -> RowView:
     def flush():
         if not run:
             return
-        if label == "image":
-            segments.append((f"[{len(run)} visual tokens]", "image"))
+        if label in media:
+            segments.append((f"[{len(run)} {'visual' if label == 'image' else 'video'} tokens]", label))
         else:
             segments.append((tokenizer.decode(run, skip_special_tokens=False), label))
 
     visual, count = [], 0
     for token, trained in zip(ids, mask):
-        kind = "image" if token == pad_id else ("trained" if trained else None)
+        kind = "image" if token == pad_id else "video" if token == video_id else ("trained" if trained else None)
         if kind != label:
             flush()
-            if label == "image":
+            if label in media:
                 visual.append(count)
             run, label, count = [], kind, 0
         run.append(token)
         count += 1
     flush()
-    if label == "image":
+    if label in media:
         visual.append(count)
     return RowView(sample.row, list(sample.images), segments, len(ids) - sum(visual), visual, sum(mask), len(ids))
 
@@ -201,6 +263,6 @@ def render_row(sample, encoder) -> RowView:
 def row_markdown_summary(view: RowView) -> str:
     per_image = ", ".join(str(n) for n in view.visual_tokens) or "none"
     return (f"**Row {view.row}**: {view.total_tokens} tokens = {view.text_tokens} text "
-            f"+ {sum(view.visual_tokens)} visual (per image: {per_image}); "
+            f"+ {sum(view.visual_tokens)} visual (per image or frame pair: {per_image}); "
             f"{view.trained_tokens} trained (assistant), {view.total_tokens - view.trained_tokens} masked.")
 

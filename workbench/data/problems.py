@@ -21,7 +21,10 @@ IMAGE_UNREACHABLE = "image-unreachable"  # an http(s) image that could not be do
 IMAGE_TOO_LARGE = "image-too-large"
 IMAGE_SHAPE = "image-shape"
 TOO_LONG = "too-long"
-VIDEO = "video"  # not trained yet: a row with a video would lose its frames
+VIDEO_MISSING = "video-missing"
+VIDEO_UNREADABLE = "video-unreadable"  # not a video, no video stream, a URL, frames of different sizes, bad options
+VIDEO_TOO_SHORT = "video-too-short"  # fewer than the 2 frames the model reads at a time
+VIDEO_TOO_LARGE = "video-too-large"
 AUDIO = "audio"  # no Qwen-VL model hears
 GROUNDING = "grounding"  # objects / <ref-object> / <bbox> that do not match
 

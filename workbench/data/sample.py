@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 IMAGE_TAG = "<image>"
+VIDEO_TAG = "<video>"
+MEDIA_TAG = re.compile("(<image>|<video>)")
 ROLES = ("system", "user", "assistant")
 # qwen-vl-utils' per-image sizing keys (``fetch_image``): a row may size each image itself.
 IMAGE_OPTIONS = ("min_pixels", "max_pixels", "resized_height", "resized_width")
@@ -13,7 +16,7 @@ IMAGE_OPTIONS = ("min_pixels", "max_pixels", "resized_height", "resized_width")
 @dataclass
 class Turn:
     role: str  # system | user | assistant
-    text: str  # images are placed by IMAGE_TAG, in order
+    text: str  # images are placed by IMAGE_TAG, videos by VIDEO_TAG, each in order
     loss: bool | None = None  # ms-swift's per-message flag: False keeps an answer out of the loss
 
     @property
@@ -31,6 +34,10 @@ class Sample:
     image_options: list[dict] = field(default_factory=list)
     boxes: list = field(default_factory=list)  # grounding boxes (workbench.data.grounding.Box), drawn in previews
     refs: list[str] = field(default_factory=list)  # grounding labels not yet written into the text
+    # one per VIDEO_TAG: a video file's absolute path, or a frame list (a list of image references)
+    videos: list = field(default_factory=list)
+    # per video, qwen-vl-utils' keys the row gave for it (fps, nframes, max_pixels, ...: workbench.data.videos)
+    video_options: list[dict] = field(default_factory=list)
 
     @property
     def ungrounded(self) -> bool:
@@ -41,16 +48,20 @@ class Sample:
     def options(self, index: int) -> dict:
         return self.image_options[index] if index < len(self.image_options) else {}
 
+    def video_option(self, index: int) -> dict:
+        return self.video_options[index] if index < len(self.video_options) else {}
+
     def messages(self) -> list[dict]:
         """HF chat messages with content parts, as processors' chat templates expect."""
-        out, images = [], iter(self.images)
+        out, images, videos = [], iter(self.images), iter(self.videos)
         for turn in self.turns:
             parts = []
-            pieces = turn.text.split(IMAGE_TAG)
-            for i, piece in enumerate(pieces):
-                if i > 0:
+            for piece in MEDIA_TAG.split(turn.text):
+                if piece == IMAGE_TAG:
                     parts.append({"type": "image", "image": next(images, None)})
-                if piece:
+                elif piece == VIDEO_TAG:
+                    parts.append({"type": "video", "video": next(videos, None)})
+                elif piece:
                     parts.append({"type": "text", "text": piece})
             out.append({"role": turn.role, "content": parts})
         return out

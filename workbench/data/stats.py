@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import random
 
-from workbench.data.sample import IMAGE_TAG, Sample
+from workbench.data.sample import IMAGE_TAG, MEDIA_TAG, VIDEO_TAG, Sample
 from workbench.errors import UserError
 
 IMAGE_FACTOR = 28  # qwen-vl-utils: patch 14 x merge 2 (Qwen2-VL, Qwen2.5-VL); Qwen3-VL: 16 x 2 = 32
@@ -113,7 +113,7 @@ def model_context(model: str) -> int | None:
 
 
 def _shape(sample: Sample) -> tuple:
-    return tuple((t.role, t.text.count(IMAGE_TAG)) for t in sample.turns)
+    return tuple((t.role, t.text.count(IMAGE_TAG), t.text.count(VIDEO_TAG)) for t in sample.turns)
 
 
 def _pieces(sample: Sample) -> list[str]:
@@ -123,7 +123,7 @@ def _pieces(sample: Sample) -> list[str]:
     again). An answer is tokenized on its own (``workbench.data.spans``)."""
     out = []
     for turn in sample.turns:
-        for i, piece in enumerate(turn.text.split(IMAGE_TAG)):
+        for i, piece in enumerate(MEDIA_TAG.split(turn.text)[::2]):
             if piece:
                 out.append(_Joined(NEWLINE + piece) if i == 0 and turn.role != "assistant" and piece[0].isspace()
                            else piece)
@@ -148,9 +148,10 @@ class TextTokenCounter:
         if shape not in self._templates:
             if self.tokenizer is None:
                 extra = 0 if shape[0][0] == "system" else FALLBACK_SYSTEM
-                self._templates[shape] = extra + FALLBACK_TURN * len(shape) + FALLBACK_IMAGE * sum(n for _, n in shape)
-            else:
-                messages = [{"role": role, "content": [{"type": "image"}] * n} for role, n in shape]
+                self._templates[shape] = extra + FALLBACK_TURN * len(shape) + FALLBACK_IMAGE * sum(n + m for _, n, m in shape)
+            else:  # a video renders as an image does (start, one pad, end); the media's order changes no count
+                messages = [{"role": role, "content": [{"type": "image"}] * n + [{"type": "video"}] * m}
+                            for role, n, m in shape]
                 text = self.tokenizer.apply_chat_template(messages, tokenize=False)
                 self._templates[shape] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self._templates[shape]

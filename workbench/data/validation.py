@@ -18,6 +18,7 @@ from workbench.data.images import ImageHeaders
 from workbench.data.problems import GROUNDING, IMAGE_SHAPE, TOO_LONG, Problem
 from workbench.data.refs import short
 from workbench.data.sample import Sample
+from workbench.data.video_counts import TimestampText, VideoCount, VideoHeaders, count_video, text_before_videos
 from workbench.data.stats import (IMAGE_FACTOR, TextTokenCounter, pixels_per_token, resized_size, summarize,
                                   summarize_trained, visual_token_count)
 
@@ -26,7 +27,8 @@ from workbench.data.stats import (IMAGE_FACTOR, TextTokenCounter, pixels_per_tok
 class RowLength:
     row: int
     text_tokens: int  # everything but the visual tokens (chat template included)
-    visual_tokens: list[int]  # one per image
+    visual_tokens: list[int]  # one per image, then one per video (its <|video_pad|> tokens)
+    video_frames: list[int] = field(default_factory=list)  # frames sampled per video
 
     @property
     def total(self) -> int:
@@ -62,11 +64,22 @@ class DatasetReport:
         """For each valid row, in file order: its tokens (text + visual), visual and trained tokens, as
         training will see them."""
         rows = sorted(s.row for s in self.samples)
-        return [{"row": row, "tokens": self.lengths[row].total, "visual_tokens": sum(self.lengths[row].visual_tokens),
-                 "trained_tokens": self.trained[row]} for row in rows]
+        out = []
+        for row in rows:
+            length = self.lengths[row]
+            item = {"row": row, "tokens": length.total, "visual_tokens": sum(length.visual_tokens),
+                    "trained_tokens": self.trained[row]}
+            if length.video_frames:
+                item["video_frames"] = list(length.video_frames)
+            out.append(item)
+        return out
 
     def totals(self) -> list[int]:
         return [length.total for length in self.lengths.values()]
+
+
+def _lower(sample: Sample) -> str:
+    return "max_pixels (or video_max_frames / video_max_pixels)" if sample.videos else "max_pixels"
 
 
 @contextlib.contextmanager
@@ -110,42 +123,74 @@ def measure(sample: Sample, headers: ImageHeaders, min_pixels: int, max_pixels: 
     return sample, tokens, None
 
 
+def measure_videos(sample: Sample, headers: ImageHeaders, video_headers: VideoHeaders, video: dict,
+                   factor: int) -> list[VideoCount] | Problem:
+    """Each video's frames, size and tokens from headers (``workbench.data.video_counts``), or its problem."""
+    out = []
+    for i, ref in enumerate(sample.videos):
+        count = count_video(ref, sample.video_option(i), video, factor, headers, video_headers, sample.row)
+        if isinstance(count, Problem):
+            return count
+        out.append(count)
+    return out
+
+
+def _model_type(model: str) -> str | None:
+    from workbench.models import family_of_model
+
+    family = family_of_model(model) if model else None
+    return family.model_type if family else None
+
+
 def check_dataset(path: str | Path, format: str = "auto", max_length: int | None = None,
                   min_pixels: int = 3136, max_pixels: int = 1003520, tokenizer=None,
                   headers: ImageHeaders | None = None, image_folder: str | None = None,
-                  context: int | None = None, model: str = "", factor: int | None = None) -> DatasetReport:
+                  context: int | None = None, model: str = "", factor: int | None = None,
+                  video: dict | None = None) -> DatasetReport:
     """Parse, check images, count tokens; ``tokenizer`` None gives the documented estimate.
 
     A row longer than ``context`` (the model's max_position_embeddings, named by ``model``) is a
     problem whatever ``max_length`` says: the model cannot read it. Visual tokens use the pixels
-    per token of ``model``'s family (``factor`` overrides it; 28 when neither says)."""
+    per token of ``model``'s family (``factor`` overrides it; 28 when neither says). ``video`` holds
+    the run's qwen-vl-utils video keys (``workbench.data.videos.defaults_from``); each row's own
+    keys go over them."""
     if factor is None:
         factor = pixels_per_token(model) if model else IMAGE_FACTOR
     with _no_cyclic_gc():
         return _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
-                      model, factor)
+                      model, factor, video)
 
 
 def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers, image_folder, context,
-           model, factor) -> DatasetReport:
+           model, factor, video) -> DatasetReport:
     loaded: LoadResult = load_samples(path, format, image_folder)
     headers = ImageHeaders() if headers is None else headers  # an empty one is falsy (__len__)
     headers.prefetch(loaded.urls)
     problems = list(loaded.problems)
     measurable: list[Sample] = []
     visual: dict[int, list[int]] = {}
+    frames: dict[int, list[int]] = {}
+    extra: dict[int, int] = {}  # text a video adds beyond the template (Qwen3-VL's timestamps)
+    video_headers = VideoHeaders()
+    stamps = TimestampText(_model_type(model), tokenizer)
     style = grounding_style(model)
     for sample in loaded.samples:
         sample, tokens, problem = measure(sample, headers, min_pixels, max_pixels, factor, style)
+        counts = [] if problem else measure_videos(sample, headers, video_headers, video or {}, factor)
+        if isinstance(counts, Problem):
+            problem = counts
         if problem:
             problems.append(problem)
         else:
             measurable.append(sample)
-            visual[sample.row] = tokens
+            visual[sample.row] = tokens + [c.tokens for c in counts]
+            frames[sample.row] = [c.frames for c in counts]
+            extra[sample.row] = sum(stamps(c, b) for c, b in zip(counts, text_before_videos(sample)))
     counter = TextTokenCounter(tokenizer)
     limits = [n for n in (max_length, context) if n]
     text = counter.count(measurable, near=min(limits) if limits else None)
-    lengths = {s.row: RowLength(s.row, n - len(visual[s.row]), visual[s.row]) for s, n in zip(measurable, text)}
+    lengths = {s.row: RowLength(s.row, n - len(visual[s.row]) + extra[s.row], visual[s.row], frames[s.row])
+               for s, n in zip(measurable, text)}
     valid = []
     for sample in measurable:
         total = lengths[sample.row].total
@@ -153,10 +198,10 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
             problems.append(Problem(sample.row, f"row has {total} tokens after visual tokens, more than the "
                                                 f"{context} positions model '{model or 'in use'}' can read "
                                                 "(max_position_embeddings in its config.json): shorten or split the "
-                                                "row, or lower max_pixels", TOO_LONG))
+                                                f"row, or lower {_lower(sample)}", TOO_LONG))
         elif max_length and total > max_length:
             problems.append(Problem(sample.row, f"row has {total} tokens after visual tokens, more than max_length "
-                                                f"{max_length}: raise max_length or lower max_pixels", TOO_LONG))
+                                                f"{max_length}: raise max_length or lower {_lower(sample)}", TOO_LONG))
         else:
             valid.append(sample)
     problems.sort(key=lambda p: p.row)
@@ -166,6 +211,10 @@ def _check(path, format, max_length, min_pixels, max_pixels, tokenizer, headers,
     stats.update(summarize_trained(list(trained.values())))
     stats.update({"text_tokens": counter.method, "unique_images": len(headers),
                   "min_pixels": min_pixels, "max_pixels": max_pixels})
+    video_frames = [n for length in lengths.values() for n in length.video_frames]
+    if video_frames:
+        stats.update({"videos": len(video_frames), "video_frames_min": min(video_frames),
+                      "video_frames_max": max(video_frames), "unique_videos": len(video_headers)})
     parsed = {**loaded.unusable, **{s.row: s for s in loaded.samples}, **{s.row: s for s in measurable}}
     return DatasetReport(str(path), loaded.format, loaded.rows, valid, problems, parsed, loaded.texts, lengths,
                          trained, stats, min_pixels, max_pixels, max_length, context, image_folder or None)

@@ -61,10 +61,12 @@ def load_valid_samples(path: str, config: RunConfig, tokenizer) -> tuple[list, S
     from workbench.data.downloads import Downloads
     from workbench.data.images import ImageHeaders
     from workbench.data.validation import check_dataset
+    from workbench.data.videos import defaults_from
 
     d, model = config.data, config.model.name_or_path
     report = check_dataset(path, d.format, d.max_length, d.min_pixels, d.max_pixels, tokenizer=tokenizer,
                            image_folder=d.image_folder or None, context=model_context(model), model=model,
+                           video=defaults_from(d),
                            headers=ImageHeaders(downloads=Downloads(allow_private=d.allow_private_urls)))
     first = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
     if report.problems and not report.samples:
@@ -85,11 +87,12 @@ def build_datasets(config: RunConfig, model_path: str, skipped: list | None = No
 
     With data.skip_problem_rows, each file's left-out rows are appended to ``skipped`` (``Skipped``)."""
     from workbench.data.collate import SampleDataset, SampleEncoder
+    from workbench.data.videos import defaults_from
     from workbench.training.loading import load_processor
 
     processor = load_processor(model_path)
     d = config.data
-    encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels)
+    encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels, defaults_from(d))
     train_path, eval_path = dataset_paths(config)
     skipped = [] if skipped is None else skipped
     train, left_out = load_valid_samples(train_path, config, processor.tokenizer)

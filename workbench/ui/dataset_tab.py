@@ -105,6 +105,7 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
     from workbench.data.preview import preview_page, rows_table
     from workbench.data.stats import histogram
     from workbench.data.validation import check_dataset
+    from workbench.data.videos import defaults_from
 
     if not (upload or path or "").strip():
         return _empty_outputs("Give a dataset path or upload a .jsonl / .json file (or a .zip with its images).")
@@ -113,7 +114,7 @@ def check(path: str, upload, fmt: str, config: dict, image_folder: str = ""):
         path, note = dataset_path(path, upload)
         report = check_dataset(path, fmt or "auto", d["max_length"], d["min_pixels"], d["max_pixels"],
                                tokenizer=_tokenizer(model), image_folder=(image_folder or "").strip() or None,
-                               context=_context(model), model=model,
+                               context=_context(model), model=model, video=defaults_from(d),
                                headers=ImageHeaders(downloads=Downloads(allow_private=d.get("allow_private_urls", False))))
     except UserError as exc:
         # The summary, right under the Check button, says it; a toast would cover that button.
@@ -140,11 +141,13 @@ def stats_markdown(report) -> str:
     if not s.get("rows"):
         return "No measurable rows."
     context = f" Rows longer than the model's context ({report.context} positions) are problems." if report.context else ""
+    videos = (f" Videos: {s['videos']}, **{s['video_frames_min']}-{s['video_frames_max']}** frames each (video "
+              "tokens included above)." if s.get("videos") else "")
     return (f"Tokens per row (text + visual, images at {s['min_pixels']}..{s['max_pixels']} pixels): "
             f"p50 **{s['p50']}**, p95 **{s['p95']}**, max **{s['max']}**, mean {s['mean']}; "
             f"visual share **{s['visual_share']:.0%}**; {s['unique_images']} unique images. "
             f"Trained (answer) tokens per row: p95 **{s['trained_p95']}**, max **{s['trained_max']}**. "
-            f"Text tokens: {s['text_tokens']}.{context}")
+            f"Text tokens: {s['text_tokens']}.{videos}{context}")
 
 
 def turn_page(holder, number):
@@ -161,7 +164,8 @@ def show_row(holder, row, config: dict):
     """(images with where each came from, highlighted segments, counts markdown) for one row,
     rendered as training renders it; a problem row shows its reason and its text as written."""
     from workbench.data.collate import SampleEncoder
-    from workbench.data.preview import image_sources, render_row, row_markdown_summary
+    from workbench.data.preview import image_sources, render_row, row_markdown_summary, video_sources
+    from workbench.data.videos import defaults_from
 
     if not holder:
         return [], [], "Check a dataset, then pick a row."
@@ -186,13 +190,18 @@ def show_row(holder, row, config: dict):
         return gallery, segments, f"**Row {row}**: {_escape(reasons[0])}{where}"
     d, model = config["data"], config["model"]["name_or_path"]
     try:
-        encoder = SampleEncoder(_processor(model), d["max_length"], d["min_pixels"], d["max_pixels"])
+        encoder = SampleEncoder(_processor(model), d["max_length"], d["min_pixels"], d["max_pixels"],
+                                defaults_from(d))
     except (OSError, ValueError, UserError) as exc:
         return gallery, [], _escape(f"The processor of '{model}' is not available locally ({exc}): counts only.") + where
     try:
         view = render_row(sample, encoder)
+        strips = video_sources(sample, encoder)  # the frames training samples, with their times
     except (OSError, ValueError, UserError) as exc:
         return gallery, [], _escape(f"Row {sample.row} cannot be rendered: {exc}") + where
+    gallery += [(png, caption) for png, caption in strips if png]
+    if strips:
+        where += "\n\nVideos:\n" + "\n".join(f"- {_escape(caption)}" for _, caption in strips)
     return gallery, visible_newlines(view.segments), row_markdown_summary(view) + where
 
 
