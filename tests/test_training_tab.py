@@ -208,7 +208,7 @@ def test_the_list_of_runs_to_continue_follows_a_resumed_run():
 
 def test_eval_scores_are_plotted_and_each_checkpoint_shows_its_score_with_the_best_marked(tmp_path):
     from workbench.run_folder import RunFolder
-    from workbench.training.series import checkpoint_frame, score_frame
+    from workbench.training.series import score_frame
 
     rows = [{"kind": "train", "step": 1, "loss": 2.0}]
     rows += [{"kind": "eval", "step": s, "eval_loss": 3.0 - s / 100, "eval_metric": "iou", "eval_score": score,
