@@ -70,9 +70,9 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
         best_g = largest_fitting(lambda g: fits(with_groups(g)), 1, step.video_groups - 1)
         if best_g:
             st, temporal = with_groups(best_g), layout.shape.temporal_patch
-            add(f"lower video frames {request.video_frames} -> {best_g * temporal} (max_length {step.max_length} -> "
-                f"{st.max_length} for the same text)",
-                {"data.video_frames": best_g * temporal, "data.max_length": st.max_length}, layout, st, caps)
+            add(f"lower video frames {request.video_frames} -> {best_g * temporal} (data.video_max_frames caps the "
+                f"frames each video gives; max_length {step.max_length} -> {st.max_length} for the same text)",
+                {"data.video_max_frames": best_g * temporal, "data.max_length": st.max_length}, layout, st, caps)
     if not step.gradient_checkpointing:
         st = replace(step, gradient_checkpointing=True)
         if fits(st):
