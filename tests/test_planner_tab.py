@@ -99,7 +99,7 @@ def test_only_model_and_gpus_typed_plans_as_the_cli_does():
 def test_fill_from_current_settings_stays_explicit():
     values = planner_tab.form_from_config(demo_config())
     assert values[0] == "demo" and values[2] == 16 and values[4] == 8 and values[8] is False
-    assert values[9:] == ("device_map", 1, "none", 0, True, "", "", "", "", None, None)  # recipe, parts, video
+    assert values[9:] == ("device_map", 1, "none", 0, True, "", "", "", "", None, 0)  # recipe, parts, video (no frame count in a run config; its max pixels 0: the default)
 
 
 # ---- issue 10 item 5: say what does not fit; show the suggestions' numbers -----------------------
