@@ -112,12 +112,18 @@ class RankPlacement(SingleProcess):
         """DDP: the whole base on this rank's device. FSDP2: rank 0 reads the weights to the CPU;
         the other ranks build the model without weights (parameters on the meta device, buffers
         real) and receive their shards from rank 0 when accelerate shards the model: one copy of
-        a 72B base in a node's memory, not one per GPU."""
+        a 72B base in a node's memory, not one per GPU.
+
+        FSDP2 on a 4-bit base: every rank reads and quantises the base on the CPU (bitsandbytes'
+        quantisation is deterministic, so the copies agree to the bit) and FSDP2 keeps each rank's
+        shard of the packed weights. accelerate broadcasts only plain tensors from rank 0, not
+        bitsandbytes' quantisation state; and the CPU, not the GPU, because a whole 4-bit 72B
+        (39 GiB) does not fit one 40 GB GPU (docs/qlora-fsdp.md)."""
         from workbench.training.loading import load_model
 
         if not self.fsdp:
             return load_model(path, config, device_map={"": str(self.device())})
-        if self.is_main:
+        if self.is_main or config.model.quantization != "none":
             return load_model(path, config, device_map={"": "cpu"})
         return empty_model(path, config)
 
@@ -204,6 +210,15 @@ class RankCallback(WorkbenchCallback):
         dist.all_gather_object(gathered, mine)
         return [m for rows in gathered for m in (rows or [])]
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        if self.job.placement.fsdp and model is not None:
+            sharded, total = sharded_4bit_weights(model)
+            if total:
+                # accelerate leaves a 4-bit weight it cannot shard whole on every GPU, without an error
+                log.log(logging.INFO if sharded == total else logging.WARNING,
+                        "FSDP2 shards %d of %d 4-bit weights over %d ranks", sharded, total, self.job.placement.world)
+
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
 
@@ -211,6 +226,15 @@ class RankCallback(WorkbenchCallback):
         dist.barrier()
         if self.job.placement.is_main:
             super().on_save(args, state, control, **kwargs)
+
+
+def sharded_4bit_weights(model) -> tuple[int, int]:
+    """(sharded, all) of the model's bitsandbytes 4-bit weights: FSDP2 holds a sharded one as a DTensor."""
+    from bitsandbytes.nn import Linear4bit
+    from torch.distributed.tensor import DTensor
+
+    weights = [m.weight for m in model.modules() if isinstance(m, Linear4bit)]
+    return sum(isinstance(w, DTensor) for w in weights), len(weights)
 
 
 def empty_model(path: str, config):
