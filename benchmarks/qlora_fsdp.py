@@ -12,6 +12,8 @@ difference between the two outputs, whether every packed byte survives FSDP2's a
 patterns inside the packed nibbles must not be rewritten), how many 4-bit weights are
 sharded, and each rank's resident memory after loading and after sharding.
 
+The same comparison runs on one GPU in benchmarks/gpu_check.py (``compare_sharded``).
+
 ``--model``: also the host-memory arithmetic for that preset's nf4 base on one node of
 ``--ranks`` GPUs, both ways of giving every rank its shard (every rank quantises the whole
 base, which the workbench does; or rank 0 quantises and broadcasts, which accelerate does
@@ -47,46 +49,75 @@ def packed_bytes(weight) -> bytes:
     return weight.detach().clone().view(torch.uint8).numpy().tobytes()  # a copy: numpy pins the storage FSDP2 frees
 
 
-def worker() -> dict:
+def compare_sharded(model, device) -> dict:
+    """LoRA on the nf4 ``model``'s language linears; its language model's output and LoRA gradients
+    whole, then with each decoder layer and the root sharded by ``fully_shard`` (over every rank
+    of the process group): the largest differences, the packed bytes of a gathered weight
+    against the copy taken before sharding, and how many 4-bit weights are sharded."""
     import torch
-    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from workbench.demo import DEMO_TRAINING, ensure_demo
-    from workbench.settings import RunConfig
-    from workbench.training.loading import load_model
+    from workbench.settings import LoraSettings
+    from workbench.training.lora import apply_lora
     from workbench.training.placement import sharded_4bit_weights
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    config = RunConfig.from_dict(DEMO_TRAINING).replace(model={"quantization": "nf4"})
-    before_load = rss()
-    model = load_model(str(ensure_demo().model), config, device_map={"": "cpu"})
-    after_load = rss()
+    model = apply_lora(model, LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="language-all-linear"),
+                       gradient_checkpointing=False)
     model.train()  # bitsandbytes repacks CPU weights for inference in eval mode; training never does
-    language = model.model.language_model
-    ids = torch.tensor([[1, 5, 9, 20, 33, 2, 7, 11]])
-    with torch.no_grad():
-        whole = language(input_ids=ids).last_hidden_state.clone()
-    first = language.layers[0].mlp.down_proj
+    language = model.base_model.model.model.language_model
+    ids = torch.arange(1, 17, device=device).remainder(model.config.text_config.vocab_size - 1).unsqueeze(0) + 1
+    torch.manual_seed(0)  # the same adapter on every rank: fully_shard keeps each rank's own slice
+    for p in language.parameters():  # B starts at zero: make the adapter's own path count in the output too
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+
+    def run():
+        out = language(input_ids=ids).last_hidden_state
+        out.float().pow(2).mean().backward()
+        # fully_shard replaces the parameters (same names): read them afresh
+        grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()
+                 for n, p in language.named_parameters() if p.requires_grad}
+        language.zero_grad(set_to_none=True)
+        return out.detach().clone(), grads
+
+    whole, whole_grads = run()
+    first = language.layers[0].mlp.down_proj.base_layer
     original = packed_bytes(first.weight)
     for layer in language.layers:
         fully_shard(layer)
     fully_shard(language)
-    after_shard = rss()
-    with torch.no_grad():
-        sharded = language(input_ids=ids).last_hidden_state
+    sharded, sharded_grads = run()
     language.layers[0].unshard()
     gathered = packed_bytes(first.weight)
     language.layers[0].reshard()
     done, total = sharded_4bit_weights(language)
+    return {"storage_dtype": str(first.weight.dtype),
+            "forward_max_abs_diff": float((sharded.float() - whole.float()).abs().max()),
+            "lora_grad_max_abs_diff": max(float((sharded_grads[n].float() - g.float()).abs().max())
+                                          for n, g in whole_grads.items()),
+            "packed_bytes_survive_all_gather": gathered == original, "sharded_4bit": done, "all_4bit": total}
+
+
+def worker() -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from workbench.demo import DEMO_TRAINING, ensure_demo
+    from workbench.settings import RunConfig
+    from workbench.training.loading import load_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    config = RunConfig.from_dict(DEMO_TRAINING).replace(model={"quantization": "nf4",
+                                                               "dtype": os.environ[WORKER_ENV]})
+    before_load = rss()
+    model = load_model(str(ensure_demo().model), config, device_map={"": "cpu"})
+    after_load = rss()
+    result = {"world": dist.get_world_size(), **compare_sharded(model, "cpu")}
     rows: list = [None] * dist.get_world_size()
     dist.all_gather_object(rows, {"rank": dist.get_rank(), "rss_before_load_bytes": before_load,
-                                  "rss_after_load_bytes": after_load, "rss_after_shard_bytes": after_shard})
-    result = {"world": dist.get_world_size(), "storage_dtype": str(first.weight.dtype),
-              "forward_max_abs_diff": float((sharded - whole).abs().max()),
-              "packed_bytes_survive_all_gather": gathered == original, "sharded_4bit": done, "all_4bit": total,
-              "ranks": rows}
+                                  "rss_after_load_bytes": after_load, "rss_after_shard_bytes": rss()})
+    result["ranks"] = rows
     dist.destroy_process_group()
     return result
 
@@ -113,6 +144,8 @@ def host_memory(model: str, ranks: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="model.dtype, which is also the packed weights' storage (auto: fp32 on the CPU)")
     parser.add_argument("--model", default="", help="a preset: also the host-memory arithmetic for its nf4 base")
     parser.add_argument("--ranks", type=int, default=4, help="GPUs on the node, for --model")
     args = parser.parse_args(argv)
@@ -121,7 +154,10 @@ def main(argv=None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result), flush=True)
         return 0
-    env = {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    from workbench.demo import ensure_demo
+
+    ensure_demo()  # once, here: two ranks writing a new demo at once would read each other's half-made copy
+    env = {**os.environ, WORKER_ENV: args.dtype, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                                "--master_port", str(_free_port()), __file__], env=env, capture_output=True, text=True)
     if launched.returncode != 0:

@@ -20,18 +20,23 @@ def bounded_collectives(monkeypatch):
     monkeypatch.setenv("WORKBENCH_COLLECTIVE_TIMEOUT_S", "120")
 
 
-def test_a_sharded_4bit_layer_computes_what_the_whole_one_did():
-    """bitsandbytes' packed nf4 weights in a float container go through FSDP2's all-gather byte for
-    byte, and each Linear4bit finds its quantisation state again on its module (about 20 s)."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "qlora_fsdp.py"), "--nproc", "2"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+@pytest.mark.parametrize("dtype, storage", [
+    ("bf16", "torch.bfloat16"),
+    pytest.param("auto", "torch.float32", marks=pytest.mark.slow),  # the CPU runs' storage, also in the run below
+])
+def test_a_sharded_4bit_layer_computes_what_the_whole_one_did(dtype, storage):
+    """bitsandbytes' packed nf4 weights in a float container (fp32: the CPU's dtype; bf16: the GPUs')
+    go through FSDP2's all-gather byte for byte, and each Linear4bit finds its quantisation state
+    again on its module: the same output and LoRA gradients as unsharded (about 20 s each)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "qlora_fsdp.py"), "--nproc", "2",
+                             "--dtype", dtype], capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["world"] == 2 and report["storage_dtype"] == "torch.float32"
+    assert report["world"] == 2 and report["storage_dtype"] == storage
     assert (report["sharded_4bit"], report["all_4bit"]) == (14, 14)  # 2 layers x 7 linears
     assert report["packed_bytes_survive_all_gather"]
-    assert report["forward_max_abs_diff"] == 0.0
+    assert report["forward_max_abs_diff"] == 0.0 and report["lora_grad_max_abs_diff"] == 0.0
 
 
 @pytest.mark.slow  # about 3 minutes: one process, then a launch of 2 stopped with Ctrl-C and resumed
