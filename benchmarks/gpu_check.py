@@ -249,8 +249,8 @@ def check_model(label: str, config, shapes: dict, trained: int, steps: int, work
 
 
 def fsdp_nf4_check(label: str, config, workdir: Path, cuda: bool) -> dict:
-    """FSDP2 over an nf4 base (packed weights stored in bf16) on this one device, against the same
-    model unsharded (benchmarks/qlora_fsdp.py: forward, LoRA gradients, the packed bytes after an
+    """FSDP2 over an nf4 base (packed weights stored in bf16) loaded on the CPU and sharded onto this
+    one device, as a run does, against the same model loaded whole on the device (benchmarks/qlora_fsdp.py: forward, LoRA gradients, the packed bytes after an
     all-gather). A group of one still swaps every parameter through FSDP2's all-gather, which is
     where bitsandbytes issue #1945 reports bf16-stored nf4 bytes rewritten on CUDA; the CPU runs
     of 2 ranks (fp32 storage) keep every byte."""
@@ -261,13 +261,14 @@ def fsdp_nf4_check(label: str, config, workdir: Path, cuda: bool) -> dict:
     from workbench.training.loading import load_model
 
     folder = workdir / f"{label}-fsdp-nf4"
-    build_random_model(config, "cuda" if cuda else "cpu").save_pretrained(folder)
+    build_random_model(config, "cpu").save_pretrained(folder)
     settings = run_config(str(workdir / "out-fsdp-nf4"), 128, (1, 8, 8), "nf4", True, 1)
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                             world_size=1)
     try:
-        model = load_model(str(folder), settings, device_map={"": 0} if cuda else {"": "cpu"})
-        result = {"model": label, **compare_sharded(model, "cuda" if cuda else "cpu")}
+        device = "cuda:0" if cuda else "cpu"
+        result = {"model": label,
+                  **compare_sharded(lambda where: load_model(str(folder), settings, device_map={"": where}), device)}
     finally:
         dist.destroy_process_group()
         shutil.rmtree(folder, ignore_errors=True)

@@ -10,7 +10,8 @@ decoder layer and the root with ``fully_shard`` and runs it again. It reports th
 difference between the two outputs, whether every packed byte survives FSDP2's all-gather
 (a gathered layer compared with the copy taken before sharding, as raw bytes: float NaN
 patterns inside the packed nibbles must not be rewritten), how many 4-bit weights are
-sharded, and each rank's resident memory after loading and after sharding.
+sharded, and each rank's resident memory before and after (the demo is too small for
+these to tell the two ways of loading apart: see --model).
 
 The same comparison runs on one GPU in benchmarks/gpu_check.py (``compare_sharded``).
 
@@ -46,55 +47,62 @@ def rss() -> int:
 def packed_bytes(weight) -> bytes:
     import torch
 
-    return weight.detach().clone().view(torch.uint8).numpy().tobytes()  # a copy: numpy pins the storage FSDP2 frees
+    # a copy on the CPU: numpy would pin the storage FSDP2 frees
+    return weight.detach().to("cpu", copy=True).view(torch.uint8).numpy().tobytes()
 
 
-def compare_sharded(model, device) -> dict:
-    """LoRA on the nf4 ``model``'s language linears; its language model's output and LoRA gradients
-    whole, then with each decoder layer and the root sharded by ``fully_shard`` (over every rank
-    of the process group): the largest differences, the packed bytes of a gathered weight
-    against the copy taken before sharding, and how many 4-bit weights are sharded."""
+def with_lora(model, device):
+    """The model with seeded LoRA weights on its language linears, in training mode, and its input ids."""
     import torch
-    from torch.distributed.fsdp import fully_shard
 
     from workbench.settings import LoraSettings
     from workbench.training.lora import apply_lora
-    from workbench.training.placement import sharded_4bit_weights
 
     model = apply_lora(model, LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="language-all-linear"),
                        gradient_checkpointing=False)
     model.train()  # bitsandbytes repacks CPU weights for inference in eval mode; training never does
-    language = model.base_model.model.model.language_model
-    ids = torch.arange(1, 17, device=device).remainder(model.config.text_config.vocab_size - 1).unsqueeze(0) + 1
-    torch.manual_seed(0)  # the same adapter on every rank: fully_shard keeps each rank's own slice
-    for p in language.parameters():  # B starts at zero: make the adapter's own path count in the output too
+    torch.manual_seed(0)  # the same adapter on every rank and in both copies: fully_shard keeps each rank's slice
+    for p in model.parameters():  # B starts at zero: make the adapter's own path count in the output too
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.02)
+    ids = torch.arange(1, 17, device=device).remainder(model.config.text_config.vocab_size - 1).unsqueeze(0) + 1
+    return model.base_model.model.model.language_model, ids
 
-    def run():
-        out = language(input_ids=ids).last_hidden_state
-        out.float().pow(2).mean().backward()
-        # fully_shard replaces the parameters (same names): read them afresh
-        grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()
-                 for n, p in language.named_parameters() if p.requires_grad}
-        language.zero_grad(set_to_none=True)
-        return out.detach().clone(), grads
 
-    whole, whole_grads = run()
+def forward_backward(language, ids):
+    out = language(input_ids=ids).last_hidden_state
+    out.float().pow(2).mean().backward()
+    # fully_shard replaces the parameters (same names): read them afresh
+    grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().float()
+             for n, p in language.named_parameters() if p.requires_grad}
+    return out.detach().float(), grads
+
+
+def compare_sharded(load, device) -> dict:
+    """The language model's output and LoRA gradients of an nf4 base loaded whole on ``device``
+    (``load(device)``), against a copy loaded on the CPU (as a FSDP2 run loads it) with each
+    decoder layer and the root sharded by ``fully_shard`` over the process group (which moves
+    it to ``device``): the largest differences, the packed bytes of a gathered weight against
+    the copy taken before sharding, and how many 4-bit weights are sharded."""
+    from torch.distributed.fsdp import fully_shard
+
+    from workbench.training.placement import sharded_4bit_weights
+
+    whole, whole_grads = forward_backward(*with_lora(load(device), device))
+    language, ids = with_lora(load("cpu"), device)
     first = language.layers[0].mlp.down_proj.base_layer
     original = packed_bytes(first.weight)
     for layer in language.layers:
         fully_shard(layer)
     fully_shard(language)
-    sharded, sharded_grads = run()
+    sharded, sharded_grads = forward_backward(language, ids)
     language.layers[0].unshard()
     gathered = packed_bytes(first.weight)
     language.layers[0].reshard()
     done, total = sharded_4bit_weights(language)
-    return {"storage_dtype": str(first.weight.dtype),
-            "forward_max_abs_diff": float((sharded.float() - whole.float()).abs().max()),
-            "lora_grad_max_abs_diff": max(float((sharded_grads[n].float() - g.float()).abs().max())
-                                          for n, g in whole_grads.items()),
+    return {"storage_dtype": str(first.weight.dtype), "device": str(first.weight.device),
+            "forward_max_abs_diff": float((sharded - whole).abs().max()),
+            "lora_grad_max_abs_diff": max(float((sharded_grads[n] - g).abs().max()) for n, g in whole_grads.items()),
             "packed_bytes_survive_all_gather": gathered == original, "sharded_4bit": done, "all_4bit": total}
 
 
@@ -111,12 +119,13 @@ def worker() -> dict:
     config = RunConfig.from_dict(DEMO_TRAINING).replace(model={"quantization": "nf4",
                                                                "dtype": os.environ[WORKER_ENV]})
     before_load = rss()
-    model = load_model(str(ensure_demo().model), config, device_map={"": "cpu"})
+    path = str(ensure_demo().model)
+    result = {"world": dist.get_world_size(),
+              **compare_sharded(lambda where: load_model(path, config, device_map={"": where}), "cpu")}
     after_load = rss()
-    result = {"world": dist.get_world_size(), **compare_sharded(model, "cpu")}
     rows: list = [None] * dist.get_world_size()
-    dist.all_gather_object(rows, {"rank": dist.get_rank(), "rss_before_load_bytes": before_load,
-                                  "rss_after_load_bytes": after_load, "rss_after_shard_bytes": rss()})
+    dist.all_gather_object(rows, {"rank": dist.get_rank(), "rss_before_bytes": before_load,
+                                  "rss_after_bytes": after_load})
     result["ranks"] = rows
     dist.destroy_process_group()
     return result
