@@ -208,7 +208,10 @@ def test_fsdp_on_a_4bit_base_is_recommended_for_72b_on_one_node():
     assert fsdp["relative_speed"] == pytest.approx(4 * (c + d) / (c + d + m), abs=2e-3)
     assert plan.entry("device_map")["dequant_seconds"] == fsdp["dequant_seconds"]  # the same work on any strategy
     unquantised = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), nodes=2))
-    assert unquantised.entry("fsdp")["dequant_seconds"] == 0
+    assert unquantised.entry("fsdp")["dequant_seconds"] == 0 and "host_bytes_per_rank" not in unquantised.entry("fsdp")
+    # every rank quantises the whole base, reading the largest tensor (embeddings, 152064 x 8192) in bf16
+    assert fsdp["host_bytes_per_rank"] == layout.weight_bytes + 152064 * 8192 * 2
+    assert "42.00 GiB of host memory per GPU" in fsdp["why"]
 
 
 def test_fsdp_on_an_int8_base_is_planned_but_never_recommended():

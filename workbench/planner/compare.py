@@ -34,6 +34,12 @@ def entry(name: str, devices: list[dict], fits: bool, layout: Layout, step: Step
     # refuses fsdp on an int8 base (nf4 it trains), so it is never recommended there
     e["trains"] = not (name == "fsdp" and request.quantization == "int8")
     e["why"] = why(e, layout, request, offloaded)
+    if name == "fsdp" and request.quantization == "nf4" and world > 1:
+        # accelerate broadcasts no 4-bit weights from rank 0: every rank loads and quantises the whole
+        # base on the CPU, one checkpoint tensor at a time in the model dtype (docs/qlora-fsdp.md)
+        e["host_bytes_per_rank"] = layout.weight_bytes + max(b for _, b in layout.param_bytes)
+        e["why"] += (f" Each rank quantises the whole base on the CPU while loading: {gib(e['host_bytes_per_rank'])} "
+                     "GiB of host memory per GPU.")
     if not e["trains"]:
         e["why"] += (" The workbench does not train fsdp on an int8 base (its 8-bit weights cannot be sharded): "
                      "use nf4, or device_map or ddp.")
