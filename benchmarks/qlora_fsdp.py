@@ -86,7 +86,7 @@ def compare_sharded(load, device) -> dict:
     the copy taken before sharding, and how many 4-bit weights are sharded."""
     from torch.distributed.fsdp import fully_shard
 
-    from workbench.training.placement import sharded_4bit_weights
+    from workbench.training.fsdp_4bit import sharded_4bit_weights
 
     whole, whole_grads = forward_backward(*with_lora(load(device), device))
     language, ids = with_lora(load("cpu"), device)

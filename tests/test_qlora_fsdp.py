@@ -39,6 +39,28 @@ def test_a_sharded_4bit_layer_computes_what_the_whole_one_did(dtype, storage):
     assert report["forward_max_abs_diff"] == 0.0 and report["lora_grad_max_abs_diff"] == 0.0
 
 
+def test_a_run_refuses_packed_4bit_weights_that_changed_on_the_way(demo, demo_config):
+    """bitsandbytes #1945: FSDP2 on CUDA may rewrite bytes inside bf16-stored nf4 weights. A run
+    fingerprints one packed weight before sharding and stops with a sentence if it changed."""
+    import torch
+
+    from workbench.errors import UserError
+    from workbench.training.fsdp_4bit import check_fingerprint, fingerprint
+    from workbench.training.loading import load_model
+
+    model = load_model(str(demo.model), demo_config.replace(model={"quantization": "nf4"}), device_map={"": "cpu"})
+    packed = fingerprint(model)
+    assert packed[0] == "model.language_model.layers.0.self_attn.q_proj"
+    check_fingerprint(model, packed)  # unchanged: nothing to say
+    weight = model.get_submodule(packed[0]).weight
+    raw = weight.data.view(torch.uint8)
+    raw[0] ^= 1  # one bit of one packed nibble pair
+    with pytest.raises(UserError, match=r"changed the packed 4-bit weights of model.language_model.layers.0.self_attn"
+                                        r".q_proj .*#1945.*strategy ddp or device_map"):
+        check_fingerprint(model, packed)
+    assert fingerprint(load_model(str(demo.model), demo_config, device_map={"": "cpu"})) is None  # not quantised
+
+
 @pytest.mark.slow  # about 3 minutes: one process, then a launch of 2 stopped with Ctrl-C and resumed
 def test_fsdp_on_a_4bit_base_stopped_and_resumed_matches_the_one_process_qlora_run(demo, demo_config, tmp_path,
                                                                                    reaper):

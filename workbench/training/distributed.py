@@ -190,7 +190,7 @@ def accelerate_config(config, nodes: int, nproc: int, machine_rank: int = 0, mai
             "fsdp_transformer_layer_cls_to_wrap": ",".join(fsdp_wrap_classes(config.model.name_or_path)),
             "fsdp_reshard_after_forward": True,
             # only rank 0 reads the weights; the others get their shards by broadcast. Not for a 4-bit
-            # base: accelerate broadcasts plain tensors only, so every rank quantises its own copy
+            # base: accelerate skips that broadcast for 4-bit weights, so every rank quantises its own copy
             # (placement.RankPlacement.load_model), and transformers must then load weights on every rank
             "fsdp_cpu_ram_efficient_loading": config.model.quantization == "none",
             "fsdp_sync_module_states": config.model.quantization == "none",

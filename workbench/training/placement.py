@@ -87,6 +87,8 @@ class RankPlacement(SingleProcess):
         self.rank, self.strategy, self.supervisor_pid = rank, strategy, supervisor_pid
         self.is_main = rank.is_main
         self.world = rank.world
+        self.quantized = False  # a 4-bit base (load_model)
+        self.packed: tuple[str, str] | None = None  # fsdp_4bit.fingerprint before sharding
 
     @property
     def fsdp(self) -> bool:
@@ -116,14 +118,15 @@ class RankPlacement(SingleProcess):
 
         FSDP2 on a 4-bit base: every rank reads and quantises the base on the CPU (bitsandbytes'
         quantisation is deterministic, so the copies agree to the bit) and FSDP2 keeps each rank's
-        shard of the packed weights. accelerate broadcasts only plain tensors from rank 0, not
-        bitsandbytes' quantisation state; and the CPU, not the GPU, because a whole 4-bit 72B
-        (39 GiB) does not fit one 40 GB GPU (docs/qlora-fsdp.md)."""
+        shard of the packed weights: accelerate 1.16 skips its rank-0 broadcast for a model holding
+        bitsandbytes' 4-bit weights (and would not send their quantisation state). On the CPU, not
+        the GPU, because a whole 4-bit 72B (39.7 GiB) does not fit one 40 GB GPU (docs/qlora-fsdp.md)."""
         from workbench.training.loading import load_model
 
+        self.quantized = config.model.quantization != "none"
         if not self.fsdp:
             return load_model(path, config, device_map={"": str(self.device())})
-        if self.is_main or config.model.quantization != "none":
+        if self.is_main or self.quantized:
             return load_model(path, config, device_map={"": "cpu"})
         return empty_model(path, config)
 
@@ -142,6 +145,10 @@ class RankPlacement(SingleProcess):
         from workbench.training.vision_sync import keep_vision_tower_in_step
 
         keep_vision_tower_in_step(model)
+        if self.fsdp and self.quantized:
+            from workbench.training.fsdp_4bit import fingerprint
+
+            self.packed = fingerprint(model)  # checked after sharding (RankCallback.on_train_begin)
 
     def trainer_class(self, base):
         return fsdp_trainer(base) if self.fsdp else base
@@ -212,12 +219,15 @@ class RankCallback(WorkbenchCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         super().on_train_begin(args, state, control, model=model, **kwargs)
-        if self.job.placement.fsdp and model is not None:
+        placement = self.job.placement
+        if placement.fsdp and model is not None and placement.packed is not None:
+            from workbench.training.fsdp_4bit import check_fingerprint, sharded_4bit_weights
+
             sharded, total = sharded_4bit_weights(model)
-            if total:
-                # accelerate leaves a 4-bit weight it cannot shard whole on every GPU, without an error
-                log.log(logging.INFO if sharded == total else logging.WARNING,
-                        "FSDP2 shards %d of %d 4-bit weights over %d ranks", sharded, total, self.job.placement.world)
+            # accelerate leaves a 4-bit weight it cannot shard whole on every GPU, without an error
+            log.log(logging.INFO if sharded == total else logging.WARNING,
+                    "FSDP2 shards %d of %d 4-bit weights over %d ranks", sharded, total, placement.world)
+            check_fingerprint(model, placement.packed)
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -226,15 +236,6 @@ class RankCallback(WorkbenchCallback):
         dist.barrier()
         if self.job.placement.is_main:
             super().on_save(args, state, control, **kwargs)
-
-
-def sharded_4bit_weights(model) -> tuple[int, int]:
-    """(sharded, all) of the model's bitsandbytes 4-bit weights: FSDP2 holds a sharded one as a DTensor."""
-    from bitsandbytes.nn import Linear4bit
-    from torch.distributed.tensor import DTensor
-
-    weights = [m.weight for m in model.modules() if isinstance(m, Linear4bit)]
-    return sum(isinstance(w, DTensor) for w in weights), len(weights)
 
 
 def empty_model(path: str, config):
