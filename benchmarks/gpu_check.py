@@ -13,14 +13,15 @@ the Trainer subclass): bf16 base with the full-vocabulary loss, bf16 with the tr
 loss, nf4 base (QLoRA) with the trained-token loss. Each runs --steps optimizer steps;
 measured: torch.cuda.max_memory_allocated and max_memory_reserved over the steps, plus the
 CUDA context (NVML used minus torch reserved at start-up), against the planner's per-device
-terms for the same settings; tokens/s over the steps after the first.
+terms for the same settings; tokens/s over the steps after the first. Last, FSDP2 over the
+2B (tiny-a) model's nf4 base on this GPU against the same model unsharded (``fsdp_nf4_check``).
 
 The bf16 model is built directly on the GPU; the nf4 runs load its saved copy through
 load_model (quantisation happens while loading, as in a real run), so a 7B run needs about
 17 GB of free disk in --workdir.
 
-Prints a table, then one JSON line: {"device", "seconds", "rows": [...]}. In --dry-run the
-"allocated" figure is the CPU tensor tracker's peak (benchmarks/planner_accuracy.py) plus
+Prints a table, then one JSON line: {"device", "seconds", "rows": [...], "fsdp_nf4": {...}}. In
+--dry-run the "allocated" figure is the CPU tensor tracker's peak (benchmarks/planner_accuracy.py) plus
 the model's own tensors, "reserved" is absent, and the prediction leaves out the CUDA
 context and allocator slack.
 """
@@ -247,6 +248,37 @@ def check_model(label: str, config, shapes: dict, trained: int, steps: int, work
     return rows
 
 
+def fsdp_nf4_check(label: str, config, workdir: Path, cuda: bool) -> dict:
+    """FSDP2 over an nf4 base (packed weights stored in bf16) loaded on the CPU and sharded onto this
+    one device, as a run does, against the same model loaded whole on the device (benchmarks/qlora_fsdp.py: forward, LoRA gradients, the packed bytes after an
+    all-gather). A group of one still swaps every parameter through FSDP2's all-gather, which is
+    where bitsandbytes issue #1945 reports bf16-stored nf4 bytes rewritten on CUDA; the CPU runs
+    of 2 ranks (fp32 storage) keep every byte."""
+    import torch.distributed as dist
+
+    from benchmarks.qlora_fsdp import compare_sharded
+    from workbench.training.distributed import free_port
+    from workbench.training.loading import load_model
+
+    folder = workdir / f"{label}-fsdp-nf4"
+    build_random_model(config, "cpu").save_pretrained(folder)
+    settings = run_config(str(workdir / "out-fsdp-nf4"), 128, (1, 8, 8), "nf4", True, 1)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    try:
+        device = "cuda:0" if cuda else "cpu"
+        result = {"model": label,
+                  **compare_sharded(lambda where: load_model(str(folder), settings, device_map={"": where}), device)}
+    finally:
+        dist.destroy_process_group()
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"FSDP2 over nf4 ({label}, {result['storage_dtype']} storage, 1 rank): forward differs by "
+          f"{result['forward_max_abs_diff']:.3g}, LoRA gradients by {result['lora_grad_max_abs_diff']:.3g}, packed "
+          f"bytes {'kept' if result['packed_bytes_survive_all_gather'] else 'REWRITTEN'} by the all-gather, "
+          f"{result['sharded_4bit']} of {result['all_4bit']} 4-bit weights sharded")
+    return result
+
+
 def header(unit: str) -> str:
     return (f"{'model':7s} {'len':>5s} {'base':5s} {'loss':8s} {'allocated':>10s} {'reserved':>10s} "
             f"{'measured':>10s} {'predicted':>10s} {'error':>7s} {'tokens/s':>9s}   ({unit})")
@@ -293,9 +325,12 @@ def main(argv=None) -> int:
     rows = []
     for label, config in model_configs(args.dry_run):
         rows += check_model(label, config, shapes, trained, args.steps, workdir, cuda, gpu, context)
+    label, config = model_configs(args.dry_run)[0]
+    fsdp_nf4 = fsdp_nf4_check(label, config, workdir, cuda)
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps({"device": name, "seconds": round(time.perf_counter() - started, 1), "rows": rows}))
+    print(json.dumps({"device": name, "seconds": round(time.perf_counter() - started, 1), "rows": rows,
+                      "fsdp_nf4": fsdp_nf4}))
     return 0
 
 

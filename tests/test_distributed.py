@@ -111,9 +111,19 @@ def test_fsdp_refuses_what_it_cannot_shard(demo_config):
     config = demo_config.replace(model={"name_or_path": "my-org/some-vl-model"}, training={"strategy": "fsdp"})
     with pytest.raises(UserError, match="wrap classes are unknown"):
         dist_plan.accelerate_config(config, 1, 2)
-    with pytest.raises(UserError, match="model.quantization is nf4"):
-        dist_plan.check_strategy(demo_config.replace(model={"quantization": "nf4"}, training={"strategy": "fsdp"}))
-    dist_plan.check_strategy(demo_config.replace(model={"quantization": "nf4"}, training={"strategy": "ddp"}))
+    with pytest.raises(UserError, match="model.quantization is int8, which fsdp cannot shard"):
+        dist_plan.check_strategy(demo_config.replace(model={"quantization": "int8"}, training={"strategy": "fsdp"}))
+    dist_plan.check_strategy(demo_config.replace(model={"quantization": "nf4"}, training={"strategy": "fsdp"}))
+    dist_plan.check_strategy(demo_config.replace(model={"quantization": "int8"}, training={"strategy": "ddp"}))
+
+
+def test_fsdp_on_a_4bit_base_loads_on_every_rank(demo_config):
+    """accelerate broadcasts no 4-bit weights from rank 0: transformers must load them on every rank
+    (its efficient loading would leave ranks > 0 empty) and each rank quantises its own copy."""
+    config = demo_config.replace(model={"quantization": "nf4"}, training={"strategy": "fsdp"})
+    fsdp = dist_plan.accelerate_config(config, 1, 2)["fsdp_config"]
+    assert not fsdp["fsdp_cpu_ram_efficient_loading"] and not fsdp["fsdp_sync_module_states"]
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
 
 def test_a_launch_refuses_device_map_and_several_nodes_from_one_machine(demo_config):

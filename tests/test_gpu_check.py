@@ -23,6 +23,11 @@ def test_gpu_check_dry_run_measures_every_variant_against_the_planner(tmp_path):
         assert row["measured_bytes"] > 0 and row["predicted_bytes"] > 0 and row["tokens_per_s"] > 0
         assert abs(row["error"]) < 0.15, row  # the planner's terms against the tracked tensors
         assert row["terms"]["dequant_bytes"] > 0 if row["base"] == "nf4" else row["terms"]["dequant_bytes"] == 0
+    # FSDP2 over the nf4 base (bf16 storage), one rank: the same forward and LoRA gradients as unsharded
+    fsdp = report["fsdp_nf4"]
+    assert fsdp["storage_dtype"] == "torch.bfloat16" and fsdp["packed_bytes_survive_all_gather"]
+    assert fsdp["forward_max_abs_diff"] == 0 and fsdp["lora_grad_max_abs_diff"] == 0
+    assert fsdp["sharded_4bit"] == fsdp["all_4bit"] > 0 and any(line.startswith("FSDP2 over nf4") for line in lines)
     by = {(r["model"], r["max_length"], r["base"], r["trained_token_loss"]): r["measured_bytes"] for r in rows}
     for model, length, _, _ in by:
         assert by[(model, length, "bf16", True)] < by[(model, length, "bf16", False)]  # smaller loss

@@ -187,15 +187,46 @@ def test_72b_ddp_never_fits_and_fsdp_needs_eight_shards():
     assert "on one node; the other node idles" in two.entry("device_map")["why"]
 
 
-def test_fsdp_on_a_quantised_base_is_planned_but_never_recommended():
-    """The trainer refuses fsdp on a 4-bit base, so the planner must not send anyone there."""
-    plan = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), quantization="nf4"))
-    fsdp = next(e for e in plan.strategies if e["name"] == "fsdp")
-    assert fsdp["fits"] and not fsdp["trains"] and "does not train fsdp on a nf4 base" in fsdp["why"]
-    assert fsdp["relative_speed"] > 1  # faster on paper, yet not chosen
-    assert plan.strategy == "device_map" and "fsdp is not trained on a quantised base yet" in plan.choice
-    full = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), nodes=2))
-    assert full.strategy == "fsdp" and all(e["trains"] for e in full.strategies)
+def test_fsdp_on_a_4bit_base_is_recommended_for_72b_on_one_node():
+    """The seed question on a 4-bit base: FSDP2 shards the packed weights, not bitsandbytes'
+    quantisation constants (whole on every GPU), and is the fastest that fits."""
+    request = PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), quantization="nf4")
+    plan = plan_memory(request)
+    fsdp = plan.entry("fsdp")
+    assert fsdp["fits"] and fsdp["trains"] and plan.strategy == "fsdp" and plan.choice.startswith("fsdp over 4 GPUs")
+    # 80 layers of q, o (8192 x 8192), k, v (1024 x 8192), gate, up, down (29568 x 8192)
+    shapes = [(8192, 8192)] * 2 + [(1024, 8192)] * 2 + [(29568, 8192)] * 3
+    numel = [rows * cols for rows, cols in shapes] * 80
+    # per weight: one 8-bit absmax per 64, one fp32 per 256 absmax, 16 + 256 fp32 code values
+    state = sum(-(-n // 64) + 4 * -(-(-(-n // 64)) // 256) + 4 * (16 + 256) for n in numel)
+    layout = request_layout(request)
+    assert layout.quantized_numel == sum(numel) == 70_212_648_960
+    assert layout.quant_state_bytes == state
+    assert fsdp["devices"][0]["weights_bytes"] == -(-(layout.weight_bytes - state) // 4) + state
+    # each 4-bit weight read packed and written in bf16, three passes (checkpointing), at the A800's 1555 GB/s
+    assert fsdp["dequant_seconds"] == pytest.approx(3 * sum(numel) * 2.5 / 1555e9, abs=1e-4)
+    c, d, m = fsdp["compute_seconds"], fsdp["dequant_seconds"], fsdp["comm_seconds"]
+    assert fsdp["relative_speed"] == pytest.approx(4 * (c + d) / (c + d + m), abs=2e-3)
+    assert plan.entry("device_map")["dequant_seconds"] == fsdp["dequant_seconds"]  # the same work on any strategy
+    unquantised = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4xA800-40GB"), nodes=2))
+    assert unquantised.entry("fsdp")["dequant_seconds"] == 0 and "host_bytes_per_rank" not in unquantised.entry("fsdp")
+    # every rank quantises the whole base, reading the largest tensor (embeddings, 152064 x 8192) in bf16
+    assert fsdp["host_bytes_per_rank"] == layout.weight_bytes + 152064 * 8192 * 2
+    assert "42.00 GiB of host memory per GPU" in fsdp["why"]
+
+
+def test_fsdp_on_an_int8_base_is_planned_but_never_recommended():
+    """bitsandbytes' 8-bit weights are integer tensors FSDP2 cannot shard; the trainer refuses them."""
+    plan = plan_memory(PlanRequest("qwen2-vl-7b-instruct", parse_gpu_spec("4x24GiB"), quantization="int8"))
+    fsdp = plan.entry("fsdp")
+    assert not fsdp["trains"] and "does not train fsdp on an int8 base" in fsdp["why"]
+    assert plan.strategy != "fsdp"
+
+
+def request_layout(request):
+    from workbench.planner.request import layout_for
+
+    return layout_for(request)
 
 
 def test_asked_strategy_that_does_not_fit_suggests_the_one_that_does():
@@ -205,7 +236,8 @@ def test_asked_strategy_that_does_not_fit_suggests_the_one_that_does():
     assert plan.choice.startswith("ddp as asked does not fit")
     fsdp = plan_memory(PlanRequest("qwen2-vl-72b-instruct", parse_gpu_spec("4x40GiB"), strategy="fsdp"))
     assert any(s["settings"] == {"training.nodes": 2} and s["fits"] for s in fsdp.suggestions)
-    assert not any("model.quantization" in s["settings"] for s in fsdp.suggestions)  # fsdp + 4-bit: not trained
+    # fsdp trains on a 4-bit base: the one node's 4 shards fit in nf4
+    assert any(s["settings"] == {"model.quantization": "nf4"} and s["fits"] for s in fsdp.suggestions)
 
 
 def test_fsdp_searches_use_the_fsdp_model():

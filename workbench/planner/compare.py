@@ -25,17 +25,24 @@ def entry(name: str, devices: list[dict], fits: bool, layout: Layout, step: Step
          "relative_speed": round(timed["relative_speed"], 3), "why": "",
          "world_size": world, "nodes": nodes,
          "min_free_bytes": min(d["capacity_bytes"] - d["total_bytes"] for d in devices),
-         "compute_seconds": round(timed["compute_seconds"], 4), "comm_seconds": round(timed["comm_seconds"], 4),
+         "compute_seconds": round(timed["compute_seconds"], 4), "dequant_seconds": round(timed["dequant_seconds"], 4),
+         "comm_seconds": round(timed["comm_seconds"], 4),
          "comm_bytes_per_step": timed["comm_bytes_per_step"]}
     if name == "device_map":
         e["offloaded"] = list(offloaded)
-    # FSDP2 gathers a 4-bit weight as a plain tensor without its quantisation state (bitsandbytes'
-    # Params4bit), so the workbench refuses fsdp on a quantised base: never recommended then
-    e["trains"] = not (name == "fsdp" and request.quantization != "none")
+    # bitsandbytes keeps 8-bit weights in integer tensors, which FSDP2 cannot shard: the workbench
+    # refuses fsdp on an int8 base (nf4 it trains), so it is never recommended there
+    e["trains"] = not (name == "fsdp" and request.quantization == "int8")
     e["why"] = why(e, layout, request, offloaded)
+    if name == "fsdp" and request.quantization == "nf4" and world > 1:
+        # accelerate broadcasts no 4-bit weights from rank 0: every rank loads and quantises the whole
+        # base on the CPU, one checkpoint tensor at a time in the model dtype (docs/qlora-fsdp.md)
+        e["host_bytes_per_rank"] = layout.weight_bytes + max(b for _, b in layout.param_bytes)
+        e["why"] += (f" Each rank quantises the whole base on the CPU while loading: {gib(e['host_bytes_per_rank'])} "
+                     "GiB of host memory per GPU.")
     if not e["trains"]:
-        e["why"] += (f" The workbench does not train fsdp on a {request.quantization} base yet: use device_map or "
-                     "ddp, or fsdp on the unquantised base.")
+        e["why"] += (" The workbench does not train fsdp on an int8 base (its 8-bit weights cannot be sharded): "
+                     "use nf4, or device_map or ddp.")
     return e
 
 
@@ -83,7 +90,8 @@ def why(e: dict, layout: Layout, request, offloaded=()) -> str:
     if e["world_size"] == 1:
         head = "One process on the one GPU: the same as device_map, nothing to replicate or shard"
         return head + (f"; it would need {over}." if not e["fits"] else ".")
-    share = e["comm_seconds"] / (e["compute_seconds"] + e["comm_seconds"]) if e["compute_seconds"] else 0.0
+    busy = e["compute_seconds"] + e["dequant_seconds"]
+    share = e["comm_seconds"] / (busy + e["comm_seconds"]) if busy else 0.0
     if name == "ddp":
         if not e["fits"]:
             return (f"A full replica on every GPU: {gib(layout.weight_bytes)} GiB of weights alone, "
@@ -122,7 +130,7 @@ def choice_sentence(chosen: str, entries: list[dict], asked: str) -> str:
     free = f"{gib(c['min_free_bytes'])} GiB free on the fullest GPU"
     if chosen == "device_map":
         rest = [f"{e['name']} needs {gib(e['peak_bytes'])} GiB per GPU" if not e["fits"]
-                else f"{e['name']} is not trained on a quantised base yet" for e in others
+                else f"{e['name']} is not trained on an int8 base" for e in others
                 if not e["fits"] or not e.get("trains", True)]
         tail = f" ({'; '.join(rest)})" if rest else ""
         if len(rest) == len(others):

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from workbench.errors import UserError
-from workbench.planner.terms import lora_parameters, quantized_weight_bytes
+from workbench.planner.terms import lora_parameters, quant_state_bytes, quantized_weight_bytes
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -30,6 +30,8 @@ class Unit:
     numel: int = 0                  # parameters (elements) of its weights: the FLOPs of a pass are 2 x this per token
     dequant_numel: int = 0          # its largest quantised weight (elements): dequantised per matmul
     full: bool = False              # every weight trains (its part is trained in full)
+    quantized_numel: int = 0        # all its quantised weights (elements): each dequantised once per pass
+    quant_state_bytes: int = 0      # their quantisation constants, which FSDP2 does not shard (terms.quant_state_bytes)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,14 @@ class Layout:
     @property
     def lora_params(self) -> int:
         return sum(u.lora_params for u in self.units)
+
+    @property
+    def quantized_numel(self) -> int:
+        return sum(u.quantized_numel for u in self.units)
+
+    @property
+    def quant_state_bytes(self) -> int:
+        return sum(u.quant_state_bytes for u in self.units)
 
     @property
     def vision_trained(self) -> bool:
@@ -182,11 +192,12 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str,
     elem = DTYPE_BYTES[dtype]
     matches = target_matcher(targets)
 
-    param_bytes, param_numel, dequant = [], {}, {}
+    param_bytes, param_numel, dequant, state = [], {}, {}, {}
     for name, p in model.named_parameters():
         if quantization != "none" and is_quantized(name):
             param_bytes.append((name, quantized_weight_bytes(quantization, p.numel(), p.shape[0])))
             dequant[name] = p.numel()
+            state[name] = quant_state_bytes(quantization, p.numel(), p.shape[0])
         else:
             param_bytes.append((name, p.numel() * elem))
         param_numel[name] = p.numel()
@@ -201,12 +212,16 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str,
     by_unit: dict[str, int] = {}
     numel_by_unit: dict[str, int] = {}
     dequant_by_unit: dict[str, int] = {}
+    quantized_by_unit: dict[str, int] = {}
+    state_by_unit: dict[str, int] = {}
     prefixes = {name for name, _ in specs}
     for name, nbytes in param_bytes:
         owner = _owner(name, prefixes)
         by_unit[owner] = by_unit.get(owner, 0) + nbytes
         numel_by_unit[owner] = numel_by_unit.get(owner, 0) + param_numel[name]
         dequant_by_unit[owner] = max(dequant_by_unit.get(owner, 0), dequant.get(name, 0))
+        quantized_by_unit[owner] = quantized_by_unit.get(owner, 0) + dequant.get(name, 0)
+        state_by_unit[owner] = state_by_unit.get(owner, 0) + state.get(name, 0)
     lora_units: dict[str, list] = {}
     for name, (params, d_in) in lora_by_module.items():
         lora_units.setdefault(_owner(name, prefixes), []).append((params, d_in))
@@ -215,7 +230,7 @@ def _layout(config_json: str, dtype: str, targets, rank: int, quantization: str,
         Unit(name, kind, by_unit.get(name, 0), sum(p for p, _ in lora_units.get(name, []))
              + (numel_by_unit.get(name, 0) if PART_OF_KIND.get(kind) in full else 0),
              tuple(d for _, d in lora_units.get(name, [])), numel_by_unit.get(name, 0), dequant_by_unit.get(name, 0),
-             PART_OF_KIND.get(kind) in full)
+             PART_OF_KIND.get(kind) in full, quantized_by_unit.get(name, 0), state_by_unit.get(name, 0))
         for name, kind in specs
     )
     return Layout(units=units, shape=shape_of(config), tied=bool(config.tie_word_embeddings),

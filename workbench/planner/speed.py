@@ -6,12 +6,18 @@ and pay for communication on top, which this model does not hide behind compute 
 their speeds are lower bounds):
 
     compute   = flops / (peak bf16 FLOP/s x MFU)
+    dequant   = a 4-bit base's weights turned back into the compute dtype before each matmul, once
+                per pass (forward, input gradient, and the recomputed forward with checkpointing):
+                passes x Q x (0.5 + a) bytes read and written / HBM bandwidth (Q quantised weights)
     ddp comm  = all-reduce of the fp32 LoRA gradients:      2 (N-1)/N x 4 L bytes
     fsdp comm = all-gather of every unit in forward, again of the units backward passes
                 through (decoder layers, embeddings), reduce-scatter of LoRA gradients:
                 (N-1)/N x (W + W_layers + W_embed + 4 L) bytes
-    time      = compute + comm / link bandwidth
-    speed     = N x compute / time     (device_map: 1)
+    time      = compute + dequant + comm / link bandwidth
+    speed     = N x (compute + dequant) / time     (device_map: 1)
+
+Dequantisation costs every strategy the same per micro-step, so it does not change which one
+is fastest by itself; it is work FSDP2's communication is measured against.
 
 The link is the intra-node bandwidth on one node; across nodes a ring crosses the
 network, so the slower of intra- and inter-node bandwidth sets the pace.
@@ -32,6 +38,13 @@ MFU = 0.4
 # An unnamed GPU (a size such as 40GiB): A100-class compute over PCIe without NVLink.
 UNKNOWN_TFLOPS = 312.0
 UNKNOWN_LINK = "pcie4"
+# HBM bandwidth (GB/s) by card, datasheet figures: bitsandbytes' dequantisation is a memory-bound
+# kernel. An unknown card: the A100 40GB's.
+HBM_GBPS = {"A100-40GB": 1555.0, "A100-80GB": 2039.0, "A800-40GB": 1555.0, "A800-80GB": 2039.0,
+            "H100-80GB": 3350.0, "H800-80GB": 3350.0, "H20-96GB": 4000.0, "RTX4090-24GB": 1008.0,
+            "RTX3090-24GB": 936.0, "RTX5090-32GB": 1792.0, "L40-48GB": 864.0, "A6000-48GB": 768.0,
+            "A10-24GB": 600.0}
+UNKNOWN_HBM_GBPS = 1555.0
 GB = 1000**3
 
 
@@ -43,6 +56,7 @@ class Links:
     inter_node_gbps: float
     tflops: float
     known_cards: bool
+    hbm_gbps: float = UNKNOWN_HBM_GBPS
 
     def bandwidth(self, nodes: int) -> float:
         """Bytes per second a ring collective moves per GPU."""
@@ -51,7 +65,8 @@ class Links:
 
     def to_json(self) -> dict:
         return {"intra_node_gbps": self.intra_node_gbps, "inter_node_gbps": self.inter_node_gbps,
-                "tflops_per_gpu": self.tflops, "mfu": MFU, "cards_known": self.known_cards}
+                "tflops_per_gpu": self.tflops, "mfu": MFU, "cards_known": self.known_cards,
+                "hbm_gbps": self.hbm_gbps}
 
 
 def links_for(gpus: list[Gpu], intra_node_gbps: float | None, inter_node_gbps: float) -> Links:
@@ -62,7 +77,8 @@ def links_for(gpus: list[Gpu], intra_node_gbps: float | None, inter_node_gbps: f
     tflops = min(c.bf16_tflops if c else UNKNOWN_TFLOPS for c in cards)
     intra = intra_node_gbps if intra_node_gbps is not None else min(
         c.link_gbps if c else LINK_GBPS[UNKNOWN_LINK] for c in cards)
-    return Links(float(intra), float(inter_node_gbps), float(tflops), known)
+    hbm = min(HBM_GBPS.get(c.name, UNKNOWN_HBM_GBPS) if c else UNKNOWN_HBM_GBPS for c in cards)
+    return Links(float(intra), float(inter_node_gbps), float(tflops), known, float(hbm))
 
 
 def _card(gpu: Gpu):
@@ -105,6 +121,14 @@ def step_flops(layout: Layout, step: Step) -> float:
             + 2.0 * merger * patches * merger_passes)
 
 
+def dequant_bytes(layout: Layout, step: Step) -> float:
+    """HBM bytes bitsandbytes moves per micro-step to dequantise a 4-bit base: each quantised weight
+    read packed (half a byte) and written in the compute dtype (a bytes), once per pass (the
+    language model's passes, as in ``step_flops``). 0 for an unquantised base."""
+    passes = 3 if step.gradient_checkpointing else 2
+    return passes * layout.quantized_numel * (0.5 + step.act_bytes)
+
+
 def comm_bytes(name: str, layout: Layout, world_size: int) -> float:
     """Bytes each GPU sends per micro-step under strategy ``name`` (ring collectives)."""
     if world_size <= 1 or name == "device_map":
@@ -120,9 +144,12 @@ def comm_bytes(name: str, layout: Layout, world_size: int) -> float:
 
 
 def timing(name: str, layout: Layout, step: Step, world_size: int, nodes: int, links: Links) -> dict:
-    """compute_seconds, comm_seconds and relative_speed (device_map = 1) of one strategy."""
+    """compute_seconds, dequant_seconds, comm_seconds and relative_speed (device_map = 1) of one strategy."""
     compute = step_flops(layout, step) / (links.tflops * 1e12 * MFU)
+    dequant = dequant_bytes(layout, step) / (links.hbm_gbps * GB)
     comm = comm_bytes(name, layout, world_size) / links.bandwidth(nodes)
     parallel = 1 if name == "device_map" else world_size
-    return {"compute_seconds": compute, "comm_seconds": comm, "relative_speed": parallel * compute / (compute + comm),
+    busy = compute + dequant
+    return {"compute_seconds": compute, "dequant_seconds": dequant, "comm_seconds": comm,
+            "relative_speed": parallel * busy / (busy + comm),
             "comm_bytes_per_step": int(comm_bytes(name, layout, world_size))}

@@ -6,7 +6,8 @@ activations and logits; they differ in the weights each GPU keeps:
 
     ddp   whole model + LoRA states + gradient buckets          (terms.ddp_bucket_bytes)
     fsdp  1/N of weights and LoRA states + the gathered units   (terms.fsdp_shard_bytes,
-                                                                 terms.fsdp_gathered_bytes)
+          + a 4-bit base's quantisation constants, whole     terms.fsdp_gathered_bytes,
+                                                                 terms.quant_state_bytes)
 
 Both add NCCL's buffers (terms.nccl_bytes) to the CUDA overhead. Each strategy answers
 ``rows`` (per-GPU breakdowns for one node) and ``fits``, so searches and suggestions work
@@ -42,7 +43,9 @@ def ddp_row(layout: Layout, step: Step, world_size: int) -> dict:
 def fsdp_row(layout: Layout, step: Step, world_size: int) -> dict:
     # the trained-token loss runs lm_head inside the forward under FSDP2 (workbench.training.loss)
     row = whole_model(layout, replace(step, lm_head_in_forward=True))
-    row["weights_bytes"] = terms.fsdp_shard_bytes(layout.weight_bytes, world_size)
+    # a 4-bit base: the packed weights are sharded, their quantisation constants stay whole on each GPU
+    state = layout.quant_state_bytes
+    row["weights_bytes"] = terms.fsdp_shard_bytes(layout.weight_bytes - state, world_size) + state
     row["lora_bytes"] = terms.fsdp_shard_bytes(terms.lora_state_bytes(layout.lora_params), world_size)
     comm = terms.fsdp_gathered_bytes(**gathered_parts(layout)) if world_size > 1 else 0
     return _with_comm(row, comm, world_size)

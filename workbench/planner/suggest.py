@@ -117,7 +117,7 @@ def suggestions(request, layout: Layout, step: Step, caps: list[int], model) -> 
         if fits(st):
             add("compute the loss on trained tokens only", {"training.loss_on_trained_tokens_only": True},
                 layout, st, caps)
-    if request.quantization == "none" and model.name != "fsdp":  # fsdp is not trained on a 4-bit base yet
+    if request.quantization == "none":
         quantized = layout_for(request, quantization="nf4")
         if fits(step, quantized):
             add("load the base weights in 4-bit (QLoRA: bitsandbytes NF4)", {"model.quantization": "nf4"},

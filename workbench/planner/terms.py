@@ -294,6 +294,17 @@ def quantized_weight_bytes(quantization: str, numel: int, rows: int) -> int:
     raise ValueError(f"not a quantisation: {quantization!r}")
 
 
+def quant_state_bytes(quantization: str, numel: int, rows: int) -> int:
+    """The part of a quantised weight that is not the packed weight itself: nf4's absmax constants
+    and code tables (``quantized_4bit_bytes`` less W/2), int8's row scales (4 x rows). FSDP2 shards
+    the packed weight, but bitsandbytes keeps these on the module, whole on every GPU."""
+    if quantization == "nf4":
+        return quantized_4bit_bytes(numel) - -(-numel // 2)
+    if quantization == "int8":
+        return 4 * rows
+    raise ValueError(f"not a quantisation: {quantization!r}")
+
+
 def dequantization_bytes(largest_numel: int, act_bytes: int = 2) -> int:
     """The dequantisation working set: bitsandbytes turns a quantised weight back into the compute
     dtype for each matmul (forward, and again for the input gradient in backward), one linear at a

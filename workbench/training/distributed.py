@@ -142,10 +142,11 @@ def check_strategy(config, nodes_allowed: bool = False) -> None:
         raise UserError(f"training.nodes is {t.nodes}: a run over several machines starts on every node. Write "
                         "its files with `python -m workbench launch CONFIG --nodes N ...` and run each node's "
                         "script there (with --resume to continue it), or set training.nodes to 1.")
-    if t.strategy == "fsdp" and config.model.quantization != "none":
-        raise UserError(f"model.quantization is {config.model.quantization}, which the workbench does not shard with "
-                        "fsdp yet (every rank would have to quantise its own copy of the base): use strategy ddp or "
-                        "device_map for a quantised base, or set model.quantization to none for fsdp.")
+    if t.strategy == "fsdp" and config.model.quantization == "int8":
+        # bitsandbytes keeps 8-bit weights in int8 tensors, which FSDP2 cannot shard (accelerate would leave
+        # them whole on every GPU): nf4 stores its packed weights in the model's dtype (loading.quantization_config)
+        raise UserError("model.quantization is int8, which fsdp cannot shard (bitsandbytes' 8-bit weights are "
+                        "integer tensors): use nf4 with fsdp, or strategy ddp or device_map for an int8 base.")
     if config.model.device_map:
         raise UserError("model.device_map is set, but ddp and fsdp place the whole model themselves (device_map is "
                         "off under a distributed launch): clear model.device_map or use strategy device_map.")
@@ -184,9 +185,11 @@ def accelerate_config(config, nodes: int, nproc: int, machine_rank: int = 0, mai
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "fsdp_transformer_layer_cls_to_wrap": ",".join(fsdp_wrap_classes(config.model.name_or_path)),
             "fsdp_reshard_after_forward": True,
-            # only rank 0 reads the weights; the others get their shards by broadcast
-            "fsdp_cpu_ram_efficient_loading": True,
-            "fsdp_sync_module_states": True,
+            # only rank 0 reads the weights; the others get their shards by broadcast. Not for a 4-bit
+            # base: accelerate skips that broadcast for 4-bit weights, so every rank quantises its own copy
+            # (placement.RankPlacement.load_model), and transformers must then load weights on every rank
+            "fsdp_cpu_ram_efficient_loading": config.model.quantization == "none",
+            "fsdp_sync_module_states": config.model.quantization == "none",
             # the adapter is small: gathered whole, it loads in plain PEFT and resumes on any world size
             "fsdp_state_dict_type": "FULL_STATE_DICT",
             # training.gradient_checkpointing applies transformers' own checkpointing, which wraps each

@@ -87,6 +87,8 @@ class RankPlacement(SingleProcess):
         self.rank, self.strategy, self.supervisor_pid = rank, strategy, supervisor_pid
         self.is_main = rank.is_main
         self.world = rank.world
+        self.quantized = False  # a 4-bit base (load_model)
+        self.packed: tuple[str, str] | None = None  # fsdp_4bit.fingerprint before sharding
 
     @property
     def fsdp(self) -> bool:
@@ -112,12 +114,19 @@ class RankPlacement(SingleProcess):
         """DDP: the whole base on this rank's device. FSDP2: rank 0 reads the weights to the CPU;
         the other ranks build the model without weights (parameters on the meta device, buffers
         real) and receive their shards from rank 0 when accelerate shards the model: one copy of
-        a 72B base in a node's memory, not one per GPU."""
+        a 72B base in a node's memory, not one per GPU.
+
+        FSDP2 on a 4-bit base: every rank reads and quantises the base on the CPU (bitsandbytes'
+        quantisation is deterministic, so the copies agree to the bit) and FSDP2 keeps each rank's
+        shard of the packed weights: accelerate 1.16 skips its rank-0 broadcast for a model holding
+        bitsandbytes' 4-bit weights (and would not send their quantisation state). On the CPU, not
+        the GPU, because a whole 4-bit 72B (39.7 GiB) does not fit one 40 GB GPU (docs/qlora-fsdp.md)."""
         from workbench.training.loading import load_model
 
+        self.quantized = config.model.quantization != "none"
         if not self.fsdp:
             return load_model(path, config, device_map={"": str(self.device())})
-        if self.is_main:
+        if self.is_main or self.quantized:
             return load_model(path, config, device_map={"": "cpu"})
         return empty_model(path, config)
 
@@ -136,6 +145,10 @@ class RankPlacement(SingleProcess):
         from workbench.training.vision_sync import keep_vision_tower_in_step
 
         keep_vision_tower_in_step(model)
+        if self.fsdp and self.quantized:
+            from workbench.training.fsdp_4bit import fingerprint
+
+            self.packed = fingerprint(model)  # checked after sharding (RankCallback.on_train_begin)
 
     def trainer_class(self, base):
         return fsdp_trainer(base) if self.fsdp else base
@@ -203,6 +216,18 @@ class RankCallback(WorkbenchCallback):
         gathered: list = [None] * placement.world
         dist.all_gather_object(gathered, mine)
         return [m for rows in gathered for m in (rows or [])]
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        placement = self.job.placement
+        if placement.fsdp and model is not None and placement.packed is not None:
+            from workbench.training.fsdp_4bit import check_fingerprint, sharded_4bit_weights
+
+            sharded, total = sharded_4bit_weights(model)
+            # accelerate leaves a 4-bit weight it cannot shard whole on every GPU, without an error
+            log.log(logging.INFO if sharded == total else logging.WARNING,
+                    "FSDP2 shards %d of %d 4-bit weights over %d ranks", sharded, total, placement.world)
+            check_fingerprint(model, placement.packed)
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
