@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--system", help="Optional system prompt.")
     p.add_argument("--dataset", help="Held-out check: score base and adapter on this dataset's rows "
                    "('demo': the demo's held-out rows).")
+    p.add_argument("--merged", help="Held-out check: also answer with this merged export of the adapter (export "
+                   "--merge) and say how often it agrees with the adapter.")
     p.add_argument("--allow-private-urls", action="store_true", help="Held-out check: also fetch image URLs on "
                    "this machine or its private network (off by default so a dataset cannot probe your network).")
     p.add_argument("--limit", type=int, default=50, help="Held-out check: at most N rows (default 50).")
@@ -78,6 +80,10 @@ def run(args) -> int:
                                         args.allow_private_urls)
         with Workbench().inference(base, adapter, run_config) as comparer:
             result = heldout_check(comparer, samples, decoding, skipped)
+            if args.merged:
+                from workbench.merged_check import add_merged
+
+                add_merged(result, samples, args.merged, comparer, decoding)
         result["adapter_dir"] = adapter
         if args.json:
             print(json.dumps(result))
@@ -90,6 +96,10 @@ def run(args) -> int:
                   f"normalised: base {result['base_accuracy_normalised']:.3f}, "
                   f"adapter {result['adapter_accuracy_normalised']:.3f} ({len(result['rows'])} rows); "
                   f"{result['metric']}: base {result['base_score']:.3f}, adapter {result['adapter_score']:.3f}")
+            if args.merged:
+                print(f"merged export: accuracy {result['merged_accuracy']:.3f}, {result['metric']} "
+                      f"{result['merged_score']:.3f}; the same answer as the adapter on "
+                      f"{result['merged_agrees_with_adapter']:.0%} of the rows")
         return 0
     sample = prompt_sample(args.prompt, args.image, args.system)
     with Workbench().inference(base, adapter, run_config) as comparer:
