@@ -147,6 +147,7 @@ class WorkbenchCallback(TrainerCallback):
         if steps <= 0:
             return {"samples_per_s": None, "tokens_per_s": None, "eta_s": None}
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        batch *= getattr(self.job, "rows_per_item", 1.0)  # packed: a batch item holds several rows
         remaining = max(state.max_steps - state.global_step, 0)
         return {"samples_per_s": steps * batch / elapsed,
                 "tokens_per_s": (tokens - tokens0) / elapsed if tokens > tokens0 else None,
