@@ -155,3 +155,38 @@ def test_packed_dataset_items_and_eval_batches(demo):
     # evaluation batches hold rows, not sequences: padded as before
     batch = PackingCollator(processor.tokenizer.pad_token_id, None)([encoder.encode(samples[0])])
     assert "attention_mask" in batch and batch["input_ids"].shape[0] == 1
+
+
+@pytest.mark.slow
+def test_a_packed_run_stopped_mid_epoch_resumes_into_the_same_sequences(demo_config, tmp_path):
+    """A packed run stopped at step 2 and resumed trains steps 3 and 4 on the same sequences, in the
+    same order, as a run that never stopped: the same losses."""
+    from workbench.training import JobState, TrainingJob
+
+    config = demo_config.replace(data={"packing": True}, training={
+        "max_steps": 4, "save_steps": 0, "logging_steps": 1, "per_device_train_batch_size": 2})
+
+    def losses(job):
+        return {row["step"]: row["loss"] for row in job.metrics.since() if row["kind"] == "train"}
+
+    straight = TrainingJob(config.replace(training={"output_dir": str(tmp_path / "straight")}))
+    assert straight.run() == JobState.FINISHED, straight.message
+    assert "rows packed into" in "\n".join(straight.log_tail)
+    stopped = TrainingJob(config.replace(training={"output_dir": str(tmp_path / "stopped")}))
+
+    def stop_at_two():  # the Stop button, pressed during step 2
+        if stopped.step >= 2:
+            stopped._stop.set()
+        return stopped.stop_requested
+
+    stopped.should_stop = stop_at_two
+    assert stopped.run() == JobState.STOPPED, stopped.message
+    resumed = TrainingJob(config.replace(training={"output_dir": str(tmp_path / "stopped")}), resume=True)
+    assert resumed.run() == JobState.FINISHED, resumed.message
+    want, got = losses(straight), losses(resumed)
+    assert sorted(got) == [1, 2, 3, 4]  # the first two rows kept from before the stop
+    for step in (3, 4):
+        assert got[step] == pytest.approx(want[step], abs=1e-5)
+    # rows per second count rows, not sequences: several rows ride in each sequence
+    row = [r for r in straight.metrics.since() if r["kind"] == "train"][-1]
+    assert row["samples_per_s"] is not None
