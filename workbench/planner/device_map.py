@@ -32,6 +32,8 @@ class Step:
     act_bytes: int = 2
     trained_tokens: int | None = None  # per row with the trained-token loss; None: the model's own loss
     lm_head_in_forward: bool = False   # FSDP2: the trained-token loss runs lm_head inside the forward
+    # data.packing: rows one batch item holds (a sequence of up to max_length tokens); 1 padded
+    rows_per_item: int = 1
 
     @property
     def tokens(self) -> int:
@@ -39,14 +41,15 @@ class Step:
 
     @property
     def visual_tokens(self) -> int:
-        """Image tokens the language model sees in the whole batch."""
-        return self.batch_size * self.images_per_sample * self.visual_tokens_per_image
+        """Image tokens the language model sees in the whole batch (packed: never more than the sequence)."""
+        per_item = self.rows_per_item * self.images_per_sample * self.visual_tokens_per_image
+        return self.batch_size * (per_item if self.rows_per_item == 1 else min(per_item, self.max_length))
 
     def logits_bytes(self, vocab: int) -> int:
         """The loss's peak on the lm_head device, for the loss this step uses."""
         if self.trained_tokens is None:
             return terms.logits_bytes(self.tokens, vocab)
-        trained = self.batch_size * min(self.trained_tokens, self.max_length)
+        trained = self.batch_size * min(self.rows_per_item * min(self.trained_tokens, self.max_length), self.max_length)
         return terms.trained_logits_bytes(trained, vocab, self.lm_head_in_forward)
 
     def patches(self, merge_size: int) -> int:

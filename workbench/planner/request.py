@@ -55,6 +55,7 @@ class PlanRequest:
     quantization: str = "none"
     loss_on_trained_tokens_only: bool = True
     trained_tokens: int = 0
+    packing: bool = False  # data.packing: each batch item is a sequence of max_length tokens holding several rows
     strategy: str = "auto"
     nodes: int = 1
     intra_node_gbps: float | None = None
@@ -72,7 +73,7 @@ class PlanRequest:
                    gradient_checkpointing=cfg.training.gradient_checkpointing,
                    quantization=cfg.model.quantization,
                    loss_on_trained_tokens_only=cfg.training.loss_on_trained_tokens_only,
-                   trained_tokens=cfg.data.trained_tokens, strategy=cfg.training.strategy, nodes=cfg.training.nodes)
+                   trained_tokens=cfg.data.trained_tokens, packing=cfg.data.packing, strategy=cfg.training.strategy, nodes=cfg.training.nodes)
 
     def check(self) -> None:
         if not self.gpus:
@@ -162,8 +163,18 @@ def trained_tokens_per_row(request: PlanRequest) -> int | None:
     return min(request.trained_tokens or request.max_length, request.max_length)
 
 
+def rows_per_item(request: PlanRequest, layout: Layout) -> int:
+    """Rows in one packed sequence, at most: max_length over the shortest row the request allows
+    (its visual tokens plus its measured answer); 1 without packing. An upper bound, so the images
+    and trained tokens of a sequence are never under-counted (each stays capped at max_length)."""
+    if not request.packing:
+        return 1
+    shortest = request.visual_tokens(layout) + max(1, request.trained_tokens)
+    return max(1, request.max_length // shortest)
+
+
 def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") -> Step:
-    return Step(batch_size=request.batch_size, max_length=request.max_length,
+    return Step(rows_per_item=rows_per_item(request, layout), batch_size=request.batch_size, max_length=request.max_length,
                 images_per_sample=request.images_per_sample,
                 visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels, layout.shape.pixels_per_token),
                 gradient_checkpointing=request.gradient_checkpointing, lora_rank=request.lora_rank,
