@@ -152,6 +152,16 @@ def test_packed_dataset_items_and_eval_batches(demo):
     assert len(packed) == len(brute_first_fit_decreasing(lengths, 2 * max(lengths)))
     assert [len(packed[i]) for i in range(len(packed))] == [len(p) for p in packed.packs]
     assert packed.padding_share() == pytest.approx(1 - sum(lengths) / (len(packed) * 2 * max(lengths)))
+    # the Start message: rows and tokens per step, counted here from the lengths themselves
+    from types import SimpleNamespace
+
+    from workbench.training.setup import rows_per_step
+
+    sequences = len(brute_first_fit_decreasing(lengths, 2 * max(lengths)))
+    said = rows_per_step(packed, SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                                                 world_size=1))
+    assert f"6 rows packed into {sequences} sequences of up to {2 * max(lengths)} tokens" in said
+    assert f"about {2 * 6 / sequences:.1f} rows and {2 * sum(lengths) / sequences:,.0f} tokens" in said
     # evaluation batches hold rows, not sequences: padded as before
     batch = PackingCollator(processor.tokenizer.pad_token_id, None)([encoder.encode(samples[0])])
     assert "attention_mask" in batch and batch["input_ids"].shape[0] == 1
