@@ -183,7 +183,8 @@ def main(argv=None) -> int:
     walls: dict[str, list[float]] = {}
     loads = []
     for round_ in range(args.rounds):  # interleaved, so a busy minute of the machine hits every run alike
-        for name, rate, wall in one_round(args, config, script, folder / f"round-{round_}"):
+        # odd rounds run in the reverse order: a machine getting busier or quieter favours no run
+        for name, rate, wall in one_round(args, config, script, folder / f"round-{round_}", reverse=round_ % 2 == 1):
             rates.setdefault(name, []).append(rate)
             walls.setdefault(name, []).append(wall)
             print(f"round {round_}: {name} {rate:.2f} samples/s", file=sys.stderr)
@@ -211,34 +212,33 @@ def main(argv=None) -> int:
     return 0
 
 
-def one_round(args, config: Path, script: Path, folder: Path):
+def one_round(args, config: Path, script: Path, folder: Path, reverse: bool = False):
     """(name, samples/s, wall seconds) of each of the five runs (those ``--runs`` names), in fresh processes."""
-    python = sys.executable
     folder.mkdir(parents=True)
     wanted = set(args.runs.split(","))
-    for name, threads in (("single", args.threads), ("single_1thread", 1)):
-        if name not in wanted:
-            continue
-        out = folder / name
+    runs = [name for name in ("single", "single_1thread", "ddp", "fsdp", "plain_ddp") if name in wanted]
+    for name in reversed(runs) if reverse else runs:
+        yield (name, *one_run(name, args, config, script, folder))
+
+
+def one_run(name: str, args, config: Path, script: Path, folder: Path) -> tuple[float, float]:
+    python = sys.executable
+    out = folder / name
+    if name in ("single", "single_1thread"):
+        threads = args.threads if name == "single" else 1
         # PASSIVE: idle OpenMP threads sleep instead of spinning. With the default spin, two threads
         # on two cores that other processes also use lost a factor of 4 (docs/scale-out.md).
         wall = run([python, "-c", SINGLE, str(with_output(config, out)), str(threads)],
                    env={"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"})
-        yield name, steady_rate(out, args.warmup, args.batch), wall
-    for strategy in ("ddp", "fsdp"):
-        if strategy not in wanted:
-            continue
-        out = folder / strategy
-        wall = run([python, "-m", "workbench", "train", str(config), "--strategy", strategy, "--nproc", "2",
+        return steady_rate(out, args.warmup, args.batch), wall
+    if name in ("ddp", "fsdp"):
+        wall = run([python, "-m", "workbench", "train", str(config), "--strategy", name, "--nproc", "2",
                     "--output-dir", str(out)])
-        yield strategy, steady_rate(out, args.warmup, args.batch), wall
-    if "plain_ddp" not in wanted:
-        return
-    out = folder / "plain_ddp"
+        return steady_rate(out, args.warmup, args.batch), wall
     out.mkdir()
     wall = run([python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
                 str(config), str(out), str(args.warmup)])
-    yield "plain_ddp", json.loads((out / "rate.json").read_text())["samples_per_s"], wall
+    return json.loads((out / "rate.json").read_text())["samples_per_s"], wall
 
 
 if __name__ == "__main__":
