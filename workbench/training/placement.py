@@ -7,8 +7,9 @@ differs from the one-process run (device_map over the GPUs, today's default):
 - writes: only rank 0 writes status, events, metrics, COMPLETE markers, the adapter;
 - loading: device_map is off; each rank loads on its own device (FSDP: rank 0 reads, the others wait);
 - the batch: gradient accumulation divided by the world size (``distributed.split_batch``);
-- the stop: every rank stops at the same step (rank 0 reads the stop request, one all-reduce);
-- memory: each rank's sample is gathered into rank 0's metrics row at logging steps;
+- the stop: every rank stops at the same step (rank 0 reads the stop request; during training one
+  non-blocking all-reduce per step, read a step later: ``rank_sync``);
+- memory: each rank's sample rides on that all-reduce into rank 0's metrics row at logging steps;
 - saving: under FSDP2 the LoRA weights are gathered whole (only the trainable ones) before rank 0
   writes a plain PEFT adapter.
 """
