@@ -200,3 +200,13 @@ def test_a_packed_run_stopped_mid_epoch_resumes_into_the_same_sequences(demo_con
     # rows per second count rows, not sequences: several rows ride in each sequence
     row = [r for r in straight.metrics.since() if r["kind"] == "train"][-1]
     assert row["samples_per_s"] is not None
+
+
+def test_the_packing_lengths_are_the_encoded_lengths(demo, demo_config):
+    """Sequences are filled by the data check's token counts: they must be the rows' real lengths,
+    or a sequence could exceed max_length."""
+    from workbench.training.setup import build_datasets
+
+    train, _, _ = build_datasets(demo_config.replace(data={"packing": True}), str(demo.model))
+    assert isinstance(train, PackedDataset) and len(train) < len(train.samples)
+    assert [train.rows[i]["input_ids"].shape[0] for i in range(40)] == train.rows.lengths[:40]
