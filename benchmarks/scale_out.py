@@ -171,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=("demo", "medium"), default="demo",
                         help="demo: the embedded tiny model; medium: the same architecture widened (see MEDIUM_TEXT).")
     parser.add_argument("--rounds", type=int, default=1, help="Repeat the five runs, interleaved; medians are reported.")
+    parser.add_argument("--runs", default="single,single_1thread,ddp,fsdp,plain_ddp",
+                        help="Which runs, comma-separated (e.g. ddp,plain_ddp for the DDP overhead alone).")
     parser.add_argument("--logging-steps", type=int, default=5,
                         help="Metrics row every N steps (each gathers every rank's memory sample).")
     args = parser.parse_args(argv)
@@ -182,20 +184,27 @@ def main(argv=None) -> int:
     walls: dict[str, list[float]] = {}
     loads = []
     for round_ in range(args.rounds):  # interleaved, so a busy minute of the machine hits every run alike
-        for name, rate, wall in one_round(args, config, script, folder / f"round-{round_}"):
+        # odd rounds run in the reverse order: a machine getting busier or quieter favours no run
+        for name, rate, wall in one_round(args, config, script, folder / f"round-{round_}", reverse=round_ % 2 == 1):
             rates.setdefault(name, []).append(rate)
             walls.setdefault(name, []).append(wall)
             print(f"round {round_}: {name} {rate:.2f} samples/s", file=sys.stderr)
         loads.append(os.getloadavg()[0])
     result = {f"{name}_samples_per_s": round(statistics.median(values), 2) for name, values in rates.items()}
     result.update({f"{name}_wall_s": round(statistics.median(values), 1) for name, values in walls.items()})
-    single = result["single_samples_per_s"]
-    best = max(single, result["single_1thread_samples_per_s"])
+    single = result.get("single_samples_per_s")
+    best = max(single or 0, result.get("single_1thread_samples_per_s") or 0) or None
+    ratios = {"ddp_speedup": ("ddp", single), "fsdp_speedup": ("fsdp", single),
+              "ddp_speedup_vs_best_single": ("ddp", best),
+              "ddp_over_plain_ddp": ("ddp", result.get("plain_ddp_samples_per_s"))}
+    for key, (name, base) in ratios.items():
+        if base and f"{name}_samples_per_s" in result:
+            result[key] = round(result[f"{name}_samples_per_s"] / base, 2)
+    if "ddp" in rates and "plain_ddp" in rates:  # per round: both sides met the same minute of the machine
+        per_round = [d / p for d, p in zip(rates["ddp"], rates["plain_ddp"])]
+        result["ddp_over_plain_ddp_rounds"] = [round(r, 2) for r in per_round]
+        result["ddp_over_plain_ddp_median_of_rounds"] = round(statistics.median(per_round), 2)
     result.update({
-        "ddp_speedup": round(result["ddp_samples_per_s"] / single, 2),
-        "fsdp_speedup": round(result["fsdp_samples_per_s"] / single, 2),
-        "ddp_speedup_vs_best_single": round(result["ddp_samples_per_s"] / best, 2),
-        "ddp_over_plain_ddp": round(result["ddp_samples_per_s"] / result["plain_ddp_samples_per_s"], 2),
         "model": args.model, "steps": args.steps, "batch": args.batch, "threads": args.threads,
         "logging_steps": args.logging_steps, "rounds": args.rounds,
         "load_average": round(statistics.median(loads), 2),
@@ -204,27 +213,33 @@ def main(argv=None) -> int:
     return 0
 
 
-def one_round(args, config: Path, script: Path, folder: Path):
-    """(name, samples/s, wall seconds) of each of the five runs, in fresh processes."""
-    python = sys.executable
+def one_round(args, config: Path, script: Path, folder: Path, reverse: bool = False):
+    """(name, samples/s, wall seconds) of each of the five runs (those ``--runs`` names), in fresh processes."""
     folder.mkdir(parents=True)
-    for name, threads in (("single", args.threads), ("single_1thread", 1)):
-        out = folder / name
+    wanted = set(args.runs.split(","))
+    runs = [name for name in ("single", "single_1thread", "ddp", "fsdp", "plain_ddp") if name in wanted]
+    for name in reversed(runs) if reverse else runs:
+        yield (name, *one_run(name, args, config, script, folder))
+
+
+def one_run(name: str, args, config: Path, script: Path, folder: Path) -> tuple[float, float]:
+    python = sys.executable
+    out = folder / name
+    if name in ("single", "single_1thread"):
+        threads = args.threads if name == "single" else 1
         # PASSIVE: idle OpenMP threads sleep instead of spinning. With the default spin, two threads
         # on two cores that other processes also use lost a factor of 4 (docs/scale-out.md).
         wall = run([python, "-c", SINGLE, str(with_output(config, out)), str(threads)],
                    env={"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"})
-        yield name, steady_rate(out, args.warmup, args.batch), wall
-    for strategy in ("ddp", "fsdp"):
-        out = folder / strategy
-        wall = run([python, "-m", "workbench", "train", str(config), "--strategy", strategy, "--nproc", "2",
+        return steady_rate(out, args.warmup, args.batch), wall
+    if name in ("ddp", "fsdp"):
+        wall = run([python, "-m", "workbench", "train", str(config), "--strategy", name, "--nproc", "2",
                     "--output-dir", str(out)])
-        yield strategy, steady_rate(out, args.warmup, args.batch), wall
-    out = folder / "plain_ddp"
+        return steady_rate(out, args.warmup, args.batch), wall
     out.mkdir()
     wall = run([python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
                 str(config), str(out), str(args.warmup)])
-    yield "plain_ddp", json.loads((out / "rate.json").read_text())["samples_per_s"], wall
+    return json.loads((out / "rate.json").read_text())["samples_per_s"], wall
 
 
 if __name__ == "__main__":

@@ -278,6 +278,6 @@ def test_the_checkbox_counts_the_rows_start_will_skip(demo, demo_config, tmp_pat
     label = training_tab.skip_choice(config, holder)["label"]
     from workbench.training.checks import config_from_raw
 
-    _, skipped = load_valid_samples(str(path), config_from_raw(config), load_tokenizer("demo"))
+    _, skipped, _ = load_valid_samples(str(path), config_from_raw(config), load_tokenizer("demo"))
     assert len(skipped.problems) > len(BROKEN)  # p95 left some valid rows too long
     assert f"skip {len(skipped.problems)} problem rows" in label

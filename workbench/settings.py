@@ -85,6 +85,11 @@ class DataSettings:
                                   "(127.0.0.1, 10.x, 192.168.x, link-local, ...). Off: a dataset's URLs may only "
                                   "name public hosts, so a downloaded dataset cannot probe your network. Turn on "
                                   "only for datasets you trust that use an image server of your own.")
+    packing: bool = _f(False, "Pack whole rows end to end into sequences of up to max_length tokens (no "
+                       "padding; each row keeps its own positions and never attends to its neighbours). A "
+                       "step then trains batch-size sequences of several rows each: fewer steps per epoch, "
+                       "the same loss per row. Turn on when row lengths vary a lot (the Dataset tab's p50 "
+                       "far below max_length); off for rows of similar length.")
     skip_problem_rows: bool = _f(False, "Train on the valid rows only: rows the data check refuses (a missing "
                                  "image, too long, malformed) are skipped, their count said when the run starts "
                                  "and their list kept in the run folder (skipped-rows.jsonl). Off: any problem "

@@ -76,6 +76,9 @@ def register(subparsers) -> None:
     p.add_argument("--trained-tokens", type=int, default=d["trained_tokens"],
                    help="Answer (trained) tokens per row, e.g. p95 or max from `python -m workbench data check`: "
                         "only they reach lm_head and the loss. Default 0: not measured, every token of a row counts.")
+    p.add_argument("--packing", action="store_true",
+                   help="Plan data.packing: each batch item is one sequence of max-length tokens holding several "
+                        "rows (their images and answers counted per sequence), not one padded row.")
     p.add_argument("--full-loss", action="store_true",
                    help="Plan the model's own loss over every position (training.loss_on_trained_tokens_only off): "
                         "logits of 12 bytes x tokens x vocab on the lm_head GPU.")
@@ -100,7 +103,7 @@ def run(args) -> int:
         video_frames=args.video_frames, video_max_pixels=args.video_max_pixels,
         gradient_checkpointing=not args.no_gradient_checkpointing, quantization=args.quantization,
         loss_on_trained_tokens_only=not args.full_loss, trained_tokens=args.trained_tokens,
-        strategy=args.strategy, nodes=args.nodes,
+        packing=args.packing, strategy=args.strategy, nodes=args.nodes,
         intra_node_gbps=args.intra_node_gbps, inter_node_gbps=args.inter_node_gbps)
     plan = plan_memory(request)
     if args.json:

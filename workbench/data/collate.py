@@ -170,8 +170,9 @@ class SampleEncoder:
 class SampleDataset(torch.utils.data.Dataset):
     """Encodes lazily, so a 100k-row file costs nothing until rows are drawn."""
 
-    def __init__(self, samples: list[Sample], encoder: SampleEncoder):
-        self.samples, self.encoder = samples, encoder
+    def __init__(self, samples: list[Sample], encoder: SampleEncoder, lengths: list[int] | None = None):
+        """``lengths``: tokens per sample as the data check counted them (what packing places by)."""
+        self.samples, self.encoder, self.lengths = samples, encoder, lengths
 
     def __len__(self):
         return len(self.samples)

@@ -34,6 +34,8 @@ class Step:
     lm_head_in_forward: bool = False   # FSDP2: the trained-token loss runs lm_head inside the forward
     video_groups: int = 0              # temporal patches (frame pairs) of the video in each row; 0: no video
     video_tokens_per_group: int = 0    # tokens of one temporal patch (one frame's h x w at the video's pixels)
+    # data.packing: rows one batch item holds (a sequence of up to max_length tokens); 1 padded
+    rows_per_item: int = 1
 
     @property
     def tokens(self) -> int:
@@ -41,8 +43,10 @@ class Step:
 
     @property
     def visual_tokens(self) -> int:
-        """Image and video tokens the language model sees in the whole batch."""
-        return self.batch_size * self.visual_tokens_per_row
+        """Image and video tokens the language model sees in the whole batch (packed: never more than the
+        sequence)."""
+        per_item = self.rows_per_item * self.visual_tokens_per_row
+        return self.batch_size * (per_item if self.rows_per_item == 1 else min(per_item, self.max_length))
 
     @property
     def visual_tokens_per_row(self) -> int:
@@ -52,7 +56,7 @@ class Step:
         """The loss's peak on the lm_head device, for the loss this step uses."""
         if self.trained_tokens is None:
             return terms.logits_bytes(self.tokens, vocab)
-        trained = self.batch_size * min(self.trained_tokens, self.max_length)
+        trained = self.batch_size * min(self.rows_per_item * min(self.trained_tokens, self.max_length), self.max_length)
         return terms.trained_logits_bytes(trained, vocab, self.lm_head_in_forward)
 
     def patches(self, merge_size: int) -> int:

@@ -53,7 +53,8 @@ def verdict(plan) -> str:
     GPU, or the GPU that needs more than it has."""
     worst = max(plan.devices, key=lambda d: d["total_bytes"] / d["capacity_bytes"])
     r = plan.request
-    settings = (f"batch {r.batch_size}, max_length {r.max_length}, max_pixels {r.max_pixels}, gradient "
+    batch = f"batch {r.batch_size} packed sequence(s)" if r.packing else f"batch {r.batch_size}"
+    settings = (f"{batch}, max_length {r.max_length}, max_pixels {r.max_pixels}, gradient "
                 f"checkpointing {'on' if r.gradient_checkpointing else 'off'}, {loss_basis(r)}")
     if getattr(r, "video_frames", 0):
         settings += f", a video of {r.video_frames} frames at {r.video_max_pixels or 'the default'} pixels"

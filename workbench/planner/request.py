@@ -63,6 +63,7 @@ class PlanRequest:
     quantization: str = "none"
     loss_on_trained_tokens_only: bool = True
     trained_tokens: int = 0
+    packing: bool = False  # data.packing: each batch item is a sequence of max_length tokens holding several rows
     strategy: str = "auto"
     nodes: int = 1
     intra_node_gbps: float | None = None
@@ -175,7 +176,8 @@ CONFIG_FIELDS = (("model", "name_or_path", "model"), ("model", "dtype", "dtype")
                  ("data", "video_frames", "video_frames"), ("data", "video_max_pixels", "video_max_pixels"),
                  ("training", "gradient_checkpointing", "gradient_checkpointing"),
                  ("training", "loss_on_trained_tokens_only", "loss_on_trained_tokens_only"),
-                 ("data", "trained_tokens", "trained_tokens"), ("training", "strategy", "strategy"),
+                 ("data", "trained_tokens", "trained_tokens"), ("data", "packing", "packing"),
+                 ("training", "strategy", "strategy"),
                  ("training", "nodes", "nodes"))
 # What "Use this plan" writes back: not the dropout (the planner's form has no box for it, so a plan would
 # reset the run's own), and the strategy and nodes as the plan chose them (``with_plan``).
@@ -245,8 +247,18 @@ def trained_tokens_per_row(request: PlanRequest) -> int | None:
     return min(request.trained_tokens or request.max_length, request.max_length)
 
 
+def rows_per_item(request: PlanRequest, layout: Layout) -> int:
+    """Rows in one packed sequence, at most: max_length over the shortest row the request allows
+    (its visual tokens plus its measured answer); 1 without packing. An upper bound, so the images
+    and trained tokens of a sequence are never under-counted (each stays capped at max_length)."""
+    if not request.packing:
+        return 1
+    shortest = request.visual_tokens(layout) + max(1, request.trained_tokens)
+    return max(1, request.max_length // shortest)
+
+
 def step_for(request: PlanRequest, layout: Layout, device_kind: str = "cuda") -> Step:
-    return Step(batch_size=request.batch_size, max_length=request.max_length,
+    return Step(rows_per_item=rows_per_item(request, layout), batch_size=request.batch_size, max_length=request.max_length,
                 images_per_sample=request.images_per_sample,
                 visual_tokens_per_image=terms.visual_tokens_per_image(request.max_pixels, layout.shape.pixels_per_token),
                 gradient_checkpointing=request.gradient_checkpointing, lora_rank=request.lora_rank,

@@ -139,7 +139,7 @@ class WorkbenchCallback(TrainerCallback):
             self.job.metrics.append(row)
             if row["kind"] == "eval":  # said in the status and the log, as the CLI and the tab show them
                 score = f", {row['eval_metric']} {row['eval_score']:.3f}" if "eval_metric" in row else ""
-                self.job._say(self.job.state, f"Evaluated at step {row['step']}: eval loss {row['eval_loss']:.4f}{score}.")
+                self.job.say(f"Evaluated at step {row['step']}: eval loss {row['eval_loss']:.4f}{score}.")
 
     def row(self, args, state, logs: dict) -> dict | None:
         """One metrics row from Trainer's logs: kind 'train' (loss) or 'eval' (eval_loss)."""
@@ -179,6 +179,7 @@ class WorkbenchCallback(TrainerCallback):
         if steps <= 0:
             return {"samples_per_s": None, "tokens_per_s": None, "eta_s": None}
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        batch *= getattr(self.job, "rows_per_item", 1.0)  # packed: a batch item holds several rows
         remaining = max(state.max_steps - state.global_step, 0)
         return {"samples_per_s": steps * batch / elapsed,
                 "tokens_per_s": (tokens - tokens0) / elapsed if tokens > tokens0 else None,

@@ -67,6 +67,7 @@ class TrainingJob:
         self.state = JobState.IDLE
         self.message = "Not started."
         self.step, self.max_steps = 0, 0
+        self.rows_per_item = 1.0  # rows in one item of a batch: more than 1 with data.packing
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.log_tail: deque[str] = deque(maxlen=200)
@@ -218,12 +219,11 @@ class TrainingJob:
         from transformers import set_seed
         from transformers.trainer_callback import PrinterCallback
 
-        from workbench.data.collate import Collator
         from workbench.training.lora import apply_lora
         from workbench.training.checks import training_arguments
         from workbench.training.evaluation import answer_check
         from workbench.training.parts import announce
-        from workbench.training.setup import build_datasets
+        from workbench.training.setup import build_datasets, collator_for, rows_per_step
 
         placement, writes = self.placement, self.placement.is_main
         if self.resume:  # a resumed run shows where it is while it loads, not step 0 of 0
@@ -280,7 +280,7 @@ class TrainingJob:
         self.answers = answer_check(self.config, eval_set)
         trainer = placement.trainer_class(trainer_class())(
             model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-            data_collator=Collator(processor.tokenizer.pad_token_id),
+            data_collator=collator_for(train_set, processor, model),
             callbacks=placement.callbacks(self),
             loss_on_trained_tokens_only=self.config.training.loss_on_trained_tokens_only,
             part_rates=part_rates, answer_check=self.answers,
@@ -290,8 +290,11 @@ class TrainingJob:
         self.step = start_step
         where = f" from {resume_from.name}" if resume_from else ""
         left_out = sum(len(s.problems) for s in skipped)
-        rows = f" ({len(train_set):,} rows; {left_out:,} problem row(s) skipped)" if left_out else ""
-        self._say(JobState.TRAINING, f"Training{where}{rows}: {trainable:,} of {total:,} parameters trainable ({trains}).")
+        rows = f" ({len(train_set.samples):,} rows; {left_out:,} problem row(s) skipped)" if left_out else ""
+        per_step = rows_per_step(train_set, args)
+        self.rows_per_item = len(train_set.samples) / max(1, len(train_set))
+        self._say(JobState.TRAINING, f"Training{where}{rows}: {trainable:,} of {total:,} parameters trainable ({trains}); "
+                                     f"{per_step}.")
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
         if self._stop.is_set() and self.step == start_step:

@@ -7,8 +7,9 @@ differs from the one-process run (device_map over the GPUs, today's default):
 - writes: only rank 0 writes status, events, metrics, COMPLETE markers, the adapter;
 - loading: device_map is off; each rank loads on its own device (FSDP: rank 0 reads, the others wait);
 - the batch: gradient accumulation divided by the world size (``distributed.split_batch``);
-- the stop: every rank stops at the same step (rank 0 reads the stop request, one all-reduce);
-- memory: each rank's sample is gathered into rank 0's metrics row at logging steps;
+- the stop: every rank stops at the same step (rank 0 reads the stop request; during training one
+  non-blocking all-reduce per step, read a step later: ``rank_sync``);
+- memory: each rank's sample rides on that all-reduce into rank 0's metrics row at logging steps;
 - saving: under FSDP2 the LoRA weights are gathered whole (only the trainable ones) before rank 0
   writes a plain PEFT adapter.
 """
@@ -19,6 +20,7 @@ import logging
 import os
 import socket
 
+from workbench.live_lock import ensure_held
 from workbench.training.bridge import WorkbenchCallback
 from workbench.training.distributed import (COLLECTIVE_TIMEOUT_S, Rank, clear_stop, split_batch,
                                             stop_file)
@@ -157,13 +159,19 @@ class RankPlacement(SingleProcess):
         return [RankCallback(job)]
 
     def should_stop(self, job) -> bool:
+        """A blocking agreement, for the moments outside the training steps (before the first one);
+        during training ``RankCallback`` agrees without waiting (``rank_sync``)."""
         local = job.stop_requested or (self.is_main and stop_file(job.folder).exists())
-        if self.all_reduce_max(int(local)) and not job.stop_requested:
-            job._stop.set()
-            if self.is_main:
-                clear_stop(job.folder)  # consumed: a later resume must not stop at its first step
-            job.say("Every rank agreed to stop at the end of this step.")
+        if self.all_reduce_max(int(local)):
+            self.agreed_stop(job)
         return job.stop_requested
+
+    def agreed_stop(self, job) -> None:
+        if self.is_main:
+            clear_stop(job.folder)  # consumed: a later resume must not stop at its first step
+        if not job.stop_requested:
+            job._stop.set()
+            job.say("Every rank agreed to stop at the end of this step.")
 
     def all_reduce_max(self, value: int) -> int:
         import torch
@@ -201,9 +209,44 @@ def check_saved_adapter(folder, trained: int) -> None:
 
 
 class RankCallback(WorkbenchCallback):
-    """The bridge on every rank: memory gathered from all ranks, COMPLETE after all have written."""
+    """The bridge on every rank: the stop agreed and every rank's memory in one non-blocking
+    collective per step (``rank_sync``), COMPLETE after all ranks have written."""
+
+    def __init__(self, job):
+        from workbench.training.rank_sync import StepAgreement
+
+        super().__init__(job)
+        placement = job.placement
+        self.agreement = StepAgreement(placement.rank.rank, placement.world, str(placement.device()))
+        self._log_step = -1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        ensure_held(args.output_dir)
+        job = self.job
+        job._set_progress(state.global_step, state.max_steps)
+        asked = job.stop_requested or (job.placement.is_main and stop_file(job.folder).exists())
+        # the flags are the same on every rank (Trainer's schedule), so every rank sends memory at the same steps
+        with_memory = bool(control.should_log or control.should_evaluate)
+        if self.agreement.step(state.global_step, asked, with_memory):
+            job.placement.agreed_stop(job)
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_log = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.agreement.end()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._log_step = state.global_step
+        return super().on_log(args, state, control, logs=logs, **kwargs)
 
     def memory(self) -> list[dict]:
+        gathered = self.agreement.memory(self._log_step)
+        return gathered if gathered is not None else self.gather_memory()
+
+    def gather_memory(self) -> list[dict]:
+        """Every rank's sample by ``all_gather_object``: for a row at a step that sent none (every rank
+        logs the same rows, so every rank takes this path together)."""
         import torch
         import torch.distributed as dist
 
@@ -219,6 +262,7 @@ class RankCallback(WorkbenchCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         super().on_train_begin(args, state, control, model=model, **kwargs)
+        self.agreement.begin()
         placement = self.job.placement
         if placement.fsdp and model is not None and placement.packed is not None:
             from workbench.training.fsdp_4bit import check_fingerprint, sharded_4bit_weights

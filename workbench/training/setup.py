@@ -48,9 +48,9 @@ class Skipped:
         return [{"file": self.path, "row": p.row, "kind": p.kind, "reason": p.reason} for p in self.problems]
 
 
-def load_valid_samples(path: str, config: RunConfig, tokenizer) -> tuple[list, Skipped | None]:
-    """(the rows training uses, the rows it leaves out or None), checked before any weights load,
-    so a broken row fails now, not at step 5000.
+def load_valid_samples(path: str, config: RunConfig, tokenizer) -> tuple[list, Skipped | None, dict]:
+    """(the rows training uses, the rows it leaves out or None, tokens per row number), checked
+    before any weights load, so a broken row fails now, not at step 5000.
 
     The same check as the Dataset tab and ``data check`` (image headers, visual tokens,
     exact lengths near max_length): seconds for 100k rows, where encoding every image
@@ -74,16 +74,18 @@ def load_valid_samples(path: str, config: RunConfig, tokenizer) -> tuple[list, S
                         f"there is nothing to train on: fix them (see `python -m workbench data check {path}`).")
     if not report.samples:
         raise UserError(f"{path} has no usable rows.")
+    lengths = {s.row: report.lengths[s.row].total for s in report.samples}
     if not report.problems:
-        return report.samples, None
+        return report.samples, None, lengths
     if not d.skip_problem_rows:
         raise UserError(f"{path} has {len(report.problems)} problem row(s) ({first}). Fix them (see "
                         f"`python -m workbench data check {path}`) and start again, {FIX_BY_SKIPPING}.")
-    return report.samples, Skipped(str(path), report.rows, report.problems)
+    return report.samples, Skipped(str(path), report.rows, report.problems), lengths
 
 
 def build_datasets(config: RunConfig, model_path: str, skipped: list | None = None):
     """(train set, eval set or None, processor) for the model in the local folder ``model_path``.
+    With data.packing the train set is a ``PackedDataset``: its items are sequences of whole rows.
 
     With data.skip_problem_rows, each file's left-out rows are appended to ``skipped`` (``Skipped``)."""
     from workbench.data.collate import SampleDataset, SampleEncoder
@@ -95,11 +97,11 @@ def build_datasets(config: RunConfig, model_path: str, skipped: list | None = No
     encoder = SampleEncoder(processor, d.max_length, d.min_pixels, d.max_pixels, defaults_from(d))
     train_path, eval_path = dataset_paths(config)
     skipped = [] if skipped is None else skipped
-    train, left_out = load_valid_samples(train_path, config, processor.tokenizer)
+    train, left_out, lengths = load_valid_samples(train_path, config, processor.tokenizer)
     skipped += [left_out] if left_out else []
     evaluation = None
     if eval_path:
-        evaluation, left_out = load_valid_samples(eval_path, config, processor.tokenizer)
+        evaluation, left_out, _ = load_valid_samples(eval_path, config, processor.tokenizer)
         skipped += [left_out] if left_out else []
     if evaluation is None and d.eval_split > 0:
         shuffled = train[:]
@@ -107,7 +109,34 @@ def build_datasets(config: RunConfig, model_path: str, skipped: list | None = No
         cut = max(1, int(len(shuffled) * d.eval_split))
         evaluation, train = shuffled[:cut], shuffled[cut:]
     eval_set = SampleDataset(evaluation, encoder) if evaluation else None
-    return SampleDataset(train, encoder), eval_set, processor
+    train_set = SampleDataset(train, encoder, [lengths[s.row] for s in train])
+    if d.packing:
+        from workbench.data.packing import PackedDataset
+
+        return PackedDataset(train_set, d.max_length), eval_set, processor
+    return train_set, eval_set, processor
+
+
+def collator_for(train_set, processor, model):
+    """The batches' maker: padded rows, or packed sequences with the model's own mRoPE positions."""
+    from workbench.data.collate import Collator
+    from workbench.data.packing import PackedDataset, PackingCollator, rope_index_of
+
+    pad = processor.tokenizer.pad_token_id
+    return PackingCollator(pad, rope_index_of(model)) if isinstance(train_set, PackedDataset) else Collator(pad)
+
+
+def rows_per_step(train_set, args) -> str:
+    """What one optimizer step trains, in rows and tokens, as the Start message and progress say it."""
+    from workbench.data.packing import PackedDataset
+
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+    if not isinstance(train_set, PackedDataset):
+        return f"{per_step} rows per step (padded to the longest row of each batch)"
+    rows, packs = len(train_set.samples), len(train_set)
+    return (f"{rows:,} rows packed into {packs:,} sequences of up to {train_set.max_length:,} tokens; each step "
+            f"trains {per_step} sequence(s): about {per_step * rows / packs:.1f} rows and "
+            f"{per_step * train_set.tokens / packs:,.0f} tokens ({train_set.padding_share():.0%} of the room left empty)")
 
 
 def row_fingerprint(*datasets) -> int:
@@ -155,7 +184,8 @@ def build_trainer_args(config: RunConfig, has_eval: bool, **overrides):
         use_cpu=not torch.cuda.is_available(),
         # Trainer's own activation checkpointing stays off: apply_lora switches it on with
         # use_reentrant=False and input grads, which frozen embeddings under LoRA need
-        include_num_input_tokens_seen="non_padding",  # honest tokens/s: padding excluded
+        # honest tokens/s: padding excluded (packed sequences have none, and no attention mask to count by)
+        include_num_input_tokens_seen="all" if config.data.packing else "non_padding",
         remove_unused_columns=False,
         report_to=t.report_to,
         disable_tqdm=True,
