@@ -148,7 +148,7 @@ def train_steps(model, config, row: dict, cuda: bool) -> dict:
     from benchmarks.planner_accuracy import LiveStorage
     from workbench.data.collate import Collator
     from workbench.training.job import trainer_class
-    from workbench.training.setup import build_trainer_args
+    from workbench.training.inputs import build_trainer_args
 
     clock = StepClock()
     trainer = trainer_class()(model=model, args=build_trainer_args(config, has_eval=False), train_dataset=[row],
@@ -257,7 +257,7 @@ def fsdp_nf4_check(label: str, config, workdir: Path, cuda: bool) -> dict:
     import torch.distributed as dist
 
     from benchmarks.qlora_fsdp import compare_sharded
-    from workbench.training.distributed import free_port
+    from workbench.training.launch_plan import free_port
     from workbench.training.loading import load_model
 
     folder = workdir / f"{label}-fsdp-nf4"

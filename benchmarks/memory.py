@@ -67,7 +67,7 @@ def trainers(make_model, rows, collator, config):
 
     from workbench.training.job import trainer_class
     from workbench.training.lora import apply_lora, lora_config
-    from workbench.training.setup import build_trainer_args
+    from workbench.training.inputs import build_trainer_args
 
     args = build_trainer_args(config, has_eval=False)
     checkpointing = config.training.gradient_checkpointing

@@ -102,7 +102,7 @@ def child(args) -> None:
 
     from workbench.training.loading import load_model
     from workbench.training.lora import apply_lora
-    from workbench.training.setup import build_datasets, build_trainer_args, collator_for
+    from workbench.training.inputs import build_datasets, build_trainer_args, collator_for
     from workbench.training.trainer import trainer_class
 
     torch.set_num_threads(1)

@@ -180,7 +180,7 @@ def main(argv=None) -> int:
 
 
 def _free_port() -> int:
-    from workbench.training.distributed import free_port
+    from workbench.training.launch_plan import free_port
 
     return free_port()
 

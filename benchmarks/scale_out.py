@@ -84,10 +84,10 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback
 from workbench.data.collate import Collator
 from workbench.settings import RunConfig
-from workbench.training.distributed import split_batch
+from workbench.training.launch_plan import split_batch
 from workbench.training.loading import load_model
 from workbench.training.lora import apply_lora
-from workbench.training.setup import build_datasets, build_trainer_args
+from workbench.training.inputs import build_datasets, build_trainer_args
 from workbench.training.vision_sync import keep_vision_tower_in_step
 config, out, warmup = RunConfig.load(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 split = split_batch(config.training, 2)

@@ -240,7 +240,7 @@ def test_each_layout_trains_two_steps_on_its_answers(layout, folder, demo, demo_
     """The demo model trains 2 steps on the layout's file; the labels training builds decode to
     exactly the answers the row means (and nothing of a loss: false answer)."""
     from workbench.training import JobState, TrainingJob
-    from workbench.training.setup import build_datasets
+    from workbench.training.inputs import build_datasets
 
     rows, meanings = LAYOUTS[layout]
     path = write_jsonl(folder / f"train-{abs(hash(layout))}.jsonl", rows * 2)

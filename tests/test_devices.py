@@ -107,7 +107,7 @@ def test_a_map_may_name_only_gpus_torch_sees(nvml, monkeypatch):
     """A planned map for 2 GPUs on a process that sees one (a UUID form): refused before loading."""
     from workbench.settings import RunConfig
     from workbench.training.checks import check_device_map
-    from workbench.training.distributed import local_gpu_count
+    from workbench.training.launch_plan import local_gpu_count
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb2222")
     assert local_gpu_count() == 1

@@ -12,7 +12,7 @@ import yaml
 from workbench.errors import UserError
 from workbench.run_folder import RunFolder
 from workbench.settings import RunConfig, TrainingSettings
-from workbench.training import distributed as dist_plan
+from workbench.training import launch_plan as dist_plan
 
 TORCHRUN_TABLE = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
 ============================================================
@@ -91,7 +91,7 @@ def test_fsdp_config_shards_every_layer_and_block_and_loads_on_rank_zero(demo_co
     fsdp = raw["fsdp_config"]
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_cpu_ram_efficient_loading"] and fsdp["fsdp_sync_module_states"]
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == ["Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"]
-    assert fsdp["fsdp_activation_checkpointing"] is False  # transformers' own (see distributed.py)
+    assert fsdp["fsdp_activation_checkpointing"] is False  # transformers' own (see launch_plan.py)
     ddp = dist_plan.accelerate_config(demo_config.replace(training={"strategy": "ddp"}), 1, 2)
     assert ddp["distributed_type"] == "MULTI_GPU" and "fsdp_config" not in ddp
 
@@ -261,7 +261,7 @@ def resident() -> int:
 
 def test_stop_reaches_a_run_of_another_process_through_its_folder(tmp_path):
     from workbench.session import Workbench
-    from workbench.training.distributed import stop_file
+    from workbench.training.launch_plan import stop_file
 
     session = Workbench()
     assert session.stop_training() == "Nothing is running."

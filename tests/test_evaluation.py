@@ -169,7 +169,7 @@ def test_grounding_rows_are_scored_by_their_boxes(demo, demo_config, tmp_path, m
     import torch
 
     from data_helpers import png, write_jsonl
-    from workbench.training.setup import build_datasets
+    from workbench.training.inputs import build_datasets
 
     png(tmp_path / "img" / "a.png", 100, 100)
     row = {"messages": [{"role": "user", "content": "<image>Where is the <ref-object>?"},
@@ -193,7 +193,7 @@ def test_report_to_reaches_trainer_and_a_missing_tracker_is_named_before_loading
 
     from workbench.errors import UserError
     from workbench.training.checks import check_tracker
-    from workbench.training.setup import build_trainer_args
+    from workbench.training.inputs import build_trainer_args
 
     config = demo_config.replace(training={"report_to": "tensorboard", "eval_steps": 5})
     args = build_trainer_args(config, has_eval=True)

@@ -173,7 +173,7 @@ def test_trainer_steps_match_with_and_without_it(demo, demo_config, tmp_path, dt
     from workbench.training.job import trainer_class
     from workbench.training.loading import load_model
     from workbench.training.lora import apply_lora
-    from workbench.training.setup import build_datasets, build_trainer_args
+    from workbench.training.inputs import build_datasets, build_trainer_args
 
     config = demo_config.replace(
         data={"eval_split": 0.05},

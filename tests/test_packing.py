@@ -155,7 +155,7 @@ def test_packed_dataset_items_and_eval_batches(demo):
     # the Start message: rows and tokens per step, counted here from the lengths themselves
     from types import SimpleNamespace
 
-    from workbench.training.setup import rows_per_step
+    from workbench.training.inputs import rows_per_step
 
     sequences = len(brute_first_fit_decreasing(lengths, 2 * max(lengths)))
     said = rows_per_step(packed, SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1,
@@ -205,7 +205,7 @@ def test_a_packed_run_stopped_mid_epoch_resumes_into_the_same_sequences(demo_con
 def test_the_packing_lengths_are_the_encoded_lengths(demo, demo_config):
     """Sequences are filled by the data check's token counts: they must be the rows' real lengths,
     or a sequence could exceed max_length."""
-    from workbench.training.setup import build_datasets
+    from workbench.training.inputs import build_datasets
 
     train, _, _ = build_datasets(demo_config.replace(data={"packing": True}), str(demo.model))
     assert isinstance(train, PackedDataset) and len(train) < len(train.samples)

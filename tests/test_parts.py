@@ -53,7 +53,7 @@ def test_bad_part_settings_are_refused_naming_the_field(lora, field):
 def test_weight_decay_is_checked_and_reaches_trainer():
     with pytest.raises(UserError, match=r"training\.weight_decay"):
         RunConfig.from_dict({"training": {"weight_decay": 2.0}})
-    from workbench.training.setup import build_trainer_args
+    from workbench.training.inputs import build_trainer_args
 
     config = RunConfig.from_dict({"training": {"weight_decay": 0.05}})
     assert build_trainer_args(config, has_eval=False, output_dir="/tmp/unused").weight_decay == 0.05
@@ -93,7 +93,7 @@ def _setup(name, lora, tmp_path, steps=2, **training):
     from workbench.training.loading import load_model
     from workbench.training.lora import apply_lora
     from workbench.training.parts import rates
-    from workbench.training.setup import build_datasets, build_trainer_args
+    from workbench.training.inputs import build_datasets, build_trainer_args
 
     path = str(ensure_demo(name=name).model)
     config = RunConfig.from_dict(DEMO_TRAINING).replace(

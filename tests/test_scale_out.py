@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from workbench.run_folder import RunFolder
 from workbench.settings import RunConfig
-from workbench.training.distributed import free_port
+from workbench.training.launch_plan import free_port
 from waiting import wait_for
 
 WEIGHT_TOLERANCE = 1e-4  # largest |difference| of any adapter weight (the weights themselves are ~0.1)

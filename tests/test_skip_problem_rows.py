@@ -122,7 +122,7 @@ def test_a_row_failing_while_encoding_ends_the_run_with_a_sentence(demo, demo_co
 def test_rank_fingerprint_tells_row_sets_apart(demo, demo_config):
     from types import SimpleNamespace
 
-    from workbench.training.setup import row_fingerprint
+    from workbench.training.inputs import row_fingerprint
 
     def dataset(*rows):
         return SimpleNamespace(samples=[SimpleNamespace(row=r) for r in rows])
@@ -197,7 +197,7 @@ def _agree(rank: int, port: int, values: list, answers):
 
     import torch.distributed as dist
 
-    from workbench.training.distributed import Rank
+    from workbench.training.launch_plan import Rank
     from workbench.training.placement import RankPlacement
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -213,7 +213,7 @@ def _agree(rank: int, port: int, values: list, answers):
                                               (2**31 - 1, 0, False), (0, 0, True)])
 def test_a_rank_learns_whether_every_rank_left_out_the_same_rows(mine, other, same, monkeypatch):
     """The collective's arithmetic, with the other rank's value standing in for the gloo all-reduce."""
-    from workbench.training.distributed import Rank
+    from workbench.training.launch_plan import Rank
     from workbench.training.placement import RankPlacement
 
     placement = RankPlacement(Rank(rank=0, local_rank=0, world=2, node=0), "ddp")
@@ -226,7 +226,7 @@ def test_ranks_that_left_out_different_rows_are_told_apart():
     """Every rank checks the file itself; the job compares their row sets through this collective."""
     import torch.multiprocessing as mp
 
-    from workbench.training.distributed import free_port
+    from workbench.training.launch_plan import free_port
 
     values = [(7, 7), (7, 8), (2**31 - 1, 0), (0, 0)]
     context = mp.get_context("spawn")
@@ -267,7 +267,7 @@ def test_the_checkbox_counts_the_rows_start_will_skip(demo, demo_config, tmp_pat
     """Seen in the browser: "Use as training data" (p95) set max_length below the longest rows; the box said
     "skip 2 problem rows", Start skipped 3. The label must give the count Start's own check finds."""
     from workbench.data.stats import load_tokenizer
-    from workbench.training.setup import load_valid_samples
+    from workbench.training.inputs import load_valid_samples
     from workbench.ui.dataset_tab import check, use_as_training
     from workbench.ui import training_tab
 

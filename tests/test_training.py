@@ -14,7 +14,7 @@ def test_one_step_changes_only_lora_weights(demo, demo_config, tmp_path):
     from workbench.data.collate import Collator
     from workbench.training.loading import load_model
     from workbench.training.lora import apply_lora
-    from workbench.training.setup import build_datasets, build_trainer_args
+    from workbench.training.inputs import build_datasets, build_trainer_args
 
     config = demo_config.replace(training={"max_steps": 1, "save_steps": 0, "warmup_ratio": 0.0,
                                           "output_dir": str(tmp_path)})

@@ -224,7 +224,7 @@ def test_two_training_steps_on_videos(media, demo, demo_config, tmp_path):
     from workbench.data.collate import IGNORE_INDEX, Collator
     from workbench.training.loading import load_model
     from workbench.training.lora import apply_lora
-    from workbench.training.setup import build_datasets, build_trainer_args
+    from workbench.training.inputs import build_datasets, build_trainer_args
 
     rows = [{"messages": _user("<video>Which way?", answer), "videos": [str(media / "v" / name)]}
             for answer, name in (("right", "a.mp4"), ("left", "b.webm"))] * 2

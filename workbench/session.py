@@ -111,7 +111,7 @@ class Workbench:
         if job is None or not job.running:
             other = self.watched_run()
             if other is not None and other.live() is not None:
-                from workbench.training.distributed import request_stop
+                from workbench.training.launch_plan import request_stop
 
                 request_stop(other)
                 return (f"Stop requested for run {other.name}, which trains in another process: it stops at the "

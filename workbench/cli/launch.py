@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from workbench.training.distributed import split_batch
+    from workbench.training.launch_plan import split_batch
 
     plan = write_launch(args)
     config, scripts = plan["config"], plan["scripts"]
@@ -84,7 +84,7 @@ def config_for(args):
 
 def write_launch(args) -> dict:
     from workbench.training.checks import check_run_config
-    from workbench.training.distributed import (ACCELERATE_CONFIG, LAUNCH_DIR, accelerate_config,
+    from workbench.training.launch_plan import (ACCELERATE_CONFIG, LAUNCH_DIR, accelerate_config,
                                                 check_strategy, write_yaml)
 
     config = config_for(args)
@@ -135,7 +135,7 @@ def check_script_path(path: Path, flag: str) -> Path:
 
 def write_node_script(folder: Path, config_file: Path, node: int, nodes: int, main_ip: str, main_port: int,
                       strategy: str, nproc: int) -> Path:
-    from workbench.training.distributed import LAUNCH_DIR, LAUNCH_LOG, shell_line, worker_command
+    from workbench.training.launch_plan import LAUNCH_DIR, LAUNCH_LOG, shell_line, worker_command
 
     # Every value reaches the script through shlex.quote (comments included), so a path or an
     # address holding $(...), a backtick or a quote is text to bash, never a command.

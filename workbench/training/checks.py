@@ -120,7 +120,7 @@ def training_arguments(config: RunConfig, has_eval: bool, **overrides):
     its ValueErrors become UserErrors.
 
     Only the job calls this (see the module docstring)."""
-    from workbench.training.setup import build_trainer_args
+    from workbench.training.inputs import build_trainer_args
 
     try:
         return build_trainer_args(config, has_eval=has_eval, **overrides)

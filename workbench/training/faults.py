@@ -9,7 +9,7 @@ import re
 
 from workbench.run_folder import RunFolder
 from workbench.training.bridge import NonFiniteError
-from workbench.training.distributed import is_peer_failure
+from workbench.training.launch_plan import is_peer_failure
 
 
 def failure_message(exc: BaseException, folder: RunFolder, log) -> str:

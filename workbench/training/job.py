@@ -223,7 +223,7 @@ class TrainingJob:
         from workbench.training.checks import training_arguments
         from workbench.training.evaluation import answer_check
         from workbench.training.parts import announce
-        from workbench.training.setup import build_datasets, collator_for, rows_per_step
+        from workbench.training.inputs import build_datasets, collator_for, rows_per_step
 
         placement, writes = self.placement, self.placement.is_main
         if self.resume:  # a resumed run shows where it is while it loads, not step 0 of 0
@@ -315,7 +315,7 @@ class TrainingJob:
     def _leave_out(self, skipped: list, train_set, eval_set) -> None:
         """data.skip_problem_rows: the rows left out are said before anything loads, listed in the run
         folder, and the same on every rank (each rank checked the files itself)."""
-        from workbench.training.setup import row_fingerprint
+        from workbench.training.inputs import row_fingerprint
 
         if not self.placement.same_on_every_rank(row_fingerprint(train_set, eval_set)):
             raise UserError("The processes of this launch disagree on which rows have problems (a dataset file "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from workbench.metrics_file import MetricsTail
 from workbench.run_folder import RunFolder, RunStatus
-from workbench.training.distributed import (ACCELERATE_CONFIG, LAUNCH_DIR, LAUNCH_LOG, accelerate_config,
+from workbench.training.launch_plan import (ACCELERATE_CONFIG, LAUNCH_DIR, LAUNCH_LOG, accelerate_config,
                                             check_strategy, clear_rank_failures, clear_stop,
                                             explain_launch_failure, failed_processes, free_port,
                                             procs_per_node, request_stop, split_batch, worker_command,

@@ -22,7 +22,7 @@ import socket
 
 from workbench.live_lock import ensure_held
 from workbench.training.bridge import WorkbenchCallback
-from workbench.training.distributed import (COLLECTIVE_TIMEOUT_S, Rank, clear_stop, split_batch,
+from workbench.training.launch_plan import (COLLECTIVE_TIMEOUT_S, Rank, clear_stop, split_batch,
                                             stop_file)
 
 log = logging.getLogger("workbench.training")

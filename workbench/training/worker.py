@@ -52,7 +52,7 @@ def init_process_group(local_rank: int) -> None:
     import torch
     import torch.distributed as dist
 
-    from workbench.training.distributed import COLLECTIVE_TIMEOUT_S
+    from workbench.training.launch_plan import COLLECTIVE_TIMEOUT_S
 
     if dist.is_initialized():
         return
@@ -73,7 +73,7 @@ def check_fresh(folder: RunFolder) -> None:
 
 
 def load_config(folder: RunFolder):
-    from workbench.training.distributed import check_strategy
+    from workbench.training.launch_plan import check_strategy
 
     if not folder.config_file.is_file():
         raise UserError(f"{folder.config_file} does not exist: the worker runs a folder written by "
@@ -85,7 +85,7 @@ def load_config(folder: RunFolder):
 
 def main(argv=None) -> int:
     from workbench.logs import setup_logging
-    from workbench.training.distributed import current_rank, write_rank_failure
+    from workbench.training.launch_plan import current_rank, write_rank_failure
 
     parser = argparse.ArgumentParser(prog="python -m workbench.training.worker",
                                      description="One rank of a DDP/FSDP2 run (started by accelerate launch).")
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
 
 
 def run_rank(config, folder: RunFolder, rank, resume: bool) -> int:
-    from workbench.training.distributed import is_peer_failure, write_rank_failure
+    from workbench.training.launch_plan import is_peer_failure, write_rank_failure
     from workbench.training.job import JobState, TrainingJob
     from workbench.training.placement import RankPlacement
 

@@ -84,7 +84,7 @@ def skipped_rows(report, max_length) -> int:
 
 def batch_note(cfg) -> str:
     """The effective batch; under ddp/fsdp, how the plan's gradient accumulation is divided."""
-    from workbench.training.distributed import split_batch, world_size
+    from workbench.training.launch_plan import split_batch, world_size
 
     return " " + split_batch(cfg.training, world_size(cfg)).sentence()
 
