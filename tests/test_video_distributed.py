@@ -113,6 +113,8 @@ def test_a_rank_short_of_tower_calls_makes_them_up_with_zero_effect(name, mixed_
 @pytest.mark.slow  # about 50 s each on 2 CPU cores, mostly the two processes starting
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_video_and_image_batches_on_two_ranks_do_not_hang(strategy, mixed_data, demo_config, tmp_path):
+    """With the run's seed the 4 steps pair (rank 0 / rank 1) image+video / text, video / image,
+    video / image, text / image+video: seen once by logging each rank's tower inputs."""
     config = demo_config.replace(
         data={"train_path": str(mixed_data), "max_pixels": 3136, "video_max_pixels": 3136, "video_min_frames": 2,
               "video_max_frames": 4},
