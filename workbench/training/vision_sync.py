@@ -72,7 +72,8 @@ def busiest_rank(mine: int, device) -> int:
 def _device_of(args, kwargs):
     import torch
 
-    for value in (*args, *kwargs.values()):
+    # input_ids first: under NCCL the agreement's tensor must sit on the rank's GPU, as the batch does
+    for value in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value.device
     return torch.device("cpu")
