@@ -78,7 +78,7 @@ def _model_and_batches(name, demo_config, media):
     return model, batches
 
 
-@pytest.mark.parametrize("name", ["demo", "demo-qwen3-vl"])
+@pytest.mark.parametrize("name", ["demo", "demo-qwen2.5-vl", "demo-qwen3-vl"])
 def test_a_rank_short_of_tower_calls_makes_them_up_with_zero_effect(name, mixed_data, demo_config, monkeypatch):
     """A video-only (or text-only) batch while a peer runs images and videos: the tower runs twice
     here too, and the loss and every gradient stay those of the plain model."""
