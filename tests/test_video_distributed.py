@@ -110,7 +110,7 @@ def test_a_rank_short_of_tower_calls_makes_them_up_with_zero_effect(name, mixed_
                 assert torch.equal(grad, hooked_grads[n]), n
 
 
-@pytest.mark.slow  # about 50 s each on 2 CPU cores, mostly the two processes starting
+@pytest.mark.slow  # 33-50 s each on 2 shared CPU cores, mostly the two processes starting
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_video_and_image_batches_on_two_ranks_do_not_hang(strategy, mixed_data, demo_config, tmp_path):
     """With the run's seed the 4 steps pair (rank 0 / rank 1) image+video / text, video / image,
