@@ -30,6 +30,33 @@ def _best(fn, repeat: int) -> float:
     return min(times)
 
 
+def measure(frames: int = 300, width: int = 640, height: int = 480, repeat: int = 3) -> dict:
+    """The figures this script prints (benchmarks/video.py reuses them)."""
+    from data_helpers import video
+    from workbench.data.videos import read_video_info, read_video_pyav, sample_video
+
+    out = {"frames": frames, "size": f"{width}x{height}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = {"mp4": video(Path(tmp) / "a.mp4", frames, width, height, 30),
+                 "webm": video(Path(tmp) / "a.webm", frames, width, height, 30, "libvpx-vp9")}
+        start = time.perf_counter()
+        read_video_pyav({"video": str(clips["mp4"])})
+        out["first_read_s"] = round(time.perf_counter() - start, 3)
+        for name, clip in clips.items():
+            path = str(clip)
+            header = _best(lambda: [read_video_info(path) for _ in range(20)], repeat) / 20
+            decode = _best(lambda: read_video_pyav({"video": path}), repeat)
+            default = _best(lambda: sample_video(path, {}, {}), repeat)
+            small = _best(lambda: sample_video(path, {}, {"max_pixels": 50176}), repeat)
+            sampled = sample_video(path, {}, {})
+            out[name] = {"header_ms": round(header * 1000, 2), "decode_s": round(decode, 3),
+                         "decoded_frames_per_s": round(frames / decode, 1),
+                         "sampled_frames": sampled.count, "sampled_size": list(sampled.frames.shape[2:]),
+                         "sample_default_s": round(default, 3), "sample_50176_s": round(small, 3),
+                         "sampled_frames_per_s": round(sampled.count / default, 1)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=300)
@@ -38,29 +65,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from data_helpers import video
-    from workbench.data.videos import read_video_info, read_video_pyav, sample_video
-
-    out = {"frames": args.frames, "size": f"{args.width}x{args.height}"}
-    with tempfile.TemporaryDirectory() as tmp:
-        clips = {"mp4": video(Path(tmp) / "a.mp4", args.frames, args.width, args.height, 30),
-                 "webm": video(Path(tmp) / "a.webm", args.frames, args.width, args.height, 30, "libvpx-vp9")}
-        start = time.perf_counter()
-        read_video_pyav({"video": str(clips["mp4"])})
-        out["first_read_s"] = round(time.perf_counter() - start, 3)
-        for name, clip in clips.items():
-            path = str(clip)
-            header = _best(lambda: [read_video_info(path) for _ in range(20)], args.repeat) / 20
-            decode = _best(lambda: read_video_pyav({"video": path}), args.repeat)
-            default = _best(lambda: sample_video(path, {}, {}), args.repeat)
-            small = _best(lambda: sample_video(path, {}, {"max_pixels": 50176}), args.repeat)
-            sampled = sample_video(path, {}, {})
-            out[name] = {"header_ms": round(header * 1000, 2), "decode_s": round(decode, 3),
-                         "decoded_frames_per_s": round(args.frames / decode, 1),
-                         "sampled_frames": sampled.count, "sampled_size": list(sampled.frames.shape[2:]),
-                         "sample_default_s": round(default, 3), "sample_50176_s": round(small, 3),
-                         "sampled_frames_per_s": round(sampled.count / default, 1)}
-    print(json.dumps(out))
+    print(json.dumps(measure(args.frames, args.width, args.height, args.repeat)))
 
 
 if __name__ == "__main__":
