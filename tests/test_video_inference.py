@@ -1,0 +1,144 @@
+"""Video at inference: a video prompt answered by base and adapter with the run's video settings,
+the held-out check on video rows, ``infer --video``, the Inference tab, and the merged export.
+
+The run is the demo model trained a few steps on a tiny video dataset (the plumbing, not accuracy)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from data_helpers import png, video, write_jsonl
+from export_helpers import load_plain, load_with_adapter, logits
+
+# the run's frames: a few tokens each, fast on CPU (the defaults would give 128+ tokens a frame)
+VIDEO_SETTINGS = {"video_min_pixels": 1000, "video_max_pixels": 6000}
+# 24 frames at 8 fps = 3 s; qwen-vl-utils' fps 2 gives 6 frames (3 temporal patches of 2); a 64x48
+# frame rounds to 56x56 within [1000, 6000] pixels: 4x4 patches of 14
+RUN_GRID = [3, 4, 4]
+
+
+def _row(answer: str, clip: str) -> dict:
+    return {"messages": [{"role": "user", "content": "<video>Which way does the bar move?"},
+                         {"role": "assistant", "content": answer}], "videos": [clip]}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    video(root / "a.mp4", frames=24, width=64, height=48, fps=8)
+    video(root / "b.mp4", frames=16, width=64, height=48, fps=8)
+    write_jsonl(root / "train.jsonl", [_row("right", "a.mp4"), _row("left", "b.mp4")] * 2)
+    write_jsonl(root / "heldout.jsonl", [_row("right", "a.mp4"), _row("left", "b.mp4"), _row("right", "b.mp4")])
+    return root
+
+
+@pytest.fixture(scope="module")
+def video_run(clips, demo_config, tmp_path_factory):
+    """The demo model with a LoRA adapter trained 3 steps on the video rows (its run.yaml keeps the video settings)."""
+    from workbench.training import JobState, TrainingJob
+
+    out = tmp_path_factory.mktemp("video-runs") / "run"
+    config = demo_config.replace(data={"train_path": str(clips / "train.jsonl"), **VIDEO_SETTINGS},
+                                 training={"max_steps": 3, "save_steps": 0, "warmup_ratio": 0.0, "eval_steps": 0,
+                                           "per_device_train_batch_size": 2, "output_dir": str(out)})
+    job = TrainingJob(config)
+    assert job.run() == JobState.FINISHED, job.message
+    return out
+
+
+@pytest.fixture(scope="module")
+def comparer(video_run):
+    from workbench.inference import Comparer, adapter_base
+
+    _, run_config = adapter_base(video_run)
+    return Comparer("demo", video_run, run_config)
+
+
+# ---------------------------------------------------------------------------- core
+def test_a_video_prompt_is_answered_with_the_runs_video_settings(comparer, clips):
+    from workbench.inference import Comparer, Decoding, prompt_sample
+
+    sample = prompt_sample("Which way does the bar move?", video=str(clips / "a.mp4"))
+    assert sample.videos == [str(clips / "a.mp4")] and sample.first_user_text.startswith("<video>")
+    inputs = comparer._inputs(sample)
+    assert inputs["video_grid_thw"].tolist() == [RUN_GRID] and "pixel_values" not in inputs
+    # without the run's settings, qwen-vl-utils' defaults (128 tokens a frame at least) would be used
+    plain = Comparer("demo")
+    assert plain._inputs(sample)["video_grid_thw"][0, 1:].prod() >= 4 * 128
+
+    decoding = Decoding(max_new_tokens=6)
+    both = comparer.compare(sample, decoding)
+    assert both["base"]["new_tokens"] > 0 and both["adapter"]["new_tokens"] > 0
+    with torch.inference_mode():  # the base side is the model with the adapter off, on the same frames
+        with comparer.model.disable_adapter():
+            off = comparer.model(**inputs).logits
+        on = comparer.model(**inputs).logits
+    assert float((on - off).abs().max()) > 1e-4  # the adapter, trained on videos, changes the answer's logits
+
+
+def test_bad_video_prompts_are_one_sentence_naming_the_file(clips, tmp_path):
+    from workbench.errors import UserError
+    from workbench.inference import prompt_sample
+
+    (tmp_path / "notes.mp4").write_text("not a video")
+    video(tmp_path / "one.mp4", frames=1)
+    cases = [(str(tmp_path / "missing.mp4"), r"Video .*missing\.mp4 does not exist: check the path\."),
+             (str(tmp_path), "is a folder, not a video file"),
+             (str(tmp_path / "notes.mp4"), r"notes\.mp4 is not a readable video")]
+    for ref, words in cases:
+        with pytest.raises(UserError, match=words):
+            prompt_sample("Which way?", video=ref)
+    png(tmp_path / "a.png")
+    with pytest.raises(UserError, match="image and a video were both given"):
+        prompt_sample("Which way?", str(tmp_path / "a.png"), video=str(clips / "a.mp4"))
+    assert prompt_sample("Which way?", "  ", video=str(clips / "a.mp4")).images == []  # an empty image box is no image
+
+
+def test_heldout_check_scores_video_rows(comparer, clips, video_run):
+    from PIL import Image
+
+    from workbench.inference import Decoding, heldout_check, heldout_rows
+
+    samples, skipped = heldout_rows(clips / "heldout.jsonl", 8, "demo", config=comparer.config)
+    assert len(samples) == 3 and skipped == []
+    result = heldout_check(comparer, samples, Decoding(max_new_tokens=4))
+    expected = [json.loads(line)["messages"][1]["content"] for line in (clips / "heldout.jsonl").read_text().splitlines()]
+    assert [r["expected"] for r in result["rows"]] == expected and result["problems"] == []
+    assert result["adapter_accuracy"] == sum(r["adapter"] == e for r, e in zip(result["rows"], expected)) / 3
+    for r in result["rows"]:
+        assert r["video"].endswith(".mp4") and r["image"] is None
+        with Image.open(r["thumbnail"]) as strip:  # the 6 sampled frames side by side
+            assert strip.width > 5 * strip.height / 2
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_infer_a_video(video_run, clips, tmp_path):
+    result = run_cli("infer", "--adapter", video_run, "--video", clips / "a.mp4", "--prompt", "Which way?",
+                     "--max-new-tokens", 4, "--json")
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answers["base"]["new_tokens"] > 0 and answers["adapter"]["new_tokens"] > 0
+    missing = run_cli("infer", "--adapter", video_run, "--video", tmp_path / "gone.mp4", "--prompt", "Which way?")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"Video {tmp_path / 'gone.mp4'} does not exist: check the path." in missing.stderr
+
+
+# ---------------------------------------------------------------------------- export
+def test_merged_export_answers_a_video_as_the_adapter_does(video_run, comparer, clips, demo, tmp_path):
+    from workbench.export import export
+    from workbench.inference import prompt_sample
+
+    out = export(video_run, tmp_path / "merged", merge=True)
+    inputs = [dict(comparer._inputs(prompt_sample("Which way?", video=str(clips / name))))
+              for name in ("a.mp4", "b.mp4")]
+    assert all("pixel_values_videos" in row for row in inputs)
+    reference = logits(load_with_adapter(demo.model, video_run), inputs)
+    merged = logits(load_plain(out), inputs)
+    scale = max(1.0, max(float(r.abs().max()) for r in reference))
+    # fp32 rounding, the image export's tolerance (tests/test_export.py FP32_TOLERANCE)
+    assert max(float((m - r).abs().max()) for m, r in zip(merged, reference)) <= 3e-5 * scale
+    base = logits(load_plain(demo.model), inputs)
+    assert max(float((b - r).abs().max()) for b, r in zip(base, reference)) > 1e-4  # the adapter is in the reference
