@@ -142,3 +142,48 @@ def test_merged_export_answers_a_video_as_the_adapter_does(video_run, comparer, 
     assert max(float((m - r).abs().max()) for m, r in zip(merged, reference)) <= 3e-5 * scale
     base = logits(load_plain(demo.model), inputs)
     assert max(float((b - r).abs().max()) for b, r in zip(base, reference)) > 1e-4  # the adapter is in the reference
+
+
+# ---------------------------------------------------------------------------- Inference tab
+def test_tab_asks_about_a_video_side_by_side(video_run, clips, tmp_path):
+    from gradio.data_classes import FileData
+
+    from workbench.session import Workbench
+    from workbench.ui import inference_tab as tab
+    from workbench.ui.app import build_app
+
+    upload = [b for b in build_app().blocks.values() if getattr(b, "elem_id", None) == "inference-video"][0]
+    received = upload.preprocess(FileData(path=str(clips / "a.mp4"), orig_name="a.mp4"))
+    assert received == str(clips / "a.mp4")  # the upload reaches the handler as its path, unconverted
+    session = Workbench()
+    base_text, base_speed, adapter_text, adapter_speed, status = tab.ask(
+        session, "", str(video_run), None, "", "Which way?", "", 4, 0, 1, received, "")
+    assert status.startswith("Greedy") and "tokens/s" in base_speed and "tokens/s" in adapter_speed
+    png(tmp_path / "a.png")
+    both = tab.ask(session, "", str(video_run), str(tmp_path / "a.png"), "", "Which way?", "", 4, 0, 1, None,
+                   str(clips / "b.mp4"))[-1]
+    assert both.startswith("⚠️") and "image and a video were both given" in both
+    missing = tab.ask(session, "", str(video_run), None, "", "Which way?", "", 4, 0, 1, None,
+                      str(tmp_path / "x.mp4"))[-1]
+    assert missing.startswith("⚠️ Video") and "x.mp4 does not exist" in missing
+    # choosing a video empties the image box and path (the demo's picture starts there), and back
+    assert tab.video_clears_image(str(clips / "a.mp4")) == (None, "")
+    assert tab.image_clears_video(str(tmp_path / "a.png")) == (None, "")
+    assert all(isinstance(u, dict) for u in tab.video_clears_image("  "))  # nothing chosen: both left alone
+
+
+def test_tab_heldout_table_shows_the_frames_of_video_rows(video_run, clips):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from workbench.session import Workbench
+    from workbench.ui import inference_tab as tab
+
+    text, frame = tab.check(Workbench(), "", str(video_run), str(clips / "heldout.jsonl"), 8, 4, 0, 1)
+    assert "3 held-out rows" in text and len(frame) == 3
+    for cell in frame["image"]:
+        assert cell.startswith("![thumbnail](data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(cell.split(",", 1)[1].rstrip(")")))) as strip:
+            assert strip.height <= 64 and strip.width > 2 * strip.height  # frames side by side, not one square
