@@ -84,7 +84,6 @@ def test_bad_video_prompts_are_one_sentence_naming_the_file(clips, tmp_path):
     from workbench.inference import prompt_sample
 
     (tmp_path / "notes.mp4").write_text("not a video")
-    video(tmp_path / "one.mp4", frames=1)
     cases = [(str(tmp_path / "missing.mp4"), r"Video .*missing\.mp4 does not exist: check the path\."),
              (str(tmp_path), "is a folder, not a video file"),
              (str(tmp_path / "notes.mp4"), r"notes\.mp4 is not a readable video")]
@@ -166,6 +165,9 @@ def test_tab_asks_about_a_video_side_by_side(video_run, clips, tmp_path):
     missing = tab.ask(session, "", str(video_run), None, "", "Which way?", "", 4, 0, 1, None,
                       str(tmp_path / "x.mp4"))[-1]
     assert missing.startswith("⚠️ Video") and "x.mp4 does not exist" in missing
+    video(tmp_path / "one.mp4", frames=1)  # its header reads; sampling it fails, said as a sentence
+    short = tab.ask(session, "", str(video_run), None, "", "Which way?", "", 4, 0, 1, None, str(tmp_path / "one.mp4"))
+    assert short[-1].startswith("⚠️ Video") and "one.mp4 has 1 frame(s), fewer than the 2" in short[-1]
     # choosing a video empties the image box and path (the demo's picture starts there), and back
     assert tab.video_clears_image(str(clips / "a.mp4")) == (None, "")
     assert tab.image_clears_video(str(tmp_path / "a.png")) == (None, "")

@@ -352,7 +352,7 @@ def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding 
     problems.sort(key=lambda p: p["row"])
     if not rows and problems:
         raise UserError(f"None of the {len(samples)} held-out row(s) could be answered (row {problems[0]['row']}: "
-                        f"{problems[0]['reason']}): fix the images, or pick another file.")
+                        f"{problems[0]['reason']}): fix the images or videos, or pick another file.")
     n = max(len(rows), 1)
     return {
         "rows": rows,
