@@ -217,3 +217,18 @@ def test_browser_a_video_upload_empties_the_image_and_is_answered(video_run, cli
         panel.get_by_role("button", name="Ask base and adapter").click()
         expect(panel.locator("#adapter-speed")).to_contain_text("tokens/s", timeout=120 * SECOND)
         expect(panel.locator("#base-speed")).to_contain_text("tokens/s")
+
+
+def test_heldout_rows_check_videos_with_the_runs_settings(clips, monkeypatch):
+    """A video too large decoded at qwen-vl-utils' default fps fits with the run's 1 fps: the run's
+    settings decide, as they decide what the model is given."""
+    from workbench.data import videos
+    from workbench.inference import heldout_rows
+    from workbench.settings import RunConfig
+
+    monkeypatch.setattr(videos, "MAX_DECODED_BYTES", 5 * 64 * 48 * 3)  # five frames of a.mp4
+    path = clips / "heldout.jsonl"
+    samples, skipped = heldout_rows(path, 8, "demo", config=RunConfig().replace(data={"video_fps": 1.0}))
+    assert len(samples) == 3 and skipped == []  # 4 frames each
+    samples, skipped = heldout_rows(path, 8, "demo")  # 2 fps: a.mp4 gives 6 frames
+    assert [s["row"] for s in skipped] == [1] and "GiB decoded (6 frames of 64x48)" in skipped[0]["reason"]
