@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.data.sample import IMAGE_TAG, Sample, Turn
+from workbench.data.sample import IMAGE_TAG, VIDEO_TAG, Sample, Turn
 from workbench.errors import UserError
 from workbench.runs import adapter_base  # noqa: F401  (the CLI and the Inference tab ask it here)
 from workbench.metrics import normalise  # noqa: F401  (also this module's interface: the normalised match)
@@ -117,18 +117,41 @@ class Comparer:
                             f"({str(exc).splitlines()[0][:160]}): pick the base it was trained on.") from None
         self.adapter_dir = str(adapter_dir)
 
-    def _inputs(self, sample: Sample):
+    @property
+    def encoder(self):
+        """The training encoder: images sized and video frames sampled with the run's data settings."""
         from workbench.data.collate import SampleEncoder
-        from workbench.data.problems import IMAGE_MISSING, BadImage
         from workbench.data.videos import defaults_from
 
-        text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False, add_generation_prompt=True)
-        if self._encoder is None:  # the training encoder's images: the same sizing, per-image keys included
+        if self._encoder is None:
             d = self.config.data
             self._encoder = SampleEncoder(self.processor, d.max_length, d.min_pixels, d.max_pixels, defaults_from(d))
             self._encoder.downloads = self.downloads
+        return self._encoder
+
+    def frame_strip(self, sample: Sample) -> str | None:
+        """A PNG strip of the frames the model sees for the row's first video (None when it has none)."""
+        from dataclasses import replace
+
+        from workbench.data.preview import frame_strip
+        from workbench.data.problems import BadImage
+        from workbench.paths import home
+
+        if not sample.videos:
+            return None
         try:
-            enc = self._encoder.processor_inputs(text, sample)
+            sampled = self.encoder.videos(replace(sample, videos=sample.videos[:1],
+                                                  video_options=[sample.video_option(0)]))[0]
+        except (BadImage, OSError):
+            return None
+        return frame_strip(sampled, home() / "thumbnails")
+
+    def _inputs(self, sample: Sample):
+        from workbench.data.problems import IMAGE_MISSING, BadImage
+
+        text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False, add_generation_prompt=True)
+        try:
+            enc = self.encoder.processor_inputs(text, sample)
         except FileNotFoundError as exc:
             raise BadImage(IMAGE_MISSING, _sentence(exc.strerror)) from None
         except BadImage as exc:
@@ -159,34 +182,68 @@ class Comparer:
         return {"base": self.answer(sample, False, decoding), "adapter": self.answer(sample, True, decoding)}
 
 
-def prompt_sample(prompt: str, image=None, system: str | None = None) -> Sample:
+def prompt_sample(prompt: str, image=None, system: str | None = None, video=None) -> Sample:
     """A one-question Sample (the assistant turn is a placeholder the prompt never includes).
 
     ``image``: a path (relative to the current folder), ``file://`` URI, data URI, http(s) URL,
-    or a PIL image in memory."""
+    or a PIL image in memory. ``video``: a video file's path (frames sampled with the run's
+    video settings when answered). One or the other, not both."""
+    if not prompt or not prompt.strip():
+        raise UserError("The prompt is empty: type a question.")
+    if isinstance(image, str):
+        image = image.strip() or None
+    if isinstance(video, str):
+        video = video.strip() or None
+    if image is not None and video is not None:
+        raise UserError("An image and a video were both given: ask about one at a time (clear the image or the video).")
+    images, videos = [], []
+    if image is not None:
+        images = [_checked_image(image)]
+        if IMAGE_TAG not in prompt:
+            prompt = IMAGE_TAG + prompt
+    if video is not None:
+        videos = [_checked_video(video)]
+        if VIDEO_TAG not in prompt:
+            prompt = VIDEO_TAG + prompt
+    turns = ([Turn("system", system)] if system else []) + [Turn("user", prompt), Turn("assistant", "-")]
+    return Sample(turns=turns, images=images, videos=videos)
+
+
+def _checked_image(image):
     from workbench.data.images import read_image_info
     from workbench.data.refs import FILE, kind_of, normalise
 
-    if not prompt or not prompt.strip():
-        raise UserError("The prompt is empty: type a question.")
-    images = []
     if isinstance(image, str):
-        image = image.strip() or None
-    if image is not None:
-        if isinstance(image, str):
-            image = normalise(image, os.getcwd())
-            if kind_of(image) == FILE and Path(image).is_dir():
-                raise UserError(f"{image} is a folder, not an image file: pass one image (.png, .jpg).")
-            if kind_of(image) == FILE and not Path(image).is_file():
-                raise UserError(f"Image {image} does not exist: check the path.")
-        info = read_image_info(image)
-        if info.error:
-            raise UserError(_sentence(info.error))
-        images = [image]
-        if IMAGE_TAG not in prompt:
-            prompt = IMAGE_TAG + prompt
-    turns = ([Turn("system", system)] if system else []) + [Turn("user", prompt), Turn("assistant", "-")]
-    return Sample(turns=turns, images=images)
+        image = normalise(image, os.getcwd())
+        if kind_of(image) == FILE and Path(image).is_dir():
+            raise UserError(f"{image} is a folder, not an image file: pass one image (.png, .jpg).")
+        if kind_of(image) == FILE and not Path(image).is_file():
+            raise UserError(f"Image {image} does not exist: check the path.")
+    info = read_image_info(image)
+    if info.error:
+        raise UserError(_sentence(info.error))
+    return image
+
+
+def _checked_video(video) -> str:
+    """A local video file's absolute path, its header read (frames are sampled when answering)."""
+    from workbench.data.problems import BadImage
+    from workbench.data.refs import FILE, kind_of, normalise
+    from workbench.data.videos import read_video_info
+
+    try:
+        video = normalise(str(video), os.getcwd())
+    except BadImage as exc:
+        raise UserError(_sentence(str(exc).replace("image", "video", 1))) from None
+    if kind_of(video) == FILE:
+        if Path(video).is_dir():
+            raise UserError(f"{video} is a folder, not a video file: pass one video (.mp4, .webm, .mov, ...).")
+        if not Path(video).is_file():
+            raise UserError(f"Video {video} does not exist: check the path.")
+    info = read_video_info(video)
+    if info.error:
+        raise UserError(_sentence(info.error))
+    return video
 
 
 def _sentence(text: str) -> str:
@@ -195,10 +252,11 @@ def _sentence(text: str) -> str:
 
 
 def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = "",
-                 allow_private_urls: bool = False) -> tuple[list[Sample], list[dict]]:
+                 allow_private_urls: bool = False, config: RunConfig | None = None) -> tuple[list[Sample], list[dict]]:
     """The first ``limit`` usable rows of a dataset file (the demo's held-out rows when no path is
-    given), and the rows skipped on the way: ``{"row", "reason"}``, images checked as ``data check`` does
-    (grounding boxes written as ``model``'s family writes them)."""
+    given), and the rows skipped on the way: ``{"row", "reason"}``, images and videos checked as
+    ``data check`` does with ``config``'s data settings (the run's; the defaults without one),
+    grounding boxes written as ``model``'s family writes them."""
     from workbench.data.downloads import Downloads
     from workbench.data.formats import load_samples
     from workbench.data.grounding import grounding_style
@@ -222,10 +280,10 @@ def heldout_rows(path: str | Path | None = None, limit: int = 8, model: str = ""
     headers.prefetch(ref for sample in candidates for ref in sample.images)
     problems = {p.row: p.reason for p in loaded.problems}
     samples = []
+    d = (config or RunConfig()).data
     for sample in loaded.samples:
         if len(samples) == limit:
             break
-        d = RunConfig().data
         sample, _, problem = measure(sample, headers, d.min_pixels, d.max_pixels, pixels_per_token(model),
                                      grounding_style(model))
         if problem is None and sample.videos:  # a video the model cannot read is skipped like a missing image
@@ -262,6 +320,7 @@ def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding 
     from workbench.data.images import thumbnail
     from workbench.data.problems import BadImage
     from workbench.data.refs import short
+    from workbench.data.videos import describe
     from workbench.paths import home
 
     metric = choose_metric(samples, metric or comparer.config.training.eval_metric)
@@ -274,9 +333,14 @@ def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding 
             continue
         expected = sample.answer
         image = sample.images[0] if sample.images else None
+        video = sample.videos[0] if sample.videos else None
+        if image is not None:
+            shown = thumbnail(image, home() / "thumbnails", downloads=comparer.downloads)
+        else:  # a video row shows the frames the model saw
+            shown = comparer.frame_strip(sample) if video is not None else None
         rows.append({
             "row": sample.row, "image": short(image) if image is not None else None,
-            "thumbnail": thumbnail(image, home() / "thumbnails", downloads=comparer.downloads) if image is not None else None,
+            "video": describe(video) if video is not None else None, "thumbnail": shown,
             "prompt": sample.prompt_messages()[-1]["content"][-1].get("text", "") if sample.prompt_messages() else "",
             "expected": expected, "base": answers["base"]["text"], "adapter": answers["adapter"]["text"],
             "base_match": answers["base"]["text"] == expected, "adapter_match": answers["adapter"]["text"] == expected,
@@ -288,7 +352,7 @@ def heldout_check(comparer: Comparer, samples: list[Sample], decoding: Decoding 
     problems.sort(key=lambda p: p["row"])
     if not rows and problems:
         raise UserError(f"None of the {len(samples)} held-out row(s) could be answered (row {problems[0]['row']}: "
-                        f"{problems[0]['reason']}): fix the images, or pick another file.")
+                        f"{problems[0]['reason']}): fix the images or videos, or pick another file.")
     n = max(len(rows), 1)
     return {
         "rows": rows,

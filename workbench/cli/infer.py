@@ -17,8 +17,10 @@ def register(sub) -> None:
                    "that holds an adapter).")
     p.add_argument("--base", help="Base model (default: the one the adapter was trained on). Change it only "
                    "when that model moved; an adapter for another model is refused.")
-    p.add_argument("--prompt", help="Question to ask (with --image: about that image).")
+    p.add_argument("--prompt", help="Question to ask (with --image or --video: about that image or video).")
     p.add_argument("--image", help="Image file for the prompt.")
+    p.add_argument("--video", help="Video file for the prompt (mp4, webm, mov, ...; frames sampled with the run's "
+                   "data.video_* settings). Not with --image.")
     p.add_argument("--system", help="Optional system prompt.")
     p.add_argument("--dataset", help="Held-out check: score base and adapter on this dataset's rows "
                    "('demo': the demo's held-out rows).")
@@ -67,7 +69,7 @@ def run(args) -> int:
     if args.runs:
         return print_runs(args.json)
     if not args.prompt and not args.dataset:
-        raise UserError("Give --prompt TEXT (with optional --image) or --dataset PATH for a held-out check.")
+        raise UserError("Give --prompt TEXT (with optional --image or --video) or --dataset PATH for a held-out check.")
     decoding = Decoding(args.max_new_tokens, args.temperature, args.top_p)
     decoding.generate_kwargs()  # validate before loading anything
     adapter = pick_adapter(args.adapter)
@@ -77,7 +79,7 @@ def run(args) -> int:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
         samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit, base,
-                                        args.allow_private_urls)
+                                        args.allow_private_urls, run_config)
         with Workbench().inference(base, adapter, run_config) as comparer:
             result = heldout_check(comparer, samples, decoding, skipped)
             if args.merged:
@@ -101,7 +103,7 @@ def run(args) -> int:
                       f"{result['merged_score']:.3f}; the same answer as the adapter on "
                       f"{result['merged_agrees_with_adapter']:.0%} of the rows")
         return 0
-    sample = prompt_sample(args.prompt, args.image, args.system)
+    sample = prompt_sample(args.prompt, args.image, args.system, args.video)
     with Workbench().inference(base, adapter, run_config) as comparer:
         result = comparer.compare(sample, decoding)
     result["adapter_dir"] = adapter

@@ -112,8 +112,10 @@ def speed(answer: dict) -> str:
     return f"{answer['new_tokens']} tokens in {answer['seconds']:.2f} s · **{answer['tokens_per_s']:.1f} tokens/s**"
 
 
-def ask(session, base, adapter, image, image_path, prompt, system, max_new_tokens, temperature, top_p):
-    """One question to both. -> (base answer, base speed, adapter answer, adapter speed, status)."""
+def ask(session, base, adapter, image, image_path, prompt, system, max_new_tokens, temperature, top_p,
+        video=None, video_path=None):
+    """One question to both, about an image or a video. -> (base answer, base speed, adapter answer, adapter
+    speed, status)."""
     from workbench.inference import Decoding, prompt_sample
 
     try:
@@ -124,7 +126,9 @@ def ask(session, base, adapter, image, image_path, prompt, system, max_new_token
         # A typed path wins over the image box: the box starts with the demo's image, and a path
         # typed beside it was silently ignored (an upload clears the path box, see build).
         typed = str(image_path or "").strip()
-        sample = prompt_sample(prompt, typed or image or None, (system or "").strip() or None)
+        typed_video = str(video_path or "").strip()
+        sample = prompt_sample(prompt, typed or image or None, (system or "").strip() or None,
+                               typed_video or video or None)
         with comparer(session, base, str(adapter).strip()) as loaded:
             result = loaded.compare(sample, decoding)
     except UserError as exc:
@@ -139,8 +143,20 @@ def typed_path_clears_image(text: str):
     return None if str(text or "").strip() else gr.skip()
 
 
-def thumbnail(path: str | None, side: int = 64) -> str:
-    """A small inline image (markdown data URI), so thumbnails show whatever folder the rows come from."""
+def video_clears_image(video) -> tuple:
+    """A video chosen (uploaded or typed) is what is asked about: the image box and path empty, so that
+    the demo's picture does not stay beside it (an image and a video together are refused)."""
+    return (None, "") if str(video or "").strip() else (gr.skip(), gr.skip())
+
+
+def image_clears_video(image) -> tuple:
+    """An image uploaded or typed is what is asked about: the video box and path empty."""
+    return (None, "") if str(image or "").strip() else (gr.skip(), gr.skip())
+
+
+def thumbnail(path: str | None, side: int = 64, wide: bool = False) -> str:
+    """A small inline image (markdown data URI), so thumbnails show whatever folder the rows come from.
+    ``wide``: a video's strip of sampled frames, up to four sides wide."""
     from PIL import Image
 
     if not path:
@@ -148,7 +164,7 @@ def thumbnail(path: str | None, side: int = 64) -> str:
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            image.thumbnail((side, side))
+            image.thumbnail((side * 4 if wide else side, side))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
     except OSError:
@@ -158,7 +174,7 @@ def thumbnail(path: str | None, side: int = 64) -> str:
 
 def heldout_frame(result: dict) -> pd.DataFrame:
     mark = {True: "✓", False: "✗"}
-    rows = [{"image": thumbnail(r.get("thumbnail")), "prompt": r["prompt"], "expected": r["expected"],
+    rows = [{"image": thumbnail(r.get("thumbnail"), wide=bool(r.get("video"))), "prompt": r["prompt"], "expected": r["expected"],
              "base": r["base"], "adapter": r["adapter"],
              "base match": mark[r["base_match"]] + (" (norm. ✓)" if r["base_match_normalised"] and not r["base_match"] else ""),
              "adapter match": mark[r["adapter_match"]] + (" (norm. ✓)" if r["adapter_match_normalised"] and not r["adapter_match"] else "")}
@@ -196,8 +212,9 @@ def check(session, base, adapter, dataset, rows, max_new_tokens, temperature, to
             raise UserError("Rows must be a whole number, e.g. 8.")
         decoding = Decoding(int(max_new_tokens), float(temperature), float(top_p))
         decoding.generate_kwargs()
-        samples, skipped = heldout_rows(heldout_path(dataset), int(rows), str(base or ""))
-        with comparer(session, base, str(adapter).strip()) as loaded:
+        path = heldout_path(dataset)
+        with comparer(session, base, str(adapter).strip()) as loaded:  # videos are checked with the run's settings
+            samples, skipped = heldout_rows(path, int(rows), str(base or ""), config=loaded.config)
             result = heldout_check(loaded, samples, decoding, skipped)
     except UserError as exc:
         return warning(str(exc)), empty
@@ -259,6 +276,10 @@ def build(ctx) -> None:
                                    elem_id="inference-image")
             image_path = gr.Textbox(label="…or image path", placeholder="/data/images/0001.png", max_lines=1,
                                     elem_id="inference-image-path")
+            with gr.Accordion("…or a video (instead of the image)", open=False):
+                video = gr.Video(label="Video", sources=["upload"], height=170, elem_id="inference-video")
+                video_path = gr.Textbox(label="…or video path", placeholder="/data/clips/0001.mp4", max_lines=1,
+                                        elem_id="inference-video-path")
         with gr.Column(scale=3):
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=1, scale=3)
@@ -285,7 +306,7 @@ def build(ctx) -> None:
     accuracy = gr.Markdown(elem_id="heldout-accuracy")
     table = gr.Dataframe(headers=HELDOUT_COLUMNS, datatype=["markdown", "str", "str", "str", "str", "str", "str"],
                          interactive=False, wrap=True, max_height=420, elem_id="heldout-table",
-                         column_widths=["84px", "24%", "10%", "22%", "14%", "10%", "10%"])
+                         column_widths=["140px", "22%", "10%", "20%", "14%", "10%", "10%"])
 
     decoding = [max_new, temperature, top_p]
     refresh.click(partial(refresh_runs, session), [run, base], [run, adapter, base, status], api_name="inference_runs")
@@ -295,7 +316,15 @@ def build(ctx) -> None:
     run.change(choose_run, [run, base], [adapter, base, status])
     image.upload(lambda: "", None, image_path, show_progress="hidden")  # a new upload is the image asked about
     image_path.input(typed_path_clears_image, image_path, image, show_progress="hidden")
-    ask_button.click(partial(ask, session), [base, adapter, image, image_path, prompt, system, *decoding],
+    video.upload(lambda: "", None, video_path, show_progress="hidden")
+    video_path.input(typed_path_clears_image, video_path, video, show_progress="hidden")
+    # one medium at a time: choosing a video empties the image (the demo's picture starts there), and back
+    video.upload(video_clears_image, video, [image, image_path], show_progress="hidden")
+    video_path.input(video_clears_image, video_path, [image, image_path], show_progress="hidden")
+    image.upload(image_clears_video, image, [video, video_path], show_progress="hidden")
+    image_path.input(image_clears_video, image_path, [video, video_path], show_progress="hidden")
+    ask_button.click(partial(ask, session), [base, adapter, image, image_path, prompt, system, *decoding, video,
+                                             video_path],
                      [base_answer, base_speed, adapter_answer, adapter_speed, status], api_name="inference_ask")
     check_button.click(partial(check, session), [base, adapter, dataset, rows, *decoding], [accuracy, table], api_name="inference_check")
     return InferenceTab(run=run, base=base, adapter=adapter, status=status)
