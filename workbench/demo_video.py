@@ -163,9 +163,9 @@ def video_rows(count: int, seed: int, prefix: str):
         yield row, start, dot_frames(start, direction)
 
 
-def write_video_dataset(folder: Path) -> None:
+def write_video_dataset(folder: Path, train_rows: int = TRAIN_ROWS, heldout_rows: int = HELDOUT_ROWS) -> None:
     (folder / "videos").mkdir(parents=True, exist_ok=True)
-    for split, count, seed in (("train", TRAIN_ROWS, 11), ("heldout", HELDOUT_ROWS, 12)):
+    for split, count, seed in (("train", train_rows, 11), ("heldout", heldout_rows, 12)):
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as out:
             for row, _, clip in video_rows(count, seed, split):
                 write_mp4(folder / row["videos"][0], clip)

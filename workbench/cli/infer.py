@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--image", help="Image file for the prompt.")
     p.add_argument("--system", help="Optional system prompt.")
     p.add_argument("--dataset", help="Held-out check: score base and adapter on this dataset's rows "
-                   "('demo': the demo's held-out rows).")
+                   "('demo': the demo's held-out rows; 'demo-video': the video demo's).")
     p.add_argument("--allow-private-urls", action="store_true", help="Held-out check: also fetch image URLs on "
                    "this machine or its private network (off by default so a dataset cannot probe your network).")
     p.add_argument("--limit", type=int, default=50, help="Held-out check: at most N rows (default 50).")
@@ -74,7 +74,10 @@ def run(args) -> int:
     if not base:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
-        samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit, base,
+        from workbench.demo_video import demo_dataset_file
+
+        dataset = None if args.dataset == "demo" else demo_dataset_file(args.dataset, "heldout")
+        samples, skipped = heldout_rows(dataset, args.limit, base,
                                         args.allow_private_urls)
         with Workbench().inference(base, adapter, run_config) as comparer:
             result = heldout_check(comparer, samples, decoding, skipped)

@@ -76,7 +76,9 @@ def config_for(args):
     if args.model:
         overrides["model"]["name_or_path"] = args.model
     if args.dataset:
-        overrides["data"]["train_path"] = str(Path(args.dataset).expanduser().resolve())
+        from workbench.demo_video import demo_dataset_file
+
+        overrides["data"]["train_path"] = str(Path(demo_dataset_file(args.dataset)).expanduser().resolve())
     if args.skip_problem_rows:
         overrides["data"]["skip_problem_rows"] = True
     if args.max_steps is not None:

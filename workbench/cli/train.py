@@ -19,7 +19,7 @@ def register(sub) -> None:
                                    "accelerate launch (several machines: `python -m workbench launch`).")
     p.add_argument("config", nargs="?", help="RunConfig YAML (saved by the LoRA tab or a previous run's run.yaml).")
     p.add_argument("--model", help="Base model: 'demo', a preset, a local folder or a hub id (overrides the config).")
-    p.add_argument("--dataset", help="Training dataset file (overrides data.train_path).")
+    p.add_argument("--dataset", help="Training dataset file (overrides data.train_path); demo-video: the video demo.")
     p.add_argument("--skip-problem-rows", action="store_true",
                    help="Sets data.skip_problem_rows. " + field_help("data", "skip_problem_rows"))
     p.add_argument("--output-dir", help="Run folder. New runs need a new or empty folder; with --resume, the run to continue.")
@@ -69,7 +69,9 @@ def config_from_args(args) -> RunConfig:
     if args.model:
         overrides["model"]["name_or_path"] = args.model
     if args.dataset:
-        overrides["data"]["train_path"] = args.dataset
+        from workbench.demo_video import demo_dataset_file
+
+        overrides["data"]["train_path"] = demo_dataset_file(args.dataset)  # demo-video: the video demo's rows
     if args.skip_problem_rows:
         overrides["data"]["skip_problem_rows"] = True
     if args.output_dir:
