@@ -6,8 +6,10 @@ demo's pixel bounds) and encodes them straight through the family's processor (n
 workbench data layer), then trains a LoRA adapter (peft) with ``DEMO_VIDEO_TRAINING`` and
 scores greedy answers on the held-out rows for:
 
-- ``base``: the demo model, no adapter;
+- ``base``: the demo model as built, before any training;
 - ``adapter``: the adapter trained on the videos;
+- ``reversed_flipped``: how often the adapter, shown a held-out video backwards, answers the
+  opposite direction (the order of the frames, not their content, carries the answer);
 - ``blind``: an adapter trained and asked the same way on "videos" of the first frame
   repeated, which hold everything a single frame holds and no motion.
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -58,10 +59,12 @@ class Encoder:
         self.header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def video(self, path: Path, blind: bool):
+    def video(self, path: Path, blind: bool | str):
         d = self.settings
         frames = read_frames(path)[: d["video_max_frames"]]
-        if blind:
+        if blind == "reversed":
+            frames = frames[::-1].copy()
+        elif blind:
             frames = frames[:1].repeat(len(frames), axis=0)
         return sized(frames, self.factor, d["video_min_pixels"], d["video_max_pixels"])
 
@@ -125,18 +128,20 @@ def train(name: str, rows: list, folder: Path, settings: dict, blind: bool, seed
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from workbench.settings import LoraSettings
+    from workbench.training.parts import full_modules, lora_targets
+
     torch.manual_seed(seed)
     model, processor, family = load(name)
     encode = Encoder(processor, family, settings["data"])
     items = [encode(row, folder, blind) for row in rows]
     lora, t = settings["lora"], settings["training"]
-    model = get_peft_model(model, LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=0.0,
-                                             target_modules=family.target_presets()[lora["target_modules"]]))
-    if lora.get("merger") == "full":  # the workbench's lora.merger: full, every merger weight trained
-        merger = re.compile(rf"visual\.({family.merger_linears})")
-        for name_, parameter in model.named_parameters():
-            if merger.search(name_) and "lora_" not in name_:
-                parameter.requires_grad = True
+    # the workbench's own translation of the lora settings: targets per part, fully trained parts
+    # (lora.merger: full) in peft's modules_to_save, so disabling the adapter restores them too
+    parts = LoraSettings(**lora)
+    model = get_peft_model(model, LoraConfig(r=parts.rank, lora_alpha=parts.alpha, lora_dropout=parts.dropout,
+                                             target_modules=lora_targets(parts, family),
+                                             modules_to_save=full_modules(model, parts, family) or None))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t["learning_rate"],
                                   weight_decay=0.0)
     steps, size = t["max_steps"], t["per_device_train_batch_size"]
@@ -179,11 +184,15 @@ def measure(name: str, settings: dict, controls: bool = True) -> dict:
     paths = ensure_video_demo()
     read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]  # noqa: E731
     train_rows, heldout = read(paths.train), read(paths.heldout)
+    model, processor, family = load(name)
+    base, base_answers = accuracy(model, processor, Encoder(processor, family, settings["data"]), heldout, paths.data,
+                                  blind=False)
     model, processor, encode, seconds, losses = train(name, train_rows, paths.data, settings, blind=False, seed=0)
     adapter, answers = accuracy(model, processor, encode, heldout, paths.data, blind=False)
-    with model.disable_adapter():
-        base, base_answers = accuracy(model, processor, encode, heldout, paths.data, blind=False)
-    result = {"base": base, "adapter": adapter, "train_seconds": round(seconds, 1),
+    _, reversed_answers = accuracy(model, processor, encode, heldout, paths.data, blind="reversed")
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    flipped = sum(a == opposite[r["messages"][1]["content"]] for a, r in zip(reversed_answers, heldout)) / len(heldout)
+    result = {"base": base, "adapter": adapter, "reversed_flipped": flipped, "train_seconds": round(seconds, 1),
               "steps": settings["training"]["max_steps"], "final_loss": round(sum(losses[-10:]) / 10, 3),
               "adapter_answers": answers[:8], "base_answers": base_answers[:4]}
     if controls:
