@@ -178,7 +178,7 @@ def accuracy(model, processor, encode, rows: list, folder: Path, blind: bool) ->
     return right / len(rows), answers
 
 
-def measure(name: str, settings: dict, controls: bool = True) -> dict:
+def measure(name: str, settings: dict, controls: bool = True, seed: int = 0) -> dict:
     from workbench.demo_video import ensure_video_demo
 
     paths = ensure_video_demo()
@@ -187,7 +187,7 @@ def measure(name: str, settings: dict, controls: bool = True) -> dict:
     model, processor, family = load(name)
     base, base_answers = accuracy(model, processor, Encoder(processor, family, settings["data"]), heldout, paths.data,
                                   blind=False)
-    model, processor, encode, seconds, losses = train(name, train_rows, paths.data, settings, blind=False, seed=0)
+    model, processor, encode, seconds, losses = train(name, train_rows, paths.data, settings, blind=False, seed=seed)
     adapter, answers = accuracy(model, processor, encode, heldout, paths.data, blind=False)
     _, reversed_answers = accuracy(model, processor, encode, heldout, paths.data, blind="reversed")
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -196,7 +196,7 @@ def measure(name: str, settings: dict, controls: bool = True) -> dict:
               "steps": settings["training"]["max_steps"], "final_loss": round(sum(losses[-10:]) / 10, 3),
               "adapter_answers": answers[:8], "base_answers": base_answers[:4]}
     if controls:
-        model, processor, encode, _, losses = train(name, train_rows, paths.data, settings, blind=True, seed=0)
+        model, processor, encode, _, losses = train(name, train_rows, paths.data, settings, blind=True, seed=seed)
         result["blind"], blind_answers = accuracy(model, processor, encode, heldout, paths.data, blind=True)
         result["blind_final_loss"] = round(sum(losses[-10:]) / 10, 3)
         result["blind_answers"] = blind_answers[:8]
@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, help="Override the demo's LoRA rank (alpha = 2 x rank).")
     parser.add_argument("--targets", help="Override the demo's LoRA target preset.")
     parser.add_argument("--merger", choices=["lora", "full"], help="Override the demo's lora.merger.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the LoRA weights and the batch order.")
     parser.add_argument("--no-controls", action="store_true", help="Skip the frames-blind control run.")
     args = parser.parse_args(argv)
 
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     names = ("demo", "demo-qwen2.5-vl", "demo-qwen3-vl") if args.model == "all" else (args.model,)
     results = {}
     for name in names:
-        results[name] = measure(name, settings, controls=not args.no_controls)
+        results[name] = measure(name, settings, controls=not args.no_controls, seed=args.seed)
         print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
     print(json.dumps({name: {k: v for k, v in r.items() if not k.endswith("answers")} for name, r in results.items()}))
     return 0
