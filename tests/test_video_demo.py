@@ -63,7 +63,8 @@ def test_rows_are_swift_jsonl_with_one_video_each(video_demo):
         assert row["messages"][0]["content"].count("<video>") == len(row["videos"]) == 1
         assert (video_demo.data / row["videos"][0]).is_file()
     answers = [r["messages"][1]["content"] for r in heldout]
-    assert {a: answers.count(a) for a in set(answers)} == {a: len(heldout) // 4 for a in ("left", "right", "up", "down")}
+    each = len(heldout) // 4
+    assert {a: answers.count(a) for a in set(answers)} == {"left": each, "right": each, "up": each, "down": each}
 
 
 def test_every_video_moves_the_way_its_answer_says(video_demo):
