@@ -38,7 +38,7 @@ FRAMES = 8  # 4 temporal patches of 2 frames: motion inside each pair and across
 FPS = 4  # 2-second clips; sampling at 4 fps reads every frame
 DOT_RADIUS = 10
 STEP = 12  # pixels a frame, under half the frame: each step (not the whole wrapped path) is unambiguous
-TRAIN_ROWS = 480
+TRAIN_ROWS = 960
 HELDOUT_ROWS = 80
 
 
