@@ -45,6 +45,18 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def clips(video_demo):
+    """Every video of both splits, decoded once: {path in the row: frames}."""
+    return {r["videos"][0]: decoded(video_demo.data / r["videos"][0])
+            for r in rows(video_demo.train) + rows(video_demo.heldout)}
+
+
+@pytest.fixture(scope="module")
+def centres(clips):
+    return {video: [centroid(frame) for frame in frames] for video, frames in clips.items()}
+
+
 def test_the_build_is_deterministic(tmp_path):
     from workbench.demo_video import write_video_dataset
 
@@ -67,18 +79,17 @@ def test_rows_are_swift_jsonl_with_one_video_each(video_demo):
     assert {a: answers.count(a) for a in set(answers)} == {"left": each, "right": each, "up": each, "down": each}
 
 
-def test_every_video_moves_the_way_its_answer_says(video_demo):
+def test_every_video_moves_the_way_its_answer_says(video_demo, clips, centres):
     """The dot's path from the first to the last frame (frame-to-frame steps on the torus, summed)
     points the labelled way, by the same length in every video."""
     expected = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
     lengths = set()
     for row in rows(video_demo.train) + rows(video_demo.heldout):
-        frames = decoded(video_demo.data / row["videos"][0])
+        frames, path = clips[row["videos"][0]], centres[row["videos"][0]]
         assert len(frames) >= 4
         side_y, side_x = frames.shape[1:]
-        centres = [centroid(f) for f in frames]
-        dx = sum(wrapped(b[0] - a[0], side_x) for a, b in zip(centres, centres[1:]))
-        dy = sum(wrapped(b[1] - a[1], side_y) for a, b in zip(centres, centres[1:]))
+        dx = sum(wrapped(b[0] - a[0], side_x) for a, b in zip(path, path[1:]))
+        dy = sum(wrapped(b[1] - a[1], side_y) for a, b in zip(path, path[1:]))
         ex, ey = expected[row["messages"][1]["content"]]
         length = math.hypot(dx, dy)
         assert length > 2 * side_x / 4, row["videos"][0]  # moves a long way, not jitter
@@ -90,30 +101,28 @@ def test_every_video_moves_the_way_its_answer_says(video_demo):
     assert len(lengths) <= 2
 
 
-def test_no_single_frame_tells_the_direction(video_demo):
+def test_no_single_frame_tells_the_direction(video_demo, clips, centres):
     """At every frame index, where the dot is says nothing about the answer: per direction, the dot
     lands in each quarter of the frame about equally often (it would not if the start depended on it)."""
     import numpy as np
 
     train = rows(video_demo.train)
     names = ("left", "right", "up", "down")
-    clips = [decoded(video_demo.data / r["videos"][0]) for r in train]
-    side = clips[0].shape[1]
-    for index in range(len(clips[0])):
+    side, frame_count = clips[train[0]["videos"][0]].shape[1], len(clips[train[0]["videos"][0]])
+    for index in range(frame_count):
         table = np.zeros((4, 4), dtype=int)  # direction x quarter (left/right half, top/bottom half)
-        for row, frames in zip(train, clips):
-            x, y = centroid(frames[index])
+        for row in train:
+            x, y = centres[row["videos"][0]][index]
             table[names.index(row["messages"][1]["content"]), 2 * int(y >= side / 2) + int(x >= side / 2)] += 1
         expected = len(train) / 16
         assert table.min() > 0.5 * expected and table.max() < 1.5 * expected, (index, table)
 
 
-def test_heldout_videos_are_not_training_videos(video_demo):
+def test_heldout_videos_are_not_training_videos(video_demo, clips):
     import hashlib
 
     def digests(path):
-        return {hashlib.sha256(decoded(video_demo.data / r["videos"][0]).tobytes()).hexdigest(): r["videos"][0]
-                for r in rows(path)}
+        return {hashlib.sha256(clips[r["videos"][0]].tobytes()).hexdigest(): r["videos"][0] for r in rows(path)}
 
     train, heldout = digests(video_demo.train), digests(video_demo.heldout)
     assert len(train) == len(rows(video_demo.train))  # no two training videos alike either
