@@ -164,3 +164,22 @@ def test_train_and_infer_commands_resolve_demo_video(video_demo, monkeypatch):
     with pytest.raises(Asked) as asked:
         infer.run(parser.parse_args(["infer", "--dataset", "demo-video"]))
     assert asked.value.args[0] == str(video_demo.heldout)
+
+
+def test_data_check_reads_demo_video_with_the_demo_tokenizer(video_demo, monkeypatch):
+    import argparse
+
+    from workbench.cli import data
+
+    class Asked(Exception):
+        pass
+
+    def check_dataset(path, *args, model=None, **kwargs):
+        raise Asked(path, model)
+
+    monkeypatch.setattr("workbench.data.validation.check_dataset", check_dataset)
+    parser = argparse.ArgumentParser()
+    data.register(parser.add_subparsers())
+    with pytest.raises(Asked) as asked:
+        data.run(parser.parse_args(["data", "check", "demo-video"]))
+    assert asked.value.args == (str(video_demo.train), "demo")
