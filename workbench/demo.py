@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.demo_words import (  # noqa: F401  (the demo's words are part of this module's interface)
-    BASE_ANSWER, BASE_PRETRAIN_STEPS, COLORS, DEMO_TRAINING, GENERIC_QUESTIONS, QUESTIONS, SHAPES, tokenizer_corpus)
+    BASE_ANSWER, BASE_PRETRAIN_STEPS, COLORS, DEMO_TRAINING, DEMO_VIDEO_TRAINING, GENERIC_QUESTIONS, QUESTIONS, SHAPES,
+    tokenizer_corpus)
 from workbench.paths import home
 
 DEMO_VERSION = "v2"

@@ -41,6 +41,22 @@ DEMO_TRAINING = {
     "data": {"max_length": 256, "min_pixels": 3136, "max_pixels": 112 * 112},
 }
 
+# Settings a short CPU run needs to learn the video demo (workbench.demo_video, "--dataset demo-video").
+# The data fields are qwen-vl-utils' video knobs: every frame of the 8-frame, 4 fps clips, at 64 x 64
+# (56 x 56 for 28-pixel families), 4 temporal patches x 4 merged tokens = 16 visual tokens a video.
+# The merger is trained in full: with LoRA on it (the image demo's setting) 300 steps left the Qwen2-VL
+# demo at chance where a full merger reached 1.0 (docs/video.md); the motion the frozen tower's 2-frame
+# patches encode is a faint feature to pull out. Qwen3-VL learns it between 300 and 600 steps, hence 600.
+DEMO_VIDEO_TRAINING = {
+    "lora": {"rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": "language-all-linear", "merger": "full"},
+    "training": {"learning_rate": 3e-3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05,
+                 "max_steps": 600, "per_device_train_batch_size": 8,
+                 "gradient_accumulation_steps": 1, "save_steps": 100, "logging_steps": 5,
+                 "gradient_checkpointing": False},
+    "data": {"max_length": 256, "video_fps": 4.0, "video_max_frames": 8,
+             "video_min_pixels": 3136, "video_max_pixels": 64 * 64},
+}
+
 
 def tokenizer_corpus() -> list[str]:
     """Text the demo tokenizer is trained on: the demo's own words plus common English."""

@@ -58,6 +58,7 @@ def check_model(model: str | None, dataset: str) -> str:
     from pathlib import Path
 
     from workbench.demo import demo_paths
+    from workbench.demo_video import video_demo_paths
     from workbench.models.families import families_by_demo
 
     if model:
@@ -69,6 +70,8 @@ def check_model(model: str | None, dataset: str) -> str:
     for demo in families_by_demo():
         if where.is_relative_to(demo_paths(name=demo).root.resolve()):
             return demo
+    if where.is_relative_to(video_demo_paths().root.resolve()):
+        return "demo"
     return DEFAULT_CHECK_MODEL
 
 
@@ -88,8 +91,10 @@ def run(args) -> int:
     if args.min_pixels > args.max_pixels:
         raise UserError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}): "
                         "lower one or raise the other.")
+    from workbench.demo_video import demo_dataset_file
+
     video = _video_settings(args)
-    path = args.path
+    path = demo_dataset_file(args.path)  # demo-video: the video demo's training rows
     args.model = check_model(args.model, path)
     if str(path).lower().endswith(".zip") and Path(path).expanduser().is_file():
         path = str(unpack_dataset(Path(path).expanduser()))

@@ -23,7 +23,7 @@ def register(sub) -> None:
                    "data.video_* settings). Not with --image.")
     p.add_argument("--system", help="Optional system prompt.")
     p.add_argument("--dataset", help="Held-out check: score base and adapter on this dataset's rows "
-                   "('demo': the demo's held-out rows).")
+                   "('demo': the demo's held-out rows; 'demo-video': the video demo's).")
     p.add_argument("--merged", help="Held-out check: also answer with this merged export of the adapter (export "
                    "--merge) and say how often it agrees with the adapter.")
     p.add_argument("--allow-private-urls", action="store_true", help="Held-out check: also fetch image URLs on "
@@ -78,8 +78,10 @@ def run(args) -> int:
     if not base:
         raise UserError("The adapter does not say which base model it was trained on: pass --base.")
     if args.dataset:
-        samples, skipped = heldout_rows(None if args.dataset == "demo" else args.dataset, args.limit, base,
-                                        args.allow_private_urls, run_config)
+        from workbench.demo_video import demo_dataset_file
+
+        dataset = None if args.dataset == "demo" else demo_dataset_file(args.dataset, "heldout")
+        samples, skipped = heldout_rows(dataset, args.limit, base, args.allow_private_urls, run_config)
         with Workbench().inference(base, adapter, run_config) as comparer:
             result = heldout_check(comparer, samples, decoding, skipped)
             if args.merged:

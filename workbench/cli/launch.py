@@ -65,10 +65,12 @@ def config_for(args):
     from workbench.cli.train import base_config, check_max_steps
 
     check_max_steps(args)
-    config = base_config(args.config, args.name_or_path)
+    config = base_config(args.config, args.name_or_path, args.train_path)
     overrides = config_overrides(args)
-    if args.train_path:  # the same path on every node, whatever folder each starts in
-        overrides["data"]["train_path"] = str(Path(args.train_path).expanduser().resolve())
+    if args.train_path:  # the same path on every node, whatever folder each starts in (demo-video: its rows)
+        from workbench.demo_video import demo_dataset_file
+
+        overrides["data"]["train_path"] = str(Path(demo_dataset_file(args.train_path)).expanduser().resolve())
     config = config.replace(**overrides)
     t = config.training
     if t.strategy not in ("ddp", "fsdp"):

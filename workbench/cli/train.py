@@ -25,15 +25,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def base_config(config_path: str | None, model: str | None) -> RunConfig:
-    """The config file, else defaults for a named model, else the demo's settings."""
-    from workbench.demo import DEMO_TRAINING, is_demo
+def base_config(config_path: str | None, model: str | None, dataset: str | None = None) -> RunConfig:
+    """The config file, else defaults for a named model, else the demo's settings (the video demo's for
+    ``--dataset demo-video``)."""
+    from workbench.demo import DEMO_TRAINING, DEMO_VIDEO_TRAINING, is_demo
+    from workbench.demo_video import is_demo_dataset
 
     if config_path:
         return RunConfig.load(config_path)
     if model and not is_demo(model):
         return RunConfig()
-    return RunConfig.from_dict(DEMO_TRAINING)
+    return RunConfig.from_dict(DEMO_VIDEO_TRAINING if dataset and is_demo_dataset(dataset) else DEMO_TRAINING)
 
 
 def config_from_args(args) -> RunConfig:
@@ -41,8 +43,12 @@ def config_from_args(args) -> RunConfig:
     if not args.config and args.resume and saved and saved.is_file():
         config = RunConfig.load(saved)
     else:
-        config = base_config(args.config, args.name_or_path)
+        config = base_config(args.config, args.name_or_path, args.train_path)
     overrides = config_overrides(args)
+    if args.train_path:
+        from workbench.demo_video import demo_dataset_file
+
+        overrides["data"]["train_path"] = demo_dataset_file(args.train_path)  # demo-video: the video demo's rows
     if args.nproc_per_node is not None and str(args.nproc_per_node).lstrip("-").isdigit() and int(args.nproc_per_node) < 0:
         raise UserError(f"--nproc must be 0 (every GPU) or a positive number of processes, got {args.nproc_per_node}.")
     return config.replace(**overrides)
