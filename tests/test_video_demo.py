@@ -149,6 +149,10 @@ def test_train_and_infer_commands_resolve_demo_video(video_demo, monkeypatch):
     train.register(parser.add_subparsers())
     config = train.config_from_args(parser.parse_args(["train", "--model", "demo", "--dataset", "demo-video"]))
     assert config.data.train_path == str(video_demo.train)
+    # the video demo's own settings, not the image demo's: its merger trained in full, its clips' frames
+    assert (config.lora.merger, config.data.video_max_frames, config.training.max_steps) == ("full", 8, 600)
+    image = train.config_from_args(parser.parse_args(["train", "--model", "demo"]))
+    assert image.lora.merger == "" and image.training.max_steps != 600
 
     class Asked(Exception):
         pass
@@ -183,3 +187,18 @@ def test_data_check_reads_demo_video_with_the_demo_tokenizer(video_demo, monkeyp
     with pytest.raises(Asked) as asked:
         data.run(parser.parse_args(["data", "check", "demo-video"]))
     assert asked.value.args == (str(video_demo.train), "demo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["demo", "demo-qwen2.5-vl", "demo-qwen3-vl"])
+def test_each_family_learns_the_direction_through_the_workbench(model, tmp_path):
+    # issue 21's done-when: train --dataset demo-video, then infer --dataset demo-video --json
+    from conftest import run_cli
+
+    trained = run_cli("train", "--model", model, "--dataset", "demo-video", "--output-dir", tmp_path / "run",
+                      timeout=1200)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = run_cli("infer", "--adapter", tmp_path / "run", "--dataset", "demo-video", "--json", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["adapter_accuracy"] >= 0.8 and report["base_accuracy"] <= 0.35, report
