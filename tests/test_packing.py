@@ -210,3 +210,32 @@ def test_the_packing_lengths_are_the_encoded_lengths(demo, demo_config):
     train, _, _ = build_datasets(demo_config.replace(data={"packing": True}), str(demo.model))
     assert isinstance(train, PackedDataset) and len(train) < len(train.samples)
     assert [train.rows[i]["input_ids"].shape[0] for i in range(40)] == train.rows.lengths[:40]
+
+
+def test_video_rows_pack_with_their_frames(family, tmp_path):
+    """A video row between an image row and a text row: the packed batch carries its frames (it lost them
+    before video landed in packing) and every row's loss equals its unpacked loss."""
+    from data_helpers import video
+
+    from workbench.data.videos import defaults_from
+
+    name, model, processor, rows = family
+    clip = str(video(tmp_path / "bar.mp4", frames=16, fps=8))
+    encoder = SampleEncoder(processor, 2048, 3136, 112 * 112,
+                            defaults_from({"video_fps": 4.0, "video_max_frames": 4, "video_max_pixels": 64 * 64,
+                                           "video_min_pixels": 3136}))
+    moving = encoder.encode(Sample([Turn("user", "<video>Which way does the bar move?"), Turn("assistant", "right")],
+                                   videos=[clip], row=997))
+    assert "pixel_values_videos" in moving
+    packed_rows = [rows[0], moving, rows[1]]
+    expected = row_losses_unpacked(model, processor, packed_rows)
+    logits, batch = packed_logits(model, processor, packed_rows)
+    assert torch.equal(batch["video_grid_thw"], moving["video_grid_thw"])
+    assert torch.equal(batch["pixel_values_videos"], moving["pixel_values_videos"])
+    loss, keep = per_token_loss(logits, batch["labels"])
+    start = 0
+    for row, want in zip(packed_rows, expected):
+        n = row["input_ids"].shape[0]
+        got = float(loss[0, start:start + n][keep[0, start:start + n]].mean())
+        assert abs(got - want) < 1e-4, (name, got, want)
+        start += n

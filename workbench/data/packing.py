@@ -135,8 +135,11 @@ class PackingCollator:
         }
         if all("mm_token_type_ids" in row for row in rows):
             batch["mm_token_type_ids"] = torch.cat([row["mm_token_type_ids"] for row in rows])[None]
-        with_images = [row for row in rows if "pixel_values" in row]
-        if with_images:  # in sequence order: the model fills the image tokens in the order they appear
-            batch["pixel_values"] = torch.cat([row["pixel_values"] for row in with_images])
-            batch["image_grid_thw"] = torch.cat([row["image_grid_thw"] for row in with_images])
+        # in sequence order: the model fills the image (video) tokens in the order they appear
+        for pixels, keys in (("pixel_values", ("image_grid_thw",)),
+                             ("pixel_values_videos", ("video_grid_thw", "second_per_grid_ts"))):
+            with_media = [row for row in rows if pixels in row]
+            for key in (pixels, *keys):
+                if with_media and all(key in row for row in with_media):
+                    batch[key] = torch.cat([row[key] for row in with_media])
         return batch
