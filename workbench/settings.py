@@ -294,11 +294,14 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
         return _bad(name, value, default)
     if isinstance(default, (int, float)):  # bool was handled above
         number = value
-        if isinstance(value, str):
+        if isinstance(value, str):  # a flag or a form box: "12" stays an exact int, "1e-4" and "2.0" parse as floats
             try:
-                number = float(value.strip())
+                number = int(value.strip())
             except ValueError:
-                return _bad(name, value, default)
+                try:
+                    number = float(value.strip())
+                except ValueError:
+                    return _bad(name, value, default)
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             return _bad(name, value, default)
         if isinstance(default, float):
