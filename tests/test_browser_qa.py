@@ -29,8 +29,11 @@ def test_two_node_fsdp_after_a_device_map_plan_draws_every_term(page):
     from playwright.sync_api import expect
 
     panel = open_tab(page, "Memory planner")
-    for field, value in (("model", "qwen2-vl-72b-instruct"), ("gpus", "4xA800-40GB")):
+    # the form starts from the run's settings (the demo's: batch 8, no checkpointing); the seed question's are these
+    for field, value in (("model", "qwen2-vl-72b-instruct"), ("gpus", "4xA800-40GB"), ("batch", "1"),
+                         ("max-length", "2048"), ("max-pixels", "1003520")):
         page.locator(f"#planner-{field} input, #planner-{field} textarea").first.fill(value)
+    page.locator("#planner-checkpointing input").first.check()
     plan = panel.get_by_role("button", name="Plan", exact=True)
     plan.click()
     expect(panel).to_contain_text("device_map over 4 GPUs", timeout=120 * SECOND)
