@@ -17,17 +17,14 @@ it the colours (docs/demo.md has the figures).
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.demo_words import (  # noqa: F401  (the demo's words are part of this module's interface)
     BASE_ANSWER, BASE_PRETRAIN_STEPS, COLORS, DEMO_TRAINING, DEMO_VIDEO_TRAINING, GENERIC_QUESTIONS, QUESTIONS, SHAPES,
     tokenizer_corpus)
-from workbench.paths import home
+from workbench.paths import build_once, home
 
 DEMO_VERSION = "v2"
 IMAGE_SIDE_CHOICES = (56, 84)  # multiples of 28: 4 or 6 or 9 visual tokens per image (Qwen3-VL: 4 or 6 or 9 at 32)
@@ -79,26 +76,16 @@ def ensure_demo(root: str | Path | None = None, name: str = "demo") -> DemoPaths
     from workbench.demo_model import build_model, build_processor
 
     paths = demo_paths(root, name)
-    if (paths.root / "COMPLETE").exists():
-        return paths
     family = demo_family(name)
-    paths.root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=paths.root.parent))
-    try:
+
+    def write(staging: Path) -> None:
         built = DemoPaths(staging)
         write_dataset(built.data)
         processor = build_processor(family)
         processor.save_pretrained(built.model)
         build_model(processor.tokenizer, family).save_pretrained(built.model)
-        (staging / "COMPLETE").write_text(DEMO_VERSION)
-        try:
-            os.rename(staging, paths.root)
-        except OSError:  # another process finished first; theirs is as good as ours
-            if not (paths.root / "COMPLETE").exists():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+
+    build_once(paths.root, DEMO_VERSION, write)
     return paths
 
 

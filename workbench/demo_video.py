@@ -15,14 +15,11 @@ has the figures.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.paths import home
+from workbench.paths import build_once, home
 
 VIDEO_DEMO_VERSION = "v1"
 VIDEO_DEMO_NAMES = ("demo-video",)
@@ -78,21 +75,7 @@ def video_demo_paths(root: str | Path | None = None) -> VideoDemoPaths:
 def ensure_video_demo(root: str | Path | None = None) -> VideoDemoPaths:
     """Build the video rows once (atomically: a half-built folder is never used) and return their paths."""
     paths = video_demo_paths(root)
-    if (paths.root / "COMPLETE").exists():
-        return paths
-    paths.root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-video-", dir=paths.root.parent))
-    try:
-        write_video_dataset(staging)
-        (staging / "COMPLETE").write_text(VIDEO_DEMO_VERSION)
-        try:
-            os.rename(staging, paths.root)
-        except OSError:  # another process finished first; theirs is as good as ours
-            if not (paths.root / "COMPLETE").exists():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    build_once(paths.root, VIDEO_DEMO_VERSION, write_video_dataset)
     return paths
 
 

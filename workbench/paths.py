@@ -29,3 +29,27 @@ def configs_root() -> Path:
     path = home() / "configs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def build_once(root: Path, version: str, write) -> None:
+    """Make the folder ``root`` once, atomically: ``write(staging)`` fills a hidden folder beside it,
+    which is renamed into place with a COMPLETE marker, so a half-built folder is never used and two
+    processes building at once both end with one whole copy."""
+    import shutil
+    import tempfile
+
+    if (root / "COMPLETE").exists():
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".building-{root.name}-", dir=root.parent))
+    try:
+        write(staging)
+        (staging / "COMPLETE").write_text(version)
+        try:
+            os.rename(staging, root)
+        except OSError:  # another process finished first; theirs is as good as ours
+            if not (root / "COMPLETE").exists():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
