@@ -251,7 +251,7 @@ def test_packing_trains_under_ddp_fsdp_and_a_4bit_base(flags, tmp_path):
     from workbench.run_folder import RunFolder
 
     out = tmp_path / "run"
-    result = run_cli("train", "--packing", "--max-steps", "3", "--save-steps", "3", "--eval-steps", "0",
+    result = run_cli("train", "--packing", "--max-steps", "3", "--save-steps", "3", "--eval-steps", "0", "--logging-steps", "1",
                      "--output-dir", out, *flags, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "packed into" in result.stderr  # the Start message counts sequences, rows and tokens per step

@@ -8,11 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "workbench"
 
 # Circles not broken yet, each with why; a new circle fails the test, and so does one of these once it is gone.
-KNOWN_CYCLES = {
-    # run_folder names the live lock's file and asks it whether a run is live; the lock writes into the run
-    # folder. Both are being reworked (RunFolder owning every file name, issue 25), so the cut waits for that.
-    frozenset({"workbench.live_lock", "workbench.run_folder"}),
-}
+KNOWN_CYCLES: set[frozenset] = set()
 
 
 def module_name(path: Path) -> str:

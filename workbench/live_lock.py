@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.run_folder import RunFolder, fsync_write
+from workbench.paths import fsync_write
 
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 20.0
@@ -122,31 +122,15 @@ def registry_dir() -> Path:
     return path
 
 
-def _pointer(folder: RunFolder) -> Path:
+def _pointer(folder) -> Path:
     digest = hashlib.sha1(str(folder.path.resolve()).encode()).hexdigest()[:16]
     return registry_dir() / f"{digest}.json"
-
-
-def live_runs() -> list[RunFolder]:
-    """Runs that hold a live lock now, on this machine's workbench home; stale pointers are removed."""
-    found = []
-    for pointer in sorted(registry_dir().glob("*.json")):
-        try:
-            folder = RunFolder(json.loads(pointer.read_text(encoding="utf-8"))["run"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pointer.unlink(missing_ok=True)
-            continue
-        if folder.live() is None:  # the lock is written before its pointer: no lock, no run
-            pointer.unlink(missing_ok=True)
-            continue
-        found.append(folder)
-    return found
 
 
 class LiveLock:
     """The lock file plus a heartbeat thread; released (and the pointer removed) on exit."""
 
-    def __init__(self, folder: RunFolder, owner: str):
+    def __init__(self, folder, owner: str):
         self.folder, self.owner = folder, owner
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

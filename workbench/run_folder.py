@@ -28,12 +28,12 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from workbench.metrics_file import read_metrics
+from workbench.paths import fsync_write  # noqa: F401  (written here; others take it from here too)
 
 log = logging.getLogger("workbench.runs")
 
@@ -95,16 +95,6 @@ class RunStatus:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def fsync_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class RunFolder:
@@ -367,3 +357,21 @@ class RunFolder:
         if state == "finished":
             return False
         return True
+
+
+def live_runs() -> list[RunFolder]:
+    """Runs that hold a live lock now, on this machine's workbench home; stale pointers are removed."""
+    from workbench.live_lock import registry_dir
+
+    found = []
+    for pointer in sorted(registry_dir().glob("*.json")):
+        try:
+            folder = RunFolder(json.loads(pointer.read_text(encoding="utf-8"))["run"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pointer.unlink(missing_ok=True)
+            continue
+        if folder.live() is None:  # the lock is written before its pointer: no lock, no run
+            pointer.unlink(missing_ok=True)
+            continue
+        found.append(folder)
+    return found

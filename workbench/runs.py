@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 from workbench.errors import UserError
 from workbench.paths import runs_root
-from workbench.live_lock import live_runs
-from workbench.run_folder import RunFolder
+from workbench.run_folder import RunFolder, live_runs
 
 if TYPE_CHECKING:
     from workbench.settings import RunConfig

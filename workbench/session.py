@@ -24,9 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from workbench.errors import UserError
-from workbench.live_lock import live_runs
 from workbench.metrics_file import MetricsTail
-from workbench.run_folder import RunFolder, RunStatus
+from workbench.run_folder import RunFolder, RunStatus, live_runs
 
 
 class DevicesBusy(UserError):
