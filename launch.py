@@ -26,7 +26,8 @@ def parse_args(argv=None):
                    "7860 is taken.")
     p.add_argument("--model", default="demo", help="Base model: 'demo' (default, embedded tiny "
                    "Qwen2-VL), a preset, a local folder or a hub id already downloaded.")
-    p.add_argument("--dataset", default="", help="Dataset file to open (default: the demo's). Its images "
+    p.add_argument("--dataset", default="", help="Dataset file to open (default: the demo's; demo-video: the video "
+                   "demo's, with its training settings). Its images "
                    "are shown as thumbnails; its folder is never served to the browser.")
     p.add_argument("--auth", metavar="SOURCE", help="Require a login. SOURCE is a file with one "
                    "'user:password' per line, or env:NAME for an environment variable holding 'user:password'. "
@@ -99,7 +100,9 @@ def make_app(args):
     from workbench.ui.app import LaunchOptions
     from workbench.ui.hosts import HostCheck, allowed_hosts
 
-    if args.dataset and not Path(args.dataset).expanduser().is_file():
+    from workbench.demo_video import is_demo_dataset
+
+    if args.dataset and not is_demo_dataset(args.dataset) and not Path(args.dataset).expanduser().is_file():
         raise SystemExit(f"error: --dataset {args.dataset} is not a file: pass a .jsonl or .json dataset file.")
     auth = read_auth(args.auth)
     if args.host not in LOOPBACK and not auth:

@@ -202,3 +202,19 @@ def test_each_family_learns_the_direction_through_the_workbench(model, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["adapter_accuracy"] >= 0.8 and report["base_accuracy"] <= 0.35, report
+
+
+def test_demo_video_is_a_dataset_name_in_the_app_and_the_run_config_too(video_demo):
+    # not only the CLI: the LoRA form, YAML (training's dataset_paths), the Dataset tab and launch.py --dataset
+    from workbench.settings import RunConfig
+    from workbench.training.inputs import dataset_paths
+    from workbench.ui.app import LaunchOptions, initial_config
+    from workbench.ui.dataset_tab import dataset_path
+
+    config = RunConfig().replace(model={"name_or_path": "demo"}, data={"train_path": "demo-video"},
+                                 training={"eval_steps": 50})
+    assert dataset_paths(config) == (str(video_demo.train), str(video_demo.heldout))
+    assert dataset_path("demo-video", None)[0] == str(video_demo.train)
+    app_config = initial_config(LaunchOptions(model="demo", dataset="demo-video"))
+    assert app_config["data"]["train_path"] == "demo-video" and app_config["lora"]["merger"] == "full"
+    assert app_config["data"]["video_max_frames"] == 8

@@ -13,10 +13,15 @@ from workbench.settings import RunConfig
 
 
 def dataset_paths(config: RunConfig) -> tuple[str, str]:
-    """Train and eval files; the demo model without a dataset uses the demo's rows."""
+    """Train and eval files; the demo model without a dataset uses the demo's rows, and 'demo-video' names the
+    video demo's rows wherever a dataset path goes (the CLI, the LoRA form, YAML)."""
     from workbench.demo import ensure_demo, is_demo
+    from workbench.demo_video import demo_dataset_file, ensure_video_demo, is_demo_dataset
 
-    train, evaluation = config.data.train_path, config.data.eval_path
+    train, evaluation = demo_dataset_file(config.data.train_path), demo_dataset_file(config.data.eval_path, "heldout")
+    if is_demo_dataset(config.data.train_path) and not evaluation and config.data.eval_split <= 0 \
+            and config.training.eval_steps > 0:
+        evaluation = str(ensure_video_demo().heldout)  # the video demo evaluates on its own held-out rows too
     if not train:
         if not is_demo(config.model.name_or_path):
             raise UserError("data.train_path is empty: pass --dataset PATH (a .jsonl or .json file).")

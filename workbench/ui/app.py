@@ -41,9 +41,11 @@ class TabContext:
 
 
 def initial_config(options: LaunchOptions) -> dict:
-    from workbench.demo import DEMO_TRAINING, is_demo
+    from workbench.demo import DEMO_TRAINING, DEMO_VIDEO_TRAINING, is_demo
+    from workbench.demo_video import is_demo_dataset
 
-    config = RunConfig.from_dict(DEMO_TRAINING) if is_demo(options.model) else RunConfig()
+    demo = DEMO_VIDEO_TRAINING if is_demo_dataset(options.dataset or "") else DEMO_TRAINING
+    config = RunConfig.from_dict(demo) if is_demo(options.model) else RunConfig()
     return config.replace(model={"name_or_path": options.model},
                           data={"train_path": options.dataset}).to_dict()
 

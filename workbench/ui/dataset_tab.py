@@ -49,8 +49,10 @@ def default_path(options) -> str:
     """The launch --dataset, or the demo's training rows when the model is the demo."""
     from workbench.demo import ensure_demo, is_demo
 
+    from workbench.demo_video import demo_dataset_file
+
     if options.dataset:
-        return options.dataset
+        return demo_dataset_file(options.dataset)
     return str(ensure_demo(name=options.model).train) if is_demo(options.model) else ""
 
 
@@ -88,7 +90,9 @@ def dataset_path(path: str, upload) -> tuple[str, str]:
 
     from workbench.data.archive import unpack_dataset
 
-    chosen = (upload or path or "").strip()
+    from workbench.demo_video import demo_dataset_file
+
+    chosen = demo_dataset_file((upload or path or "").strip())  # demo-video: the video demo's rows
     if chosen.lower().endswith(".zip") and Path(chosen).is_file():
         unpacked = unpack_dataset(chosen, Path(chosen).name)
         return str(unpacked), f" Unpacked from {Path(chosen).name} into {unpacked.parent}."
