@@ -214,6 +214,9 @@ def test_demo_video_is_a_dataset_name_in_the_app_and_the_run_config_too(video_de
     config = RunConfig().replace(model={"name_or_path": "demo"}, data={"train_path": "demo-video"},
                                  training={"eval_steps": 50})
     assert dataset_paths(config) == (str(video_demo.train), str(video_demo.heldout))
+    from workbench.training.checks import check_run_config
+
+    check_run_config(config, check_output_dir=False)  # the LoRA tab's check: "demo-video does not exist" before
     assert dataset_path("demo-video", None)[0] == str(video_demo.train)
     app_config = initial_config(LaunchOptions(model="demo", dataset="demo-video"))
     assert app_config["data"]["train_path"] == "demo-video" and app_config["lora"]["merger"] == "full"

@@ -37,7 +37,10 @@ def check_run_config(config: RunConfig, check_output_dir: bool = True, check_fil
     t, d = config.training, config.data
     from workbench.demo import is_demo
 
-    own_rows = is_demo(config.model.name_or_path) and not d.train_path  # the demo evaluates on its held-out rows
+    from workbench.demo_video import is_demo_dataset
+
+    # the demos evaluate on their own held-out rows
+    own_rows = (is_demo(config.model.name_or_path) and not d.train_path) or is_demo_dataset(d.train_path)
     if t.eval_steps > 0 and not d.eval_path and d.eval_split <= 0 and not own_rows:
         raise UserError(f"training.eval_steps is {t.eval_steps} but there is no eval data: set data.eval_path "
                         "or data.eval_split (e.g. 0.05), or set eval_steps to 0.")
@@ -58,6 +61,7 @@ def check_model_and_data(config: RunConfig) -> None:
     path is a dataset (exists, starts like one): a start refuses these only after the job began."""
     from workbench.data.formats import check_dataset_path
     from workbench.demo import is_demo
+    from workbench.demo_video import demo_dataset_file
     from workbench.models.resolve import locate_model
 
     locate_model(config.model.name_or_path)
@@ -66,9 +70,9 @@ def check_model_and_data(config: RunConfig) -> None:
         if not str(d.train_path).strip():
             raise UserError("data.train_path is empty: give the training dataset (a .jsonl or .json file, or a "
                             "Parquet/Arrow table).")
-        check_dataset_path(d.train_path, "data.train_path")
+        check_dataset_path(demo_dataset_file(d.train_path), "data.train_path")
     if d.eval_path:
-        check_dataset_path(d.eval_path, "data.eval_path")
+        check_dataset_path(demo_dataset_file(d.eval_path, "heldout"), "data.eval_path")
 
 
 def check_tracker(report_to: str) -> None:

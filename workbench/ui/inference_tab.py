@@ -227,19 +227,25 @@ def heldout_path(dataset: str | None) -> str | None:
 
     from workbench.data.archive import unpack_dataset
 
-    chosen = (dataset or "").strip()
+    from workbench.demo_video import demo_dataset_file
+
+    chosen = demo_dataset_file((dataset or "").strip(), "heldout")  # demo-video: the video demo's held-out rows
     if chosen.lower().endswith(".zip") and Path(chosen).expanduser().is_file():
         return str(unpack_dataset(Path(chosen).expanduser()))
-    return dataset
+    return chosen or dataset
 
 
-def default_inputs(model: str) -> tuple[str | None, str]:
-    """(first held-out image, held-out file) of the demo when the app runs the demo; else nothing."""
+def default_inputs(model: str, dataset: str = "") -> tuple[str | None, str]:
+    """(first held-out image, held-out file) of the demo when the app runs the demo; else nothing. With the
+    video demo: no image, and its held-out rows by name."""
     from workbench.demo import ensure_demo, is_demo
+    from workbench.demo_video import is_demo_dataset
     from workbench.inference import heldout_samples
 
     if not is_demo(model):
         return None, ""
+    if is_demo_dataset(dataset):
+        return None, dataset
     paths = ensure_demo(name=model)
     return heldout_samples(paths.heldout, 1)[0].images[0], str(paths.heldout)
 
@@ -250,7 +256,7 @@ def build(ctx) -> None:
     from gradio.context import Context
 
     options, session = ctx.options, ctx.session
-    image_default, heldout_default = default_inputs(options.model)
+    image_default, heldout_default = default_inputs(options.model, options.dataset or "")
     initial_choices, initial_run = runs_menu(session, None)
     initial_adapter, initial_base, _ = choose_run(initial_run, options.model)
     gr.Markdown("Did the adapter help? The base model answers with the adapter switched off, then on: "
