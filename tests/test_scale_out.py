@@ -135,7 +135,7 @@ def test_ddp_from_the_training_tab_matches_one_process(trained_run, demo, demo_c
     job.wait(300)
     assert job.state.value == "finished", job.message
     status, progress, loss, memory, log, view, run_dir, *_ = training_tab.tick(session, view, config.to_dict())
-    assert {"rank 0 cpu resident", "rank 1 cpu resident"} <= set(memory["series"])
+    assert {"rank 0 cpu resident", "rank 1 cpu resident"} <= set(memory["value"]["series"])  # with its headroom (y_lim)
     assert "[finished]" in log and run_dir == str(out)
     assert not rank_processes(out) and RunFolder(out).live() is None
     assert_one_row_per_step_from_every_rank(out, 40)
