@@ -336,6 +336,21 @@ def field_default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
+def json_field(name: str, text: Any, fix: str) -> Any:
+    """A JSON field (model.device_map) typed as text: '' is empty (None); bad JSON names ``name`` and the ``fix``."""
+    import json
+
+    if isinstance(text, dict) or text is None:
+        return text
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name} is not valid JSON ({exc.msg} at character {exc.pos}): {fix}") from None
+
+
 def field_help(section: str, name: str) -> str:
     """The help text of ``section.name`` (for forms and CLI flags)."""
     section_type = {f.name: f.default_factory for f in fields(RunConfig)}[section]

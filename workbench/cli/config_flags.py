@@ -9,10 +9,8 @@ names people type (``--model``, ``--dataset``, ``--nproc``) beside their own.
 from __future__ import annotations
 
 import argparse
-import json
 
-from workbench.errors import UserError
-from workbench.settings import config_fields, field_default
+from workbench.settings import config_fields, field_default, json_field
 
 # Short names people type, beside each field's own flag.
 ALIASES = {"name_or_path": ("--model",), "train_path": ("--dataset",), "nproc_per_node": ("--nproc",)}
@@ -69,16 +67,6 @@ def config_overrides(args: argparse.Namespace) -> dict:
         elif kind == "targets":
             value = parse_targets(value)
         elif kind == "json":
-            value = _json(name, value)
+            value = json_field(flag(name), value, "give a map such as '{\"\": \"cpu\"}', or leave the flag out.")
         overrides[section][name] = value
     return overrides
-
-
-def _json(name: str, text: str):
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{flag(name)} is not valid JSON ({exc.msg} at character {exc.pos}): give a map such as "
-                        "'{\"\": \"cpu\"}', or leave the flag out.") from None

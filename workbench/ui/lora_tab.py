@@ -25,7 +25,7 @@ from workbench.errors import UserError
 from workbench.paths import configs_root
 from workbench.run_folder import CONFIG_NAME
 from workbench.runs import headless_command
-from workbench.settings import TARGET_PRESETS, RunConfig, config_fields, field_default
+from workbench.settings import TARGET_PRESETS, RunConfig, config_fields, field_default, json_field
 from workbench.training.checks import check_run_config, config_from_raw
 
 CUSTOM = "custom list"
@@ -88,7 +88,8 @@ def raw_from_form(values: list) -> dict:
         elif (section, name) in LIST_FIELDS:
             value = _split(value)
         elif (section, name) in JSON_FIELDS:
-            value = _json(f"{section}.{name}", value)
+            value = json_field(f"{section}.{name}", value,
+                               'paste the planner\'s map such as {"": "cpu"}, or leave it empty.')
         elif isinstance(value, str) and _is_number_field(section, name):
             value = value.strip()
         raw[section][name] = value
@@ -180,19 +181,6 @@ def _split(text) -> list[str]:
     if isinstance(text, list):
         return [str(x).strip() for x in text if str(x).strip()]
     return [part.strip() for part in str(text or "").replace("\n", ",").split(",") if part.strip()]
-
-
-def _json(name: str, text):
-    if isinstance(text, dict) or text is None:
-        return text
-    text = str(text).strip()
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{name} is not valid JSON ({exc.msg} at character {exc.pos}): paste the planner's map "
-                        'such as {"": "cpu"}, or leave it empty.') from None
 
 
 def _is_number_field(section: str, name: str) -> bool:
