@@ -4,41 +4,51 @@ Typed at 30 ms per key as a person would: a plan that does not fit shows every c
 suggestions; choosing a strategy row redraws the per-GPU table; "Use this plan" answers.
 """
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from browser_helpers import ARGS, CHROMIUM, SECOND, free_port
+from browser_helpers import CHROMIUM, SECOND, chromium, free_port, new_page
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does).")
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
+    with chromium() as browser:  # one per module: Playwright's sync API does not nest
+        yield browser
+
+
+@contextmanager
+def planner_page(browser, config: dict):
+    """The Memory planner tab alone, served with ``config`` as the run's settings, in a 1280x800 page."""
     import gradio as gr
-    from playwright.sync_api import sync_playwright
 
     from workbench.session import Workbench
-    from workbench.settings import RunConfig
     from workbench.ui import planner_tab
     from workbench.ui.app import LaunchOptions, TabContext
 
     with gr.Blocks() as app:
-        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(RunConfig().to_dict()))
+        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(config))
         with gr.Tab("Memory planner"):
             planner_tab.build(ctx)
     app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    page = new_page(browser, app.local_url)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(60 * SECOND)
-            page.goto(app.local_url)
-            yield page
-            browser.close()
+        yield page
     finally:
+        page.close()
         app.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    from workbench.settings import RunConfig
+
+    with planner_page(browser, RunConfig().to_dict()) as page:
+        yield page
 
 
 def type_into(page, elem_id: str, text: str) -> None:
@@ -80,36 +90,16 @@ def test_plan_that_does_not_fit_shows_all_suggestion_columns_and_rows_redraw(pag
 
 
 @pytest.fixture(scope="module")
-def demo_page():
+def demo_page(browser):
     """The tab as the demo's app starts it on a machine without a GPU (issue 25's walk)."""
-    import gradio as gr
-    from playwright.sync_api import sync_playwright
-
     from workbench.demo import DEMO_TRAINING
     from workbench.hardware import detect_gpus
-    from workbench.session import Workbench
     from workbench.settings import RunConfig
-    from workbench.ui import planner_tab
-    from workbench.ui.app import LaunchOptions, TabContext
 
     if detect_gpus():
         pytest.skip("this machine has a GPU")
-    with gr.Blocks() as app:
-        config = RunConfig.from_dict(DEMO_TRAINING).to_dict()
-        ctx = TabContext(options=LaunchOptions(), session=Workbench(), config=gr.State(config))
-        with gr.Tab("Memory planner"):
-            planner_tab.build(ctx)
-    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(60 * SECOND)
-            page.goto(app.local_url)
-            yield page
-            browser.close()
-    finally:
-        app.close()
+    with planner_page(browser, RunConfig.from_dict(DEMO_TRAINING).to_dict()) as page:
+        yield page
 
 
 @pytest.mark.slow  # a browser of its own: about 50 s on 2 cores
