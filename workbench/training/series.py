@@ -50,7 +50,9 @@ def checkpoint_frame(checkpoints: list[tuple[int, object]], rows: list[dict], be
     for step, path in checkpoints:
         row = evals.get(step, {})
         name = getattr(path, "name", str(path))
-        data.append((name, step, row.get("eval_score"), row.get("eval_loss"), "★ best" if name == best else ""))
+        score, loss = row.get("eval_score"), row.get("eval_loss")
+        data.append((name, step, None if score is None else round(score, 4), None if loss is None else round(loss, 4),
+                     "★ best" if name == best else ""))
     return pd.DataFrame(data, columns=CHECKPOINT_COLUMNS)
 
 
